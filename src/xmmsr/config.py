@@ -1,0 +1,98 @@
+"""Configuration: the JSON schema (with defaults), validation with clear messages, seeds."""
+
+from __future__ import annotations
+
+import copy
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import yaml
+
+SCHEMA_PATH = Path(str(files("xmmsr") / "data" / "config.schema.yaml"))
+
+
+class ConfigError(ValueError):
+    """The configuration violates the schema; the message names the key and the allowed values."""
+
+
+def load_schema() -> dict[str, Any]:
+    """The configuration JSON schema as a dict."""
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    allowed = []
+    if error.validator == "additionalProperties":
+        names = sorted(error.schema.get("properties", {}))
+        bad = sorted(set(error.instance) - set(names)) if isinstance(error.instance, dict) else []
+        where = key if key != "(top level)" else "the top level"
+        return f"unknown key(s) {bad} in {where}; allowed keys: {names}"
+    if "enum" in schema:
+        allowed.append(f"one of {schema['enum']}")
+    for bound, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+        if bound in schema:
+            allowed.append(f"{word} {schema[bound]}")
+    if "type" in schema:
+        allowed.append(f"type {schema['type']}")
+    hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+    return f"config key '{key}': {error.message}{hint}"
+
+
+def check_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate ``config`` in place with snakemake's validator, filling defaults from the schema.
+
+    Raises :class:`ConfigError` naming the offending key and the allowed values.
+    """
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in errors[:5]))
+    try:
+        validate(config, str(SCHEMA_PATH), set_default=True)
+    except WorkflowError as exc:  # pragma: no cover - caught by the jsonschema pass above
+        raise ConfigError(f"{source}: {exc}") from exc
+    _check_consistency(config, source)
+    return config
+
+
+def _check_consistency(config: dict[str, Any], source: str) -> None:
+    agn = config["sources"]["agn"]
+    if agn["flux_min"] >= agn["flux_max"]:
+        raise ConfigError(f"{source}: config key 'sources.agn.flux_min' ({agn['flux_min']}) must be below "
+                          f"'sources.agn.flux_max' ({agn['flux_max']})")
+    p = config["instrument"]["pattern_fractions"]
+    if abs(p["single"] + p["double"] + p["triple_quadruple"] - 1.0) > 1e-6:
+        raise ConfigError(f"{source}: config keys 'instrument.pattern_fractions' must sum to 1 (got {p})")
+
+
+def default_config() -> dict[str, Any]:
+    """The complete default configuration, from the schema defaults."""
+    return check_config({})
+
+
+def load_config(path: str | Path | None) -> dict[str, Any]:
+    """Read a YAML config file (or the defaults when ``path`` is None) and validate it."""
+    if path is None:
+        return default_config()
+    p = Path(path)
+    try:
+        with open(p) as fh:
+            raw = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p}: cannot read the configuration ({exc}); give a YAML file") from exc
+    return check_config(copy.deepcopy(raw), str(p))
+
+
+def derive_seed(root: int, *keys: int) -> int:
+    """A 63-bit seed derived from the root seed and integer keys (stable across platforms and runs)."""
+    return int(np.random.SeedSequence([int(root), *map(int, keys)]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))

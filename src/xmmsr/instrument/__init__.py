@@ -1,0 +1,1 @@
+"""The built-in EPIC-pn instrument model: geometry, PSF, response, event simulation and binning."""

@@ -1,0 +1,211 @@
+"""EPIC-pn focal-plane geometry: 12 CCDs with gaps, raw pixels, flags, image grids and masks.
+
+Detector coordinates are offsets in arcsec from the centre of the CCD array (DETX/DETY in the
+event lists are the same in units of 0.05"). Image grids bin DETX/DETY by 80 units (4") at 1x
+and 40 units (2") at 2x onto 403 x 411 (806 x 822) pixels centred on the array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+DET_UNIT_ARCSEC = 0.05
+FLAG_CCD_BORDER = 0x1
+FLAG_BAD_COLUMN = 0x2
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """A regular image grid in detector coordinates."""
+
+    nx: int
+    ny: int
+    pixel_arcsec: float
+    x0_arcsec: float  # left edge of pixel column 0
+    y0_arcsec: float  # lower edge of pixel row 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """numpy shape (ny, nx)."""
+        return (self.ny, self.nx)
+
+    @property
+    def bin_det_units(self) -> int:
+        """Bin size in DETX/DETY units of 0.05"."""
+        return int(round(self.pixel_arcsec / DET_UNIT_ARCSEC))
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel edges along x and y (arcsec)."""
+        return (self.x0_arcsec + self.pixel_arcsec * np.arange(self.nx + 1),
+                self.y0_arcsec + self.pixel_arcsec * np.arange(self.ny + 1))
+
+    def centers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel centres along x and y (arcsec)."""
+        ex, ey = self.edges()
+        return 0.5 * (ex[1:] + ex[:-1]), 0.5 * (ey[1:] + ey[:-1])
+
+    def refine(self, factor: int, margin_pixels: int = 0) -> "ImageGrid":
+        """A grid ``factor`` times finer, extended by ``margin_pixels`` fine pixels on every side."""
+        p = self.pixel_arcsec / factor
+        return ImageGrid(self.nx * factor + 2 * margin_pixels, self.ny * factor + 2 * margin_pixels, p,
+                         self.x0_arcsec - margin_pixels * p, self.y0_arcsec - margin_pixels * p)
+
+
+@dataclass(frozen=True)
+class PnGeometry:
+    """CCD layout of the pn camera (defaults: DESIGN.md section 2)."""
+
+    pixel_arcsec: float = 4.1
+    ccd_columns: int = 64
+    ccd_rows: int = 200
+    ccds_x: int = 6
+    ccds_y: int = 2
+    gap_x_arcsec: float = 7.5
+    gap_y_arcsec: float = 3.9
+    aim_x_arcsec: float = -60.0
+    aim_y_arcsec: float = 70.0
+    fov_radius_arcmin: float = 15.0
+    image_nx: int = 403
+    image_ny: int = 411
+    image_pixel_arcsec: float = 4.0
+    bad_columns: tuple[tuple[int, int], ...] = ()
+    flag_ccd_border: bool = True
+
+    @property
+    def ccd_width(self) -> float:
+        return self.ccd_columns * self.pixel_arcsec
+
+    @property
+    def ccd_height(self) -> float:
+        return self.ccd_rows * self.pixel_arcsec
+
+    @property
+    def array_width(self) -> float:
+        return self.ccds_x * self.ccd_width + (self.ccds_x - 1) * self.gap_x_arcsec
+
+    @property
+    def array_height(self) -> float:
+        return self.ccds_y * self.ccd_height + (self.ccds_y - 1) * self.gap_y_arcsec
+
+    def ccd_origin(self, ix: int, iy: int) -> tuple[float, float]:
+        """Lower-left corner (arcsec) of CCD column ``ix``, row ``iy``."""
+        return (-self.array_width / 2 + ix * (self.ccd_width + self.gap_x_arcsec),
+                -self.array_height / 2 + iy * (self.ccd_height + self.gap_y_arcsec))
+
+    def image_grid(self, resolution: int) -> ImageGrid:
+        """The binned-image grid at resolution multiplier 1 or 2."""
+        p = self.image_pixel_arcsec / resolution
+        nx, ny = self.image_nx * resolution, self.image_ny * resolution
+        return ImageGrid(nx, ny, p, -self.image_nx * self.image_pixel_arcsec / 2,
+                         -self.image_ny * self.image_pixel_arcsec / 2)
+
+    def locate(self, dx: np.ndarray, dy: np.ndarray, resolution: int) -> tuple[np.ndarray, ...]:
+        """CCD number (1..12, 0 off-chip), RAWX, RAWY and FLAG of positions (arcsec, detector frame).
+
+        RAWX/RAWY count raw pixels of ``pixel_arcsec / resolution``; CCDs are numbered row by row
+        from the lower left.
+        """
+        pitch_x = self.ccd_width + self.gap_x_arcsec
+        pitch_y = self.ccd_height + self.gap_y_arcsec
+        ux = dx + np.float32(self.array_width / 2)
+        uy = dy + np.float32(self.array_height / 2)
+        ix = np.floor(ux / np.float32(pitch_x)).astype(np.int16)
+        iy = np.floor(uy / np.float32(pitch_y)).astype(np.int16)
+        wx = ux - ix * np.float32(pitch_x)
+        wy = uy - iy * np.float32(pitch_y)
+        on = (ix >= 0) & (ix < self.ccds_x) & (iy >= 0) & (iy < self.ccds_y)
+        on &= (wx < self.ccd_width) & (wy < self.ccd_height) & (wx >= 0) & (wy >= 0)
+        raw_pixel = np.float32(self.pixel_arcsec / resolution)
+        rawx = np.floor(wx / raw_pixel).astype(np.int16)
+        rawy = np.floor(wy / raw_pixel).astype(np.int16)
+        ccdnr = np.where(on, iy * self.ccds_x + ix + 1, 0).astype(np.uint8)
+        flag = np.zeros(dx.shape, dtype=np.int32)
+        if self.flag_ccd_border:
+            border = (wx < self.pixel_arcsec) | (wx >= self.ccd_width - self.pixel_arcsec)
+            flag |= np.where(border, FLAG_CCD_BORDER, 0).astype(np.int32)
+        for ccd, column in self.bad_columns:
+            col = np.floor(wx / np.float32(self.pixel_arcsec))
+            flag |= np.where((ccdnr == ccd) & (col == column), FLAG_BAD_COLUMN, 0).astype(np.int32)
+        return ccdnr, rawx, rawy, flag
+
+    def good_x_intervals(self, ix: int, iy: int) -> list[tuple[float, float]]:
+        """Intervals (arcsec) along x of CCD (ix, iy) whose events are unflagged."""
+        x0, _ = self.ccd_origin(ix, iy)
+        ccd = iy * self.ccds_x + ix + 1
+        bad = {c for k, c in self.bad_columns if k == ccd}
+        if self.flag_ccd_border:
+            bad |= {0, self.ccd_columns - 1}
+        intervals: list[tuple[float, float]] = []
+        start = None
+        for c in range(self.ccd_columns + 1):
+            good = c < self.ccd_columns and c not in bad
+            if good and start is None:
+                start = c
+            elif not good and start is not None:
+                intervals.append((x0 + start * self.pixel_arcsec, x0 + c * self.pixel_arcsec))
+                start = None
+        return intervals
+
+    def acceptance(self, grid: ImageGrid) -> np.ndarray:
+        """Fraction of each pixel of ``grid`` covered by unflagged active CCD area (exact, float64)."""
+        return _acceptance(self, grid)
+
+    def fov_fraction(self, grid: ImageGrid, supersample: int = 4) -> np.ndarray:
+        """Fraction of each pixel of ``grid`` inside the telescope field of view (circle about the aim point)."""
+        return _fov_fraction(self, grid, supersample)
+
+    def detector_mask(self, resolution: int) -> np.ndarray:
+        """0/1 mask of active, unflagged pixels; the 2x mask is the 1x mask with every pixel split in four."""
+        base = _detector_mask_1x(self)
+        if resolution == 1:
+            return base
+        return np.kron(base, np.ones((resolution, resolution), dtype=np.uint8))
+
+
+def _coverage_1d(edges: np.ndarray, intervals: list[tuple[float, float]]) -> np.ndarray:
+    lo, hi = edges[:-1], edges[1:]
+    cover = np.zeros(lo.size)
+    for a, b in intervals:
+        cover += np.clip(np.minimum(hi, b) - np.maximum(lo, a), 0.0, None)
+    return cover / (hi - lo)
+
+
+@lru_cache(maxsize=16)
+def _acceptance(geom: PnGeometry, grid: ImageGrid) -> np.ndarray:
+    ex, ey = grid.edges()
+    total = np.zeros(grid.shape)
+    for iy in range(geom.ccds_y):
+        _, y0 = geom.ccd_origin(0, iy)
+        cy = _coverage_1d(ey, [(y0, y0 + geom.ccd_height)])
+        if not cy.any():
+            continue
+        for ix in range(geom.ccds_x):
+            total += np.outer(cy, _coverage_1d(ex, geom.good_x_intervals(ix, iy)))
+    total.setflags(write=False)
+    return total
+
+
+@lru_cache(maxsize=16)
+def _fov_fraction(geom: PnGeometry, grid: ImageGrid, supersample: int) -> np.ndarray:
+    offsets = (np.arange(supersample) + 0.5) / supersample * grid.pixel_arcsec
+    ex, ey = grid.edges()
+    r2max = (geom.fov_radius_arcmin * 60.0) ** 2
+    frac = np.zeros(grid.shape)
+    for oy in offsets:
+        y2 = (ey[:-1] + oy - geom.aim_y_arcsec) ** 2
+        for ox in offsets:
+            x2 = (ex[:-1] + ox - geom.aim_x_arcsec) ** 2
+            frac += (y2[:, None] + x2[None, :]) <= r2max
+    frac /= supersample**2
+    frac.setflags(write=False)
+    return frac
+
+
+@lru_cache(maxsize=4)
+def _detector_mask_1x(geom: PnGeometry) -> np.ndarray:
+    mask = (geom.acceptance(geom.image_grid(1)) > 0.5).astype(np.uint8)
+    mask.setflags(write=False)
+    return mask

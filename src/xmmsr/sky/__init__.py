@@ -1,0 +1,1 @@
+"""Sky models: synthetic extended sources, AGN fields, blank fields, and their FITS format."""
