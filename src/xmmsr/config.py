@@ -11,7 +11,8 @@ import jsonschema
 import numpy as np
 import yaml
 
-SCHEMA_PATH = Path(str(files("xmmsr") / "data" / "config.schema.yaml"))
+PACKAGE_DATA = Path(str(files("xmmsr") / "data"))
+SCHEMA_PATH = PACKAGE_DATA / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -96,3 +97,15 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
 def derive_seed(root: int, *keys: int) -> int:
     """A 63-bit seed derived from the root seed and integer keys (stable across platforms and runs)."""
     return int(np.random.SeedSequence([int(root), *map(int, keys)]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def resolve_resource(path: str | Path, base_dir: str | Path | None = None) -> Path:
+    """Resolve a resource path of the config: absolute, else relative to ``base_dir`` (the workflow or
+    config directory), else one of the resources shipped with the package (same relative path)."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    for root in ([Path(base_dir)] if base_dir is not None else []) + [Path.cwd(), PACKAGE_DATA]:
+        if (root / p).exists():
+            return root / p
+    return p

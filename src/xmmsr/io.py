@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 
 from .errors import InputError
 
@@ -50,10 +52,12 @@ def open_fits(path: str | Path, what: str) -> fits.HDUList:
     if p.stat().st_size == 0:
         raise InputError(p, "file", f"the {what} is empty (0 bytes)", f"regenerate the {what}")
     try:
-        hdul = fits.open(p, memmap=False, lazy_load_hdus=False)
-        for hdu in hdul:
-            _ = hdu.data  # force reading so that truncation is detected here
-        hdul.verify("exception")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AstropyUserWarning)  # "File may have been truncated" must stop us
+            hdul = fits.open(p, memmap=False, lazy_load_hdus=False)
+            for hdu in hdul:
+                _ = hdu.data  # force reading so that truncation is detected here
+            hdul.verify("exception")
     except InputError:
         raise
     except Exception as exc:  # astropy raises OSError, ValueError, VerifyError, TypeError...

@@ -50,6 +50,27 @@ def exposure_of(header: fits.Header, path: str | Path | None = None) -> float:
     return value
 
 
+def _empty_tan_wcs() -> WCS:
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.radesys = "ICRS"
+    w.wcs.equinox = 2000.0
+    return w
+
+
+def detector_image_wcs(grid: ImageGrid, ra_pnt: float, dec_pnt: float, roll_deg: float,
+                       aim_x_arcsec: float, aim_y_arcsec: float) -> WCS:
+    """Exact WCS of a detector image whose optical axis (at ``aim``) points at (ra_pnt, dec_pnt)."""
+    c, s = np.cos(np.deg2rad(roll_deg)), np.sin(np.deg2rad(roll_deg))
+    w = _empty_tan_wcs()
+    w.wcs.crval = [ra_pnt, dec_pnt]
+    w.wcs.crpix = [(aim_x_arcsec - grid.x0_arcsec) / grid.pixel_arcsec + 0.5,
+                   (aim_y_arcsec - grid.y0_arcsec) / grid.pixel_arcsec + 0.5]
+    w.wcs.cd = grid.pixel_arcsec / 3600.0 * np.array([[-c, -s], [-s, c]])
+    return w
+
+
 def image_wcs(data: fits.FITS_rec, header: fits.Header, grid: ImageGrid, path: str | Path | None = None) -> WCS:
     """Celestial WCS of a detector image.
 
@@ -61,19 +82,10 @@ def image_wcs(data: fits.FITS_rec, header: fits.Header, grid: ImageGrid, path: s
     b = grid.bin_det_units
     x0 = grid.x0_arcsec / DET_UNIT_ARCSEC
     y0 = grid.y0_arcsec / DET_UNIT_ARCSEC
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.cunit = ["deg", "deg"]
-    w.wcs.radesys = "ICRS"
-    w.wcs.equinox = 2000.0
     if "AIMDETX" in header:
-        roll = np.deg2rad(float(header.get("PA_PNT", 0.0)))
-        c, s = np.cos(roll), np.sin(roll)
-        scale = grid.pixel_arcsec / 3600.0
-        w.wcs.crval = [float(header["RA_PNT"]), float(header["DEC_PNT"])]
-        w.wcs.crpix = [(float(header["AIMDETX"]) - x0) / b + 0.5, (float(header["AIMDETY"]) - y0) / b + 0.5]
-        w.wcs.cd = scale * np.array([[-c, -s], [-s, c]])
-        return w
+        return detector_image_wcs(grid, float(header["RA_PNT"]), float(header["DEC_PNT"]),
+                                  float(header.get("PA_PNT", 0.0)), float(header["AIMDETX"]) * DET_UNIT_ARCSEC,
+                                  float(header["AIMDETY"]) * DET_UNIT_ARCSEC)
     if not {"X", "Y"} <= set(names) or len(data) < 10:
         raise InputError(path, "X/Y columns", "cannot derive the image WCS (no AIMDETX keyword and too few sky positions)",
                          "give a pn event list with X, Y, DETX, DETY columns and at least 10 events")
@@ -93,6 +105,7 @@ def image_wcs(data: fits.FITS_rec, header: fits.Header, grid: ImageGrid, path: s
     offset = np.array([ax[2], ay[2]])
     # image pixel p (1-based) -> DET = (x0, y0) + (p - 0.5) * b -> sky pixel = affine @ DET + offset
     det_of_ref = np.linalg.solve(affine, crpx - offset)
+    w = _empty_tan_wcs()
     w.wcs.crval = crval
     w.wcs.crpix = (det_of_ref - [x0, y0]) / b + 0.5
     w.wcs.cd = np.diag(cdelt) @ affine * b
@@ -137,6 +150,6 @@ def write_detector_mask(geometry: PnGeometry, resolution: int, path: str | Path)
     """Write the 0/1 detector mask of a resolution as FITS."""
     header = fits.Header()
     header["RESMULT"] = (resolution, "resolution multiplier")
-    header["MASKDEF"] = ("active unflagged area > 50% of 1x pixel", "mask definition")
+    header["MASKDEF"] = ("active unflagged area > 50% of 1x pixel", "mask")
     header["CREATOR"] = (f"xmmsr {__version__}", "software that wrote this file")
     write_image(geometry.detector_mask(resolution), header, path)

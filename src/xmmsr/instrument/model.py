@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import resolve_resource
 from .geometry import PnGeometry
 from .psf import KingPsf
 from .response import Response, read_effective_area
@@ -67,7 +68,7 @@ class PnInstrument:
     oversample: int = 2   # fine-grid factor of the expected image
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], base_dir: str | Path = ".") -> "PnInstrument":
+    def from_config(cls, cfg: dict[str, Any], base_dir: str | Path | None = None) -> "PnInstrument":
         """Build from the ``instrument`` config section (see workflow/schemas/config.schema.yaml)."""
         g = cfg["geometry"]
         geometry = PnGeometry(
@@ -78,10 +79,7 @@ class PnInstrument:
             bad_columns=tuple((int(c), int(x)) for c, x in g["bad_columns"]),
             flag_ccd_border=g["flag_ccd_border"],
         )
-        area_path = Path(cfg["effective_area_file"])
-        if not area_path.is_absolute():
-            area_path = Path(base_dir) / area_path
-        energy, area = read_effective_area(area_path)
+        energy, area = read_effective_area(resolve_resource(cfg["effective_area_file"], base_dir))
         return cls(
             geometry=geometry,
             psf=KingPsf(**cfg["psf"]),

@@ -267,7 +267,7 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
         "PATTERN": pattern, "FLAG": flag,
     }
     header = _event_header(sky, instrument, frame, exposure_s, resolution, seed, background, tstart)
-    header["NSKYPHOT"] = (n_sky_photons, "sky photons drawn before vignetting and geometry")
+    header["NSKYPHOT"] = (n_sky_photons, "sky photons before vignetting and geometry")
     return EventList(columns, header)
 
 
@@ -306,7 +306,7 @@ def _event_header(sky: SkyModel, instrument: PnInstrument, frame: _Frame, exposu
         "ONTIME": (float(exposure_s), "[s] on-source time"),
         "LIVETIME": (float(exposure_s), "[s] live time"),
         "FRMTIME": (instrument.frame_time_s * 1000.0, "[ms] frame time"),
-        "RESMULT": (int(resolution), "resolution multiplier (1: real pn, 2: 2x pixels and PSF)"),
+        "RESMULT": (int(resolution), "resolution multiplier (1 real pn, 2 for 2x)"),
         "BACKGRND": (bool(background), "particle and cosmic background included"),
         "SEED": (int(seed), "random seed of this realization"),
         "SRCKIND": (sky.kind, "source kind"),
@@ -324,6 +324,25 @@ def expected_image(sky: SkyModel, instrument: PnInstrument, exposure_s: float, r
                    background: bool = True) -> np.ndarray:
     """Poisson mean of the binned 0.5-2 keV counts (PATTERN <= 4, FLAG == 0), float64, image-grid shape."""
     _check_exposure(exposure_s, resolution)
+    image = _expected_fine_sources(sky, instrument, exposure_s, resolution)
+    if background:
+        image += _expected_fine_background(instrument, exposure_s, resolution)
+    return _block_sum(image, instrument.oversample)
+
+
+def expected_background(instrument: PnInstrument, exposure_s: float, resolution: int) -> np.ndarray:
+    """Poisson mean of the binned particle + cosmic background counts alone (image-grid shape)."""
+    _check_exposure(exposure_s, resolution)
+    return _block_sum(_expected_fine_background(instrument, exposure_s, resolution), instrument.oversample)
+
+
+def _block_sum(fine: np.ndarray, s: int) -> np.ndarray:
+    ny, nx = fine.shape[0] // s, fine.shape[1] // s
+    return fine.reshape(ny, s, nx, s).sum(axis=(1, 3))
+
+
+def _expected_fine_sources(sky: SkyModel, instrument: PnInstrument, exposure_s: float, resolution: int) -> np.ndarray:
+    """Expected counts of the sky model on the fine (oversampled) image grid."""
     response = instrument.require_response()
     frame = _Frame.of(sky, instrument)
     geom, psf = instrument.geometry, instrument.psf
@@ -334,11 +353,9 @@ def expected_image(sky: SkyModel, instrument: PnInstrument, exposure_s: float, r
     fine = grid.refine(s, margin)
     good = instrument.patterns.good
 
-    # Focused sky emission, per PSF off-axis band.
     pixels = _sky_pixels(sky, frame, fine)
-    flux, px, py = pixels.flux, pixels.dx, pixels.dy
-    weights = [flux * _count_factor(response, sky.spectrum, sky.nh) * exposure_s * good]
-    dxs, dys = [px], [py]
+    weights = [pixels.flux * _count_factor(response, sky.spectrum, sky.nh) * exposure_s * good]
+    dxs, dys = [pixels.dx], [pixels.dy]
     qx, qy = _point_positions(sky, frame)
     for (gamma, nh), idx in _spectrum_groups(sky).items():
         weights.append(sky.points["FLUX"][idx] * _count_factor(response, ("powerlaw", gamma), nh) * exposure_s * good)
@@ -360,35 +377,43 @@ def expected_image(sky: SkyModel, instrument: PnInstrument, exposure_s: float, r
         rc = float(psf.core_radius(int(band), resolution))
         term = sfft.rfft2(deposit, workers=-1) * _kernel_fft(psf, rc, fine_pixel, fine.shape)
         spectrum_sum = term if spectrum_sum is None else spectrum_sum + term
-    focused = (np.clip(sfft.irfft2(spectrum_sum, s=fine.shape, workers=-1), 0.0, None)
-               if spectrum_sum is not None else np.zeros(fine.shape))
-    inner = (slice(margin, margin + grid.ny * s), slice(margin, margin + grid.nx * s))
     core = grid.refine(s)
-    sky_accept = geom.acceptance(core) * geom.fov_fraction(core)
-    total_fine = focused[inner] * sky_accept
+    if spectrum_sum is None:
+        return np.zeros(core.shape)
+    focused = np.clip(sfft.irfft2(spectrum_sum, s=fine.shape, workers=-1), 0.0, None)
+    inner = (slice(margin, margin + core.ny), slice(margin, margin + core.nx))
+    return focused[inner] * geom.acceptance(core) * geom.fov_fraction(core)
 
-    if background:
-        bkg = instrument.background
-        cxb = response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)
-        cx, cy = core.centers()
-        theta_fine = np.hypot(cx[None, :] - geom.aim_x_arcsec, cy[:, None] - geom.aim_y_arcsec) / 60.0
-        area_arcmin2 = fine_pixel**2 / 3600.0
-        total_fine += (bkg.cxb_flux_arcmin2 * cxb.mean_area_cm2 * cxb.pi_fraction * exposure_s * good * area_arcmin2
-                       * instrument.vignetting(theta_fine) * sky_accept)
-        total_fine += (bkg.particle_rate_arcmin2 * response.flat_pi_fraction() * exposure_s * good * area_arcmin2
-                       * geom.acceptance(core))
-    return total_fine.reshape(grid.ny, s, grid.nx, s).sum(axis=(1, 3))
+
+def _expected_fine_background(instrument: PnInstrument, exposure_s: float, resolution: int) -> np.ndarray:
+    """Expected particle + cosmic background counts on the fine image grid."""
+    response = instrument.require_response()
+    geom, bkg = instrument.geometry, instrument.background
+    core = geom.image_grid(resolution).refine(instrument.oversample)
+    good = instrument.patterns.good
+    cxb = response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)
+    cx, cy = core.centers()
+    theta = np.hypot(cx[None, :] - geom.aim_x_arcsec, cy[:, None] - geom.aim_y_arcsec) / 60.0
+    area_arcmin2 = core.pixel_arcsec**2 / 3600.0 * exposure_s * good
+    accept = geom.acceptance(core)
+    cxb_counts = (bkg.cxb_flux_arcmin2 * cxb.mean_area_cm2 * cxb.pi_fraction * area_arcmin2
+                  * instrument.vignetting(theta) * accept * geom.fov_fraction(core))
+    particle_counts = bkg.particle_rate_arcmin2 * response.flat_pi_fraction() * area_arcmin2 * accept
+    return cxb_counts + particle_counts
 
 
 @lru_cache(maxsize=32)
 def _kernel_fft(psf: KingPsf, rc: float, pixel: float, shape: tuple[int, int]) -> np.ndarray:
-    """rfft2 of the PSF kernel embedded in ``shape`` with its centre at pixel (0, 0)."""
+    """rfft2 of the PSF kernel embedded in ``shape`` with its centre at pixel (0, 0), divided by the
+    transfer function of the cloud-in-cell deposit (compensated CIC), so that deposited positions act
+    as exact sub-pixel positions."""
     kernel = psf.kernel(rc, pixel, psf.max_radius_arcsec)
     half = kernel.shape[0] // 2
     embedded = np.zeros(shape)
     embedded[: kernel.shape[0], : kernel.shape[1]] = kernel
     embedded = np.roll(embedded, (-half, -half), axis=(0, 1))
-    out = sfft.rfft2(embedded, workers=-1)
+    cic = (np.sinc(sfft.fftfreq(shape[0]))[:, None] * np.sinc(sfft.rfftfreq(shape[1]))[None, :]) ** 2
+    out = sfft.rfft2(embedded, workers=-1) / cic
     out.setflags(write=False)
     return out
 

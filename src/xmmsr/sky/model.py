@@ -92,7 +92,7 @@ def to_hdulist(model: SkyModel) -> fits.HDUList:
     header["DEC_PNT"] = (float(model.dec_pnt), "[deg] pointing (optical axis) Dec")
     header["SPECMOD"] = (model.spectrum[0], "spectral model of the extended emission")
     header["SPECPAR"] = (float(model.spectrum[1]), "photon index (powerlaw) or kT in keV (bremss)")
-    header["NH"] = (float(model.nh), "[cm-2] absorbing column of the extended emission")
+    header["NH"] = (float(model.nh), "[cm-2] absorption of the extended emission")
     header["SRCKIND"] = (model.kind, "source kind: extended, agn or background")
     header["SRCID"] = (int(model.source_id), "source identifier")
     header["SEED"] = (int(model.seed), "random seed of the source generator")

@@ -1,0 +1,22 @@
+# xmmsr: simulated XMM-Newton EPIC-pn training data for de-noising and 2x super-resolution.
+# Stages: sources -> simulate (events) -> bin (0.5-2 keV images); expected images and detector masks.
+# Run: snakemake --cores all   (the embedded default config is config.yaml)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/sources.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/bin.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,124 @@
+"""The ``xmmsr`` command line: the stages users run by hand on single files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, load_config
+from .errors import InputError
+from .instrument.model import PnInstrument
+
+
+def _instrument(config_path: str | None) -> tuple[PnInstrument, dict]:
+    config = load_config(config_path)
+    base = Path(config_path).parent if config_path else None
+    return PnInstrument.from_config(config["instrument"], base_dir=base), config
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from .instrument.binning import write_image
+    from .instrument.events import write_events
+    from .instrument.simulator import expected_image, simulate_events
+    from .sky.model import read_sky_model
+
+    instrument, config = _instrument(args.config)
+    sky = read_sky_model(args.sky)
+    exposure = args.exposure
+    background = not args.no_background
+    events = simulate_events(sky, instrument, exposure, args.resolution, args.seed, background,
+                             config["simulate"]["tstart"])
+    if args.expected:
+        from astropy.io import fits
+
+        from .instrument.binning import detector_image_wcs
+
+        g = instrument.geometry
+        header = detector_image_wcs(g.image_grid(args.resolution), sky.ra_pnt, sky.dec_pnt, instrument.roll_deg,
+                                    g.aim_x_arcsec, g.aim_y_arcsec).to_header()
+        header["BUNIT"] = ("count", "expected counts (Poisson mean) per pixel")
+        header["EXPOSURE"] = (exposure, "[s]")
+        header["RESMULT"] = (args.resolution, "resolution multiplier")
+        header["BACKGRND"] = (background, "background included")
+        write_image(expected_image(sky, instrument, exposure, args.resolution, background).astype("f4"),
+                    fits.Header(header), args.expected)
+    write_events(events, args.output)
+    print(f"{args.output}: {len(events)} events, {exposure:g} s, resolution {args.resolution}x, seed {args.seed}")
+
+
+def cmd_bin(args: argparse.Namespace) -> None:
+    from .instrument.binning import bin_event_file, write_image
+
+    image, header = bin_event_file(args.events)
+    write_image(image, header, args.output)
+    print(f"{args.output}: {int(image.sum())} counts in 0.5-2 keV, {image.shape[1]} x {image.shape[0]} pixels")
+
+
+def cmd_sky(args: argparse.Namespace) -> None:
+    from .pipeline import brightness_reference
+    from .sky.generate import generate_source
+    from .sky.model import write_sky_model
+
+    instrument, config = _instrument(args.config)
+    seed = config["seed"] if args.seed is None else args.seed
+    model = generate_source(args.kind, args.id, config["sources"], brightness_reference(instrument), seed)
+    write_sky_model(model, args.output)
+    print(f"{args.output}: {args.kind} source {args.id}, total flux {model.total_flux:.3g} ph cm-2 s-1")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"exposure must be positive seconds, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xmmsr", description="XMM-Newton EPIC-pn de-noising / super-resolution toolkit")
+    parser.add_argument("--version", action="version", version=f"xmmsr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="simulate a pn event list from a sky model (built-in simulator)")
+    p.add_argument("--sky", required=True, help="sky-model FITS (photon flux image + point sources)")
+    p.add_argument("--exposure", required=True, type=_positive_seconds, help="exposure in seconds")
+    p.add_argument("--resolution", required=True, type=int, choices=(1, 2), help="1: real pn, 2: the 2x instrument")
+    p.add_argument("--seed", required=True, type=int, help="random seed of this realization")
+    p.add_argument("--no-background", action="store_true", help="leave out particle and cosmic background")
+    p.add_argument("--output", required=True, help="event-list FITS to write")
+    p.add_argument("--expected", help="also write the noise-free expected count image (Poisson mean) here")
+    p.add_argument("--config", help="pipeline config YAML for the instrument (default: the embedded defaults)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("bin", help="bin a pn event list (simulated or real) into a 0.5-2 keV count image")
+    p.add_argument("events", help="event-list FITS with an EVENTS extension")
+    p.add_argument("--output", required=True, help="count-image FITS to write")
+    p.set_defaults(func=cmd_bin)
+
+    p = sub.add_parser("sky", help="generate one synthetic sky model as the pipeline does")
+    p.add_argument("--kind", required=True, choices=("extended", "agn", "background"))
+    p.add_argument("--id", type=int, default=0, help="source identifier (selects the random draw)")
+    p.add_argument("--seed", type=int, help="root seed (default: the config's)")
+    p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
+    p.add_argument("--output", required=True, help="sky-model FITS to write")
+    p.set_defaults(func=cmd_sky)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, ConfigError) as exc:
+        print(f"xmmsr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Shard-level stage functions called by the workflow scripts (one job = one shard of sources).
+
+Layout under the output directory:
+
+* ``sky/{kind}/shard{NNNN}/`` – one sky-model FITS per source (``{kind}_{id:06d}.fits``)
+* ``events/{kind}/shard{NNNN}/{E}ks_{R}x/`` – one event list per source
+* ``images/{kind}/shard{NNNN}/{E}ks_{R}x.fits`` – count-image cube of the shard (+ SOURCES table)
+* ``expected/{kind}/shard{NNNN}/{R}x.fits`` – noise-free expected count-rate cube (+ background rate)
+* ``masks/detmask_{R}x.fits`` – detector mask per resolution
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+from tqdm import tqdm
+
+from . import __version__
+from .config import derive_seed
+from .errors import InputError
+from .instrument.binning import bin_event_file, detector_image_wcs
+from .instrument.events import write_events
+from .instrument.model import PnInstrument
+from .instrument.simulator import expected_background, expected_image, simulate_events
+from .io import open_fits, write_fits_atomic
+from .sky.generate import BrightnessReference, generate_source
+from .sky.model import SOURCE_KINDS, read_sky_model, write_sky_model
+
+SIMULATION_STREAM = 1  # seed-derivation key separating simulation seeds from source seeds
+
+
+def shard_source_ids(n_sources: int, shard_size: int, shard: int) -> range:
+    """Source identifiers of one shard."""
+    return range(shard * shard_size, min((shard + 1) * shard_size, n_sources))
+
+
+def n_shards(n_sources: int, shard_size: int) -> int:
+    """Number of shards needed for ``n_sources``."""
+    return -(-n_sources // shard_size)
+
+
+def simulation_seed(root_seed: int, kind: str, source_id: int, exposure_s: float, resolution: int) -> int:
+    """Seed of one realization: independent between exposures, resolutions and sources."""
+    return derive_seed(root_seed, SIMULATION_STREAM, SOURCE_KINDS.index(kind), source_id,
+                       int(round(exposure_s)), resolution)
+
+
+def brightness_reference(instrument: PnInstrument) -> BrightnessReference:
+    """Background level and effective area used to set source brightness (sigma_b)."""
+    area = instrument.require_response().spectral("bremss", 3.0, 3e20).mean_area_cm2
+    return BrightnessReference(background_rate_arcsec2=instrument.background_rate_arcsec2(), effective_area_cm2=area)
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary directory that replaces ``path`` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def logged_to(log_path: str | Path) -> Iterator[None]:
+    """Send stdout/stderr of a workflow job to its log file; a failure is logged with its traceback."""
+    import contextlib
+    import traceback
+
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"xmmsr {__version__}", flush=True)
+        try:
+            yield
+        except BaseException:
+            traceback.print_exc(file=log)
+            raise
+
+
+def _progress(items: Sequence[Any], what: str) -> Any:
+    """A tqdm progress bar on a terminal; silent when output goes to a log file."""
+    return tqdm(items, desc=what, unit="src", disable=None, leave=False)
+
+
+def make_sky_shard(kind: str, source_ids: Sequence[int], sources_cfg: dict[str, Any], instrument: PnInstrument,
+                   root_seed: int, out_dir: str | Path) -> list[Path]:
+    """Generate the sky models of one shard into ``out_dir`` (atomically, all or nothing)."""
+    brightness = brightness_reference(instrument)
+    written = []
+    with atomic_directory(out_dir) as tmp:
+        for source_id in _progress(list(source_ids), f"sky {kind}"):
+            model = generate_source(kind, int(source_id), sources_cfg, brightness, root_seed)
+            name = f"{kind}_{int(source_id):06d}.fits"
+            write_sky_model(model, tmp / name)
+            written.append(Path(out_dir) / name)
+    return written
+
+
+def sky_files(sky_dir: str | Path) -> list[Path]:
+    """The sky-model files of a shard, in source order."""
+    files = sorted(Path(sky_dir).glob("*.fits"))
+    if not files:
+        raise InputError(sky_dir, "sky-model shard", "contains no sky-model FITS files",
+                         "rerun the sources rule for this shard")
+    return files
+
+
+def simulate_shard(sky_dir: str | Path, instrument: PnInstrument, exposure_s: float, resolution: int,
+                   root_seed: int, out_dir: str | Path, background: bool = True, tstart: float = 0.0) -> None:
+    """Simulate one event list per sky model of the shard into ``out_dir`` (atomically)."""
+    with atomic_directory(out_dir) as tmp:
+        for path in _progress(sky_files(sky_dir), f"simulate {exposure_s / 1000:g} ks {resolution}x"):
+            sky = read_sky_model(path)
+            seed = simulation_seed(root_seed, sky.kind, sky.source_id, exposure_s, resolution)
+            events = simulate_events(sky, instrument, exposure_s, resolution, seed, background, tstart)
+            write_events(events, tmp / path.name)
+
+
+def _sources_table(rows: list[dict[str, Any]]) -> fits.BinTableHDU:
+    formats = {"SRCID": "J", "SRCKIND": "12A", "SEED": "K", "SRCSEED": "K", "NEVENTS": "J", "EXPOSURE": "D",
+               "RA_PNT": "D", "DEC_PNT": "D", "PA_PNT": "D", "CRPIX1": "D", "CRPIX2": "D", "CRVAL1": "D",
+               "CRVAL2": "D", "CD1_1": "D", "CD1_2": "D", "CD2_1": "D", "CD2_2": "D"}
+    cols = [fits.Column(name=k, format=f, array=np.array([r[k] for r in rows])) for k, f in formats.items()]
+    return fits.BinTableHDU.from_columns(cols, name="SOURCES")
+
+
+def _wcs_row(w: WCS) -> dict[str, float]:
+    cd = w.wcs.cd if w.wcs.has_cd() else np.diag(w.wcs.cdelt)
+    return {"CRPIX1": w.wcs.crpix[0], "CRPIX2": w.wcs.crpix[1], "CRVAL1": w.wcs.crval[0], "CRVAL2": w.wcs.crval[1],
+            "CD1_1": cd[0, 0], "CD1_2": cd[0, 1], "CD2_1": cd[1, 0], "CD2_2": cd[1, 1]}
+
+
+def cube_wcs(row: fits.FITS_record) -> WCS:
+    """The celestial WCS of one plane of an image cube, from its SOURCES row."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crpix = [row["CRPIX1"], row["CRPIX2"]]
+    w.wcs.crval = [row["CRVAL1"], row["CRVAL2"]]
+    w.wcs.cd = [[row["CD1_1"], row["CD1_2"]], [row["CD2_1"], row["CD2_2"]]]
+    return w
+
+
+def _cube_header(kind: str, resolution: int, unit: str, exposure_s: float | None) -> fits.Header:
+    h = fits.Header()
+    h["BUNIT"] = (unit, "per pixel")
+    h["RESMULT"] = (resolution, "resolution multiplier")
+    h["SRCKIND"] = (kind, "source kind of the shard")
+    if exposure_s is not None:
+        h["EXPOSURE"] = (exposure_s, "[s] exposure time")
+    h["PI_MIN"], h["PI_MAX"] = 500, 2000
+    h["PATTMAX"] = (4, "events with PATTERN <= PATTMAX")
+    h["FLAGSEL"] = ("FLAG==0", "event flag selection")
+    h["CREATOR"] = (f"xmmsr {__version__}", "software that wrote this file")
+    h["COMMENT"] = "Plane i of the cube is source row i of the SOURCES table (its WCS is in that row)."
+    return h
+
+
+def bin_shard(events_dir: str | Path, output: str | Path) -> None:
+    """Bin every event list of a shard into one count-image cube (int32, plane per source)."""
+    files = sorted(Path(events_dir).glob("*.fits"))
+    if not files:
+        raise InputError(events_dir, "event-list shard", "contains no event lists", "rerun the simulate rule")
+    planes, rows = [], []
+    header = None
+    for path in _progress(files, "bin"):
+        image, header = bin_event_file(path)
+        planes.append(image)
+        rows.append({"SRCID": header["SRCID"], "SRCKIND": header["SRCKIND"], "SEED": header["SEED"],
+                     "SRCSEED": header["SRCSEED"], "NEVENTS": header["NEVENTS"], "EXPOSURE": header["EXPOSURE"],
+                     "RA_PNT": header["RA_PNT"], "DEC_PNT": header["DEC_PNT"], "PA_PNT": header["PA_PNT"],
+                     **_wcs_row(WCS(header))})
+    assert header is not None
+    primary = fits.PrimaryHDU(np.stack(planes), header=_cube_header(header["SRCKIND"], header["RESMULT"], "count",
+                                                                     header["EXPOSURE"]))
+    write_fits_atomic(fits.HDUList([primary, _sources_table(rows)]), output)
+
+
+def expected_shard(sky_dir: str | Path, instrument: PnInstrument, resolution: int, output: str | Path) -> None:
+    """Noise-free expected count rate (counts/s, background included) per source, plus the background alone."""
+    planes, rows = [], []
+    kind = "background"
+    for path in _progress(sky_files(sky_dir), f"expected {resolution}x"):
+        sky = read_sky_model(path)
+        kind = sky.kind
+        planes.append(expected_image(sky, instrument, 1.0, resolution).astype(np.float32))
+        g = instrument.geometry
+        w = detector_image_wcs(g.image_grid(resolution), sky.ra_pnt, sky.dec_pnt, instrument.roll_deg,
+                               g.aim_x_arcsec, g.aim_y_arcsec)
+        rows.append({"SRCID": sky.source_id, "SRCKIND": sky.kind, "SEED": 0, "SRCSEED": sky.seed, "NEVENTS": 0,
+                     "EXPOSURE": 1.0, "RA_PNT": sky.ra_pnt, "DEC_PNT": sky.dec_pnt, "PA_PNT": instrument.roll_deg,
+                     **_wcs_row(w)})
+    bkg = expected_background(instrument, 1.0, resolution).astype(np.float32)
+    primary = fits.PrimaryHDU(np.stack(planes), header=_cube_header(kind, resolution, "count s-1", None))
+    primary.header["EXTNAME"] = "EXPECTED"
+    primary.header["COMMENT"] = "Multiply by an exposure (s) for expected counts; subtract BACKGROUND for the sources alone."
+    bkg_hdu = fits.ImageHDU(bkg, name="BACKGROUND")
+    bkg_hdu.header["BUNIT"] = "count s-1"
+    write_fits_atomic(fits.HDUList([primary, bkg_hdu, _sources_table(rows)]), output)
+
+
+def read_cube(path: str | Path) -> tuple[np.ndarray, fits.FITS_rec, fits.Header]:
+    """Read an image or expected cube: (cube, SOURCES table, primary header)."""
+    with open_fits(path, "image cube") as hdul:
+        return np.asarray(hdul[0].data), hdul["SOURCES"].data, hdul[0].header.copy()

@@ -1,0 +1,117 @@
+"""The xmmsr command line: the contract of `simulate` and `bin`, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from conftest import beta_sky
+
+from xmmsr.cli import main
+from xmmsr.sky.model import SkyModel, to_hdulist, write_sky_model
+
+
+@pytest.fixture()
+def sky_file(tmp_path):
+    path = tmp_path / "sky.fits"
+    write_sky_model(beta_sky(npix=300), path)
+    return path
+
+
+def run(args: list[str]) -> int:
+    return main([str(a) for a in args])
+
+
+def test_simulate_then_bin(sky_file, tmp_path, capsys):
+    events, image, expected = tmp_path / "ev.fits", tmp_path / "img.fits", tmp_path / "exp.fits"
+    assert run(["simulate", "--sky", sky_file, "--exposure", 20000, "--resolution", 2, "--seed", 7,
+                "--output", events, "--expected", expected]) == 0
+    with fits.open(events) as hdul:
+        h = hdul["EVENTS"].header
+        assert (h["TELESCOP"], h["INSTRUME"], h["EXPOSURE"], h["RESMULT"], h["SEED"]) == ("XMM", "EPN", 20000.0, 2, 7)
+        assert h["TSTOP"] - h["TSTART"] == 20000.0
+        assert {"TIME", "X", "Y", "DETX", "DETY", "RAWX", "RAWY", "CCDNR", "PI", "ENERGY", "PATTERN", "FLAG"} <= set(
+            hdul["EVENTS"].columns.names)
+    assert run(["bin", events, "--output", image]) == 0
+    with fits.open(image) as img, fits.open(expected) as exp:
+        assert img[0].data.shape == (822, 806) and img[0].header["EXPOSURE"] == 20000.0
+        total = exp[0].data.sum()
+        assert abs(img[0].data.sum() - total) < 4 * np.sqrt(total)
+    assert "events" in capsys.readouterr().out
+
+
+def test_no_background_flag(sky_file, tmp_path):
+    with_bkg, without = tmp_path / "a.fits", tmp_path / "b.fits"
+    common = ["--sky", sky_file, "--exposure", 20000, "--resolution", 1, "--seed", 1]
+    assert run(["simulate", *common, "--output", with_bkg]) == 0
+    assert run(["simulate", *common, "--no-background", "--output", without]) == 0
+    with fits.open(with_bkg) as a, fits.open(without) as b:
+        assert len(a["EVENTS"].data) - len(b["EVENTS"].data) > 15_000  # the background
+        assert b["EVENTS"].header["BACKGRND"] is False
+
+
+def _assert_clean_failure(args, output, capsys, *fragments):
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in err
+    assert not output.exists()
+    assert not list(output.parent.glob(f".{output.name}*"))  # no temporary leftovers
+
+
+def test_corrupt_sky_model(tmp_path, capsys):
+    bad = tmp_path / "corrupt.fits"
+    bad.write_bytes(b"SIMPLE  =                    T" + bytes(range(256)) * 20)
+    out = tmp_path / "ev.fits"
+    _assert_clean_failure(["simulate", "--sky", bad, "--exposure", 100, "--resolution", 1, "--seed", 1,
+                           "--output", out], out, capsys, "corrupt.fits", "FITS", "Fix:")
+
+
+def test_truncated_sky_model(sky_file, tmp_path, capsys):
+    truncated = tmp_path / "truncated.fits"
+    truncated.write_bytes(sky_file.read_bytes()[: 2880 * 20])
+    out = tmp_path / "ev.fits"
+    _assert_clean_failure(["simulate", "--sky", truncated, "--exposure", 100, "--resolution", 1, "--seed", 1,
+                           "--output", out], out, capsys, "truncated.fits", "truncated")
+
+
+def test_empty_sky_model(tmp_path, capsys):
+    empty = tmp_path / "empty.fits"
+    fits.PrimaryHDU().writeto(empty)
+    out = tmp_path / "ev.fits"
+    _assert_clean_failure(["simulate", "--sky", empty, "--exposure", 100, "--resolution", 1, "--seed", 1,
+                           "--output", out], out, capsys, "empty.fits", "empty sky model")
+
+
+def test_sky_model_without_flux(tmp_path, capsys):
+    model = beta_sky(npix=64)
+    dark = SkyModel(np.zeros_like(model.image), model.wcs, model.ra_pnt, model.dec_pnt, "extended")
+    path = tmp_path / "dark.fits"
+    to_hdulist(dark).writeto(path)
+    out = tmp_path / "ev.fits"
+    _assert_clean_failure(["simulate", "--sky", path, "--exposure", 100, "--resolution", 1, "--seed", 1,
+                           "--output", out], out, capsys, "no flux", "SRCKIND")
+
+
+def test_negative_exposure(sky_file, tmp_path, capsys):
+    out = tmp_path / "ev.fits"
+    with pytest.raises(SystemExit) as exc:
+        run(["simulate", "--sky", sky_file, "--exposure", -20000, "--resolution", 1, "--seed", 1, "--output", out])
+    assert exc.value.code == 2
+    assert "positive" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_truncated_event_list(sky_file, tmp_path, capsys):
+    events = tmp_path / "ev.fits"
+    assert run(["simulate", "--sky", sky_file, "--exposure", 20000, "--resolution", 1, "--seed", 1,
+                "--output", events]) == 0
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(events.read_bytes()[: len(events.read_bytes()) // 2])
+    out = tmp_path / "img.fits"
+    _assert_clean_failure(["bin", cut, "--output", out], out, capsys, "cut.fits", "event list")
+
+
+def test_missing_file(tmp_path, capsys):
+    out = tmp_path / "img.fits"
+    _assert_clean_failure(["bin", tmp_path / "nope.fits", "--output", out], out, capsys, "nope.fits", "does not exist")

@@ -1,0 +1,162 @@
+"""Physics of the built-in EPIC-pn simulator: photon statistics, PSF, vignetting, geometry, seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import beta_sky, make_instrument, point_sky
+
+from xmmsr.errors import InputError
+from xmmsr.instrument.binning import bin_counts, select_good
+from xmmsr.instrument.events import write_events
+from xmmsr.instrument.geometry import DET_UNIT_ARCSEC
+from xmmsr.instrument.simulator import expected_background, expected_image, simulate_events
+from xmmsr.sky.model import SkyModel
+
+
+def binned(events, instrument, resolution):
+    c = events.columns
+    good = select_good(c["PATTERN"], c["FLAG"], c["PI"])
+    return bin_counts(c["DETX"][good], c["DETY"][good], instrument.geometry.image_grid(resolution))
+
+
+def block_sums(image, block):
+    ny, nx = (s // block * block for s in image.shape)
+    return image[:ny, :nx].reshape(ny // block, block, nx // block, block).sum(axis=(1, 3))
+
+
+@pytest.mark.parametrize("resolution", [1, 2])
+def test_counts_agree_with_expected_image(instrument, resolution):
+    sky = beta_sky()
+    events = simulate_events(sky, instrument, 20_000, resolution, seed=11)
+    counts = binned(events, instrument, resolution)
+    expected = expected_image(sky, instrument, 20_000, resolution)
+    total = expected.sum()
+    assert abs(counts.sum() - total) < 4 * np.sqrt(total)
+    # Spatially: in 64" blocks the normalised residuals are standard-normal-like.
+    obs, exp = block_sums(counts, 16 * resolution), block_sums(expected, 16 * resolution)
+    ok = exp > 25
+    z = (obs[ok] - exp[ok]) / np.sqrt(exp[ok])
+    assert ok.sum() > 200
+    assert abs(z.mean()) < 4 / np.sqrt(ok.sum()) + 0.05
+    assert 0.85 < z.std() < 1.2
+
+
+def _radii(events, instrument, source_det):
+    c = events.columns
+    dx = c["DETX"] * DET_UNIT_ARCSEC - source_det[0]
+    dy = c["DETY"] * DET_UNIT_ARCSEC - source_det[1]
+    return np.hypot(dx, dy)
+
+
+def test_point_source_profile_is_the_king_profile(instrument):
+    events = simulate_events(point_sky(1.5e-3), instrument, 20_000, 1, seed=5, background=False)
+    g = instrument.geometry
+    r = _radii(events, instrument, (g.aim_x_arcsec, g.aim_y_arcsec))
+    r_cut = 50.0  # the nearest chip gap is 60" from the aim point
+    inner = np.sort(r[r < r_cut])
+    assert inner.size > 10_000
+    rc = float(instrument.psf.core_radius(0, 1))
+    model_cdf = instrument.psf.enclosed_fraction(inner, rc) / instrument.psf.enclosed_fraction(r_cut, rc)
+    empirical = np.arange(1, inner.size + 1) / inner.size
+    assert np.max(np.abs(empirical - model_cdf)) < 1.63 / np.sqrt(inner.size)  # KS test at 1 %
+
+
+def test_psf_widths_match_design_numbers(instrument):
+    psf = instrument.psf
+    rc = psf.core_radius_arcsec
+    fwhm = 2 * rc * np.sqrt(2 ** (1 / psf.alpha) - 1)
+    assert 5.5 < fwhm < 7.0                        # on-axis FWHM ~6"
+    assert 13.5 < psf.half_energy_width(rc) < 17   # HEW ~15"
+
+
+def test_2x_psf_has_half_the_half_energy_width(instrument):
+    g = instrument.geometry
+    hew = {}
+    for resolution in (1, 2):
+        events = simulate_events(point_sky(1e-3), instrument, 20_000, resolution, seed=9, background=False)
+        r = _radii(events, instrument, (g.aim_x_arcsec, g.aim_y_arcsec))
+        hew[resolution] = 2 * np.median(r)
+    assert hew[2] / hew[1] == pytest.approx(0.5, abs=0.03)
+    assert hew[1] == pytest.approx(instrument.psf.half_energy_width(instrument.psf.core_radius(0, 1)), rel=0.08)
+
+
+def test_vignetting_thins_counts_off_axis():
+    # A nearly delta-like PSF isolates the vignetting: 12' off-axis keeps 65 % of the photons.
+    inst = make_instrument(psf={"core_radius_arcsec": 0.02, "max_radius_arcsec": 0.5})
+    on = len(simulate_events(point_sky(2e-3), inst, 20_000, 1, seed=1, background=False))
+    off = len(simulate_events(point_sky(2e-3, offset_arcsec=(-720.0, 0.0)), inst, 20_000, 1, seed=2, background=False))
+    ratio = off / on
+    sigma = ratio * np.sqrt(1 / on + 1 / off)
+    assert abs(ratio - float(inst.vignetting(12.0))) < 4 * sigma
+    assert float(inst.vignetting(12.0)) == pytest.approx(0.65)
+
+
+def test_no_events_in_chip_gaps(instrument):
+    events = simulate_events(beta_sky(), instrument, 20_000, 1, seed=3)
+    g = instrument.geometry
+    x = events.columns["DETX"] * DET_UNIT_ARCSEC
+    y = events.columns["DETY"] * DET_UNIT_ARCSEC
+    tol = DET_UNIT_ARCSEC
+    for k in range(1, g.ccds_x):
+        left = -g.array_width / 2 + k * g.ccd_width + (k - 1) * g.gap_x_arcsec
+        assert not np.any((x > left + tol) & (x < left + g.gap_x_arcsec - tol))
+    bottom = -g.array_height / 2 + g.ccd_height
+    assert not np.any((y > bottom + tol) & (y < bottom + g.gap_y_arcsec - tol))
+    assert np.all(np.abs(x) <= g.array_width / 2 + tol) and np.all(np.abs(y) <= g.array_height / 2 + tol)
+    counts = binned(events, instrument, 1)
+    dead = g.acceptance(g.image_grid(1)) == 0
+    assert dead.sum() > 1000 and counts[dead].sum() == 0
+
+
+def test_long_exposure_has_five_times_the_counts(instrument):
+    sky = beta_sky()
+    short = binned(simulate_events(sky, instrument, 20_000, 1, seed=21), instrument, 1)
+    long = binned(simulate_events(sky, instrument, 100_000, 1, seed=22), instrument, 1)
+    ratio = long.sum() / short.sum()
+    assert abs(ratio - 5.0) < 4 * ratio * np.sqrt(1 / long.sum() + 1 / short.sum())
+
+
+def test_background_level_matches_design(instrument):
+    blank = SkyModel(np.zeros((8, 8), np.float32), point_sky(1.0).wcs, 150.0, 2.0, "background")
+    counts = binned(simulate_events(blank, instrument, 20_000, 1, seed=4), instrument, 1)
+    expected = expected_background(instrument, 20_000, 1)
+    assert abs(counts.sum() - expected.sum()) < 4 * np.sqrt(expected.sum())
+    assert 16_000 < counts.sum() < 20_000           # ~18,000 counts per 20 ks over the pn field
+    g = instrument.geometry
+    grid = g.image_grid(1)
+    iy = int((g.aim_y_arcsec - grid.y0_arcsec) // grid.pixel_arcsec)
+    ix = int((g.aim_x_arcsec - grid.x0_arcsec) // grid.pixel_arcsec)
+    assert 0.12 < expected[iy, ix] < 0.18           # ~0.14 counts per 4" pixel per 20 ks on axis
+    # particle background alone outside the field of view (chip corners) is flat and lower
+    corner = expected[:20, :20][expected[:20, :20] > 0]
+    assert corner.size and corner.max() < expected[iy, ix]
+
+
+def test_energy_resolution_and_patterns(instrument):
+    events = simulate_events(beta_sky(), instrument, 20_000, 1, seed=8)
+    c = events.columns
+    near_1kev = (c["ENERGY"] > 950) & (c["ENERGY"] < 1050)
+    spread = (c["PI"][near_1kev] - c["ENERGY"][near_1kev]).std()
+    assert spread == pytest.approx(instrument.response.fwhm_ev_at_1kev / 2.3548, rel=0.08)
+    assert np.mean(c["PATTERN"] == 0) == pytest.approx(instrument.patterns.single, abs=0.01)
+    assert np.mean(c["PATTERN"] <= 4) == pytest.approx(instrument.patterns.good, abs=0.005)
+    assert np.all(np.diff(c["TIME"]) >= 0)
+    assert c["TIME"].min() >= events.header["TSTART"][0] and c["TIME"].max() <= events.header["TSTOP"][0]
+
+
+def test_same_seed_same_bytes_different_seed_different_events(instrument, tmp_path):
+    sky = beta_sky(npix=300)
+    paths = []
+    for i, seed in enumerate((42, 42, 43)):
+        paths.append(tmp_path / f"ev{i}.fits")
+        write_events(simulate_events(sky, instrument, 5_000, 2, seed=seed), paths[-1])
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert paths[0].read_bytes() != paths[2].read_bytes()
+
+
+def test_bad_exposure_and_resolution_are_rejected(instrument):
+    with pytest.raises(InputError, match="exposure"):
+        simulate_events(point_sky(1e-3), instrument, -5.0, 1, seed=1)
+    with pytest.raises(InputError, match="resolution"):
+        expected_image(point_sky(1e-3), instrument, 1000.0, 3)

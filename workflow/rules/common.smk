@@ -1,0 +1,78 @@
+# Helpers shared by the rules: config validation (schema defaults filled), shard lists, paths, params.
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from snakemake.exceptions import WorkflowError
+from xmmsr.config import ConfigError, check_config, resolve_resource
+from xmmsr.pipeline import n_shards, shard_source_ids
+from xmmsr.sky.model import SOURCE_KINDS
+
+try:
+    check_config(config, "config")
+except ConfigError as exc:
+    raise WorkflowError(f"Invalid configuration. {exc}") from None
+
+OUT = config["outdir"]
+CONDA_ENV = "../../envs/xmmsr.yaml"
+KINDS = [k for k in SOURCE_KINDS if config["sources"][k]["n"] > 0]
+EXPOSURES_KS = [f"{e:g}" for e in config["simulate"]["exposures_ks"]]
+RESOLUTIONS = [str(r) for r in config["simulate"]["resolutions"]]
+EFFECTIVE_AREA = str(resolve_resource(config["instrument"]["effective_area_file"], workflow.basedir))
+
+
+wildcard_constraints:
+    kind="|".join(SOURCE_KINDS),
+    shard=r"\d{4}",
+    exposure=r"\d+(\.\d+)?",
+    res="[12]",
+
+
+def shards(kind):
+    """Shard labels (zero-padded) of a source kind."""
+    return [f"{s:04d}" for s in range(n_shards(config["sources"][kind]["n"], config["shards"]["size"]))]
+
+
+def shard_ids(wildcards):
+    """Source identifiers of the shard of a job."""
+    kind_cfg = config["sources"][wildcards.kind]
+    return list(shard_source_ids(kind_cfg["n"], config["shards"]["size"], int(wildcards.shard)))
+
+
+def source_params(wildcards):
+    """Only the parts of the sources config that shape this kind's sky models (not the counts n)."""
+    wanted = {"extended": ["sky", "extended", "agn"], "agn": ["sky", "agn"], "background": ["sky"]}
+    if not config["sources"]["extended"]["include_agn"]:
+        wanted["extended"] = ["sky", "extended"]
+    return {key: {k: v for k, v in config["sources"][key].items() if k != "n"} for key in wanted[wildcards.kind]}
+
+
+def brightness_params():
+    """The instrument quantities that define the background level used by sigma_b."""
+    inst = config["instrument"]
+    return {k: inst[k] for k in ("background", "pattern_fractions", "energy_resolution_fwhm_ev")}
+
+
+def simulation_params():
+    """Instrument parameters of the event simulation (the expected-image sampling does not matter)."""
+    return {k: v for k, v in config["instrument"].items() if k != "expected_oversample"}
+
+
+def events_dir(kind, shard, exposure, res):
+    path = f"{OUT}/events/{kind}/shard{shard}/{exposure}ks_{res}x"
+    return directory(path) if config["simulate"]["keep_events"] else temp(directory(path))
+
+
+def all_targets():
+    images = [
+        f"{OUT}/images/{kind}/shard{shard}/{e}ks_{r}x.fits"
+        for kind in KINDS
+        for shard in shards(kind)
+        for e in EXPOSURES_KS
+        for r in RESOLUTIONS
+    ]
+    expected = [f"{OUT}/expected/{kind}/shard{shard}/{r}x.fits" for kind in KINDS for shard in shards(kind) for r in RESOLUTIONS]
+    masks = [f"{OUT}/masks/detmask_{r}x.fits" for r in RESOLUTIONS]
+    return images + expected + masks

@@ -1,0 +1,39 @@
+# Built-in EPIC-pn simulator: event lists per shard, exposure and resolution; expected images per shard.
+
+
+rule simulate:
+    input:
+        sky=f"{OUT}/sky/{{kind}}/shard{{shard}}",
+        effective_area=EFFECTIVE_AREA,
+    output:
+        events_dir("{kind}", "{shard}", "{exposure}", "{res}"),
+    params:
+        instrument=simulation_params(),
+        exposure_s=lambda w: float(w.exposure) * 1000.0,
+        resolution=lambda w: int(w.res),
+        seed=config["seed"],
+        tstart=config["simulate"]["tstart"],
+        backend=config["simulate"]["backend"],
+    log:
+        "logs/simulate/{kind}_shard{shard}_{exposure}ks_{res}x.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/simulate.py"
+
+
+rule expected:
+    input:
+        sky=f"{OUT}/sky/{{kind}}/shard{{shard}}",
+        effective_area=EFFECTIVE_AREA,
+    output:
+        f"{OUT}/expected/{{kind}}/shard{{shard}}/{{res}}x.fits",
+    params:
+        instrument=config["instrument"],
+        resolution=lambda w: int(w.res),
+    log:
+        "logs/expected/{kind}_shard{shard}_{res}x.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/expected.py"

@@ -1,0 +1,17 @@
+"""Rule detector_mask: the 0/1 active-area mask at one resolution."""
+
+import sys
+from pathlib import Path
+
+sm = snakemake  # noqa: F821 (injected by snakemake)
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+
+from xmmsr.config import check_config
+from xmmsr.instrument.binning import write_detector_mask
+from xmmsr.instrument.model import PnInstrument
+from xmmsr.pipeline import logged_to
+
+with logged_to(sm.log[0]):
+    cfg = check_config({"instrument": {"geometry": sm.params.geometry}})
+    geometry = PnInstrument.from_config(cfg["instrument"]).geometry
+    write_detector_mask(geometry, sm.params.resolution, sm.output[0])

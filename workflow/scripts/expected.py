@@ -1,0 +1,15 @@
+"""Rule expected: noise-free expected count-rate images of one shard at one resolution."""
+
+import sys
+from pathlib import Path
+
+sm = snakemake  # noqa: F821 (injected by snakemake)
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+
+from xmmsr.config import check_config
+from xmmsr.instrument.model import PnInstrument
+from xmmsr.pipeline import expected_shard, logged_to
+
+with logged_to(sm.log[0]):
+    cfg = check_config({"instrument": dict(sm.params.instrument, effective_area_file=sm.input.effective_area)})
+    expected_shard(sm.input.sky, PnInstrument.from_config(cfg["instrument"]), sm.params.resolution, sm.output[0])

@@ -1,0 +1,17 @@
+"""Rule simulate: event lists of one shard at one exposure and resolution (built-in simulator)."""
+
+import sys
+from pathlib import Path
+
+sm = snakemake  # noqa: F821 (injected by snakemake)
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+
+from xmmsr.config import check_config
+from xmmsr.instrument.model import PnInstrument
+from xmmsr.pipeline import logged_to, simulate_shard
+
+with logged_to(sm.log[0]):
+    cfg = check_config({"instrument": dict(sm.params.instrument, effective_area_file=sm.input.effective_area)})
+    instrument = PnInstrument.from_config(cfg["instrument"])
+    simulate_shard(sm.input.sky, instrument, sm.params.exposure_s, sm.params.resolution, sm.params.seed,
+                   sm.output[0], background=True, tstart=sm.params.tstart)
