@@ -103,33 +103,42 @@ class PnGeometry:
                          -self.image_ny * self.image_pixel_arcsec / 2)
 
     def locate(self, dx: np.ndarray, dy: np.ndarray, resolution: int) -> tuple[np.ndarray, ...]:
-        """CCD number (1..12, 0 off-chip), RAWX, RAWY and FLAG of positions (arcsec, detector frame).
+        """CCD number (1..12), RAWX, RAWY and FLAG of on-chip positions (arcsec, detector frame).
 
-        RAWX/RAWY count raw pixels of ``pixel_arcsec / resolution``; CCDs are numbered row by row
-        from the lower left.
+        Positions must be on a CCD (see :meth:`on_chip`). RAWX/RAWY count raw pixels of
+        ``pixel_arcsec / resolution``; CCDs are numbered row by row from the lower left.
         """
-        pitch_x = self.ccd_width + self.gap_x_arcsec
-        pitch_y = self.ccd_height + self.gap_y_arcsec
-        ux = dx + np.float32(self.array_width / 2)
-        uy = dy + np.float32(self.array_height / 2)
-        ix = np.floor(ux / np.float32(pitch_x)).astype(np.int16)
-        iy = np.floor(uy / np.float32(pitch_y)).astype(np.int16)
-        wx = ux - ix * np.float32(pitch_x)
-        wy = uy - iy * np.float32(pitch_y)
-        on = (ix >= 0) & (ix < self.ccds_x) & (iy >= 0) & (iy < self.ccds_y)
-        on &= (wx < self.ccd_width) & (wy < self.ccd_height) & (wx >= 0) & (wy >= 0)
-        raw_pixel = np.float32(self.pixel_arcsec / resolution)
-        rawx = np.floor(wx / raw_pixel).astype(np.int16)
-        rawy = np.floor(wy / raw_pixel).astype(np.int16)
-        ccdnr = np.where(on, iy * self.ccds_x + ix + 1, 0).astype(np.uint8)
+        f32 = np.float32
+        ux = dx + f32(self.array_width / 2)
+        uy = dy + f32(self.array_height / 2)
+        ix = (ux * f32(1.0 / (self.ccd_width + self.gap_x_arcsec))).astype(np.int16)
+        iy = (uy * f32(1.0 / (self.ccd_height + self.gap_y_arcsec))).astype(np.int16)
+        wx = ux - ix * f32(self.ccd_width + self.gap_x_arcsec)
+        wy = uy - iy * f32(self.ccd_height + self.gap_y_arcsec)
+        raw_scale = f32(resolution / self.pixel_arcsec)
+        rawx = np.minimum((wx * raw_scale).astype(np.int16), self.ccd_columns * resolution - 1)
+        rawy = np.minimum((wy * raw_scale).astype(np.int16), self.ccd_rows * resolution - 1)
+        ccdnr = (iy * self.ccds_x + ix + 1).astype(np.uint8)
         flag = np.zeros(dx.shape, dtype=np.int32)
         if self.flag_ccd_border:
-            border = (wx < self.pixel_arcsec) | (wx >= self.ccd_width - self.pixel_arcsec)
-            flag |= np.where(border, FLAG_CCD_BORDER, 0).astype(np.int32)
-        for ccd, column in self.bad_columns:
-            col = np.floor(wx / np.float32(self.pixel_arcsec))
-            flag |= np.where((ccdnr == ccd) & (col == column), FLAG_BAD_COLUMN, 0).astype(np.int32)
+            border = (wx < f32(self.pixel_arcsec)) | (wx >= f32(self.ccd_width - self.pixel_arcsec))
+            flag[border] = FLAG_CCD_BORDER
+        if self.bad_columns:
+            column_1x = (wx * f32(1.0 / self.pixel_arcsec)).astype(np.int16)
+            for ccd, column in self.bad_columns:
+                flag[(ccdnr == ccd) & (column_1x == column)] |= FLAG_BAD_COLUMN
         return ccdnr, rawx, rawy, flag
+
+    def on_chip(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        """True for positions (arcsec, detector frame) on a CCD (not in a gap or outside the array)."""
+        pitch_x = np.float32(self.ccd_width + self.gap_x_arcsec)
+        pitch_y = np.float32(self.ccd_height + self.gap_y_arcsec)
+        ux = dx + np.float32(self.array_width / 2)
+        uy = dy + np.float32(self.array_height / 2)
+        on = (ux >= 0) & (ux < np.float32(self.array_width)) & (uy >= 0) & (uy < np.float32(self.array_height))
+        on &= ux - np.floor(ux / pitch_x) * pitch_x < np.float32(self.ccd_width)
+        on &= uy - np.floor(uy / pitch_y) * pitch_y < np.float32(self.ccd_height)
+        return on
 
     def good_x_intervals(self, ix: int, iy: int) -> list[tuple[float, float]]:
         """Intervals (arcsec) along x of CCD (ix, iy) whose events are unflagged."""

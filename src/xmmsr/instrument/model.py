@@ -25,8 +25,16 @@ class Vignetting:
     power: float = 1.6
 
     def __call__(self, offaxis_arcmin: np.ndarray) -> np.ndarray:
-        x = np.asarray(offaxis_arcmin) / self.reference_offaxis_arcmin
-        return np.clip(1.0 - (1.0 - self.value_at_reference) * np.power(x, self.power), 0.0, 1.0)
+        return self.of_squared(np.square(offaxis_arcmin))
+
+    def of_squared(self, offaxis2_arcmin2: np.ndarray) -> np.ndarray:
+        """Vignetting as a function of the squared off-axis angle (arcmin^2), in its precision."""
+        x2 = np.asarray(offaxis2_arcmin2)
+        t = x2.dtype.type if x2.dtype.kind == "f" else np.float64
+        v = np.power(x2 * t(1.0 / self.reference_offaxis_arcmin**2), t(self.power / 2.0))
+        v *= t(-(1.0 - self.value_at_reference))
+        v += t(1.0)
+        return np.clip(v, t(0.0), t(1.0))
 
 
 @dataclass(frozen=True)

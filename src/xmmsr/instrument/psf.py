@@ -31,12 +31,18 @@ class KingPsf:
         """Untruncated encircled-energy fraction within radius r: 1 - (1 + (r/rc)^2)^(1 - alpha)."""
         return 1.0 - np.power(1.0 + (np.asarray(r) / rc) ** 2, 1.0 - self.alpha)
 
-    def sample_radii(self, rng: np.random.Generator, rc: np.ndarray, r_max: float) -> np.ndarray:
-        """Draw radii (arcsec) by inverse CDF of the King profile truncated at ``r_max``; ``rc`` per photon."""
-        rc = np.asarray(rc, dtype=np.float32)
-        f_max = 1.0 - np.power(1.0 + (np.float32(r_max) / rc) ** 2, np.float32(1.0 - self.alpha))
-        u = rng.random(rc.size, dtype=np.float32) * f_max
-        return rc * np.sqrt(np.power(1.0 - u, np.float32(1.0 / (1.0 - self.alpha))) - np.float32(1.0))
+    def sample_radii(self, rng: np.random.Generator, bands: np.ndarray, resolution: int) -> np.ndarray:
+        """Draw radii (arcsec) by inverse CDF of the King profile truncated at ``max_radius_arcsec``,
+        for photons in off-axis ``bands``: r = r_c sqrt((1 - u)^(1/(1 - alpha)) - 1), u < F(r_max)."""
+        rc = np.asarray(self.core_radius(np.arange(int(bands.max(initial=0)) + 1), resolution), dtype=np.float64)
+        f_max = self.enclosed_fraction(self.max_radius_arcsec, rc)
+        u = rng.random(bands.size, dtype=np.float32)
+        u *= f_max.astype(np.float32)[bands]
+        r = np.power(np.float32(1.0) - u, np.float32(1.0 / (1.0 - self.alpha)))
+        r -= np.float32(1.0)
+        np.sqrt(r, out=r)
+        r *= rc.astype(np.float32)[bands]
+        return r
 
     def half_energy_width(self, rc: float, r_max: float | None = None) -> float:
         """Diameter (arcsec) enclosing half of the (truncated) PSF."""

@@ -73,11 +73,13 @@ class _Frame:
                 self.sin_roll * u + self.cos_roll * v + self.aim_y)
 
     def to_tangent(self, dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Detector (arcsec) -> tangent plane (arcsec)."""
-        ux, uy = dx - self.aim_x, dy - self.aim_y
-        u = self.cos_roll * ux + self.sin_roll * uy
-        v = -self.sin_roll * ux + self.cos_roll * uy
-        return -u, v
+        """Detector (arcsec) -> tangent plane (arcsec), in the precision of the input arrays."""
+        t = dx.dtype.type
+        ux, uy = dx - t(self.aim_x), dy - t(self.aim_y)
+        if self.sin_roll == 0.0 and self.cos_roll == 1.0:
+            return -ux, uy
+        c, s = t(self.cos_roll), t(self.sin_roll)
+        return -(c * ux + s * uy), c * uy - s * ux
 
 
 def _pixel_to_detector(sky: SkyModel, frame: _Frame, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,6 +117,8 @@ class _SkyPixels:
     dx: np.ndarray
     dy: np.ndarray
     jacobian: np.ndarray  # d(detector arcsec)/d(sky pixel) at the pointing
+    point_dx: np.ndarray  # detector positions of the point sources
+    point_dy: np.ndarray
 
 
 def _sky_pixels(sky: SkyModel, frame: _Frame, region: ImageGrid) -> _SkyPixels:
@@ -125,13 +129,14 @@ def _sky_pixels(sky: SkyModel, frame: _Frame, region: ImageGrid) -> _SkyPixels:
     probe = np.array([c0, c0 + [1.0, 0.0], c0 + [0.0, 1.0]])
     px, py = frame.to_detector(*frame.tangent(*sky.wcs.wcs_pix2world(probe[:, 0], probe[:, 1], 0)))
     jac = np.array([[px[1] - px[0], px[2] - px[0]], [py[1] - py[0], py[2] - py[0]]])
+    qx, qy = _point_positions(sky, frame)
     if nz.size == 0:
-        return _SkyPixels(np.zeros(0), np.zeros(0), np.zeros(0), jac)
+        return _SkyPixels(np.zeros(0), np.zeros(0), np.zeros(0), jac, qx, qy)
     rows, cols = np.divmod(nz, nx)
     dx, dy = _pixel_to_detector(sky, frame, cols, rows)
     ex, ey = region.edges()
     keep = (dx >= ex[0]) & (dx < ex[-1]) & (dy >= ey[0]) & (dy < ey[-1])
-    return _SkyPixels(flat[nz[keep]].astype(np.float64), dx[keep], dy[keep], jac)
+    return _SkyPixels(flat[nz[keep]].astype(np.float64), dx[keep], dy[keep], jac, qx, qy)
 
 
 def _point_positions(sky: SkyModel, frame: _Frame) -> tuple[np.ndarray, np.ndarray]:
@@ -166,20 +171,30 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
     """Simulate the pn event list of ``sky`` observed for ``exposure_s`` at resolution multiplier 1 or 2."""
     _check_exposure(exposure_s, resolution)
     rng = np.random.default_rng(seed)
-    response = instrument.require_response()
     frame = _Frame.of(sky, instrument)
-    geom, psf = instrument.geometry, instrument.psf
-    grid = geom.image_grid(resolution)
-    r_max = psf.max_radius_arcsec
-    reach = grid.refine(1, int(np.ceil(r_max / grid.pixel_arcsec)))
+    grid = instrument.geometry.image_grid(resolution)
+    reach = grid.refine(1, int(np.ceil(instrument.psf.max_radius_arcsec / grid.pixel_arcsec)))
+    pixels = _sky_pixels(sky, frame, reach)
+    x, y, energy, n_sky_photons = detect_photons(rng, sky, pixels, instrument, exposure_s, resolution, background)
+    columns = _event_columns(rng, x, y, energy, instrument, frame, exposure_s, resolution, tstart)
+    header = _event_header(sky, instrument, frame, exposure_s, resolution, seed, background, tstart)
+    header["NSKYPHOT"] = (n_sky_photons, "sky photons before vignetting and geometry")
+    return EventList(columns, header)
 
+
+def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels", instrument: PnInstrument,
+                   exposure_s: float, resolution: int, background: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The per-photon core: draw photons and background events and keep those detected.
+
+    Returns detector positions (arcsec), true energies (keV) and the number of sky photons drawn.
+    """
+    response = instrument.require_response()
+    geom, psf = instrument.geometry, instrument.psf
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     es: list[np.ndarray] = []
-    psf_applies: list[np.ndarray] = []
 
     # Extended emission: Poisson counts per sky pixel, uniform within the pixel.
-    pixels = _sky_pixels(sky, frame, reach)
     flux, px, py, jac = pixels.flux, pixels.dx, pixels.dy, pixels.jacobian
     if flux.size:
         ext = response.spectral(*sky.spectrum, sky.nh)
@@ -194,20 +209,19 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
         xs.append(base_x + j[0, 0] * du + j[0, 1] * dv)
         ys.append(base_y + j[1, 0] * du + j[1, 1] * dv)
         es.append(ext.sample_energies(rng, n))
-        psf_applies.append(np.ones(n, dtype=bool))
 
     # Point sources, grouped by spectrum.
-    qx, qy = _point_positions(sky, frame)
+    qx, qy = pixels.point_dx, pixels.point_dy
     for (gamma, nh), idx in _spectrum_groups(sky).items():
         spec = response.spectral("powerlaw", gamma, nh)
         counts = rng.poisson(sky.points["FLUX"][idx] * spec.mean_area_cm2 * exposure_s)
         xs.append(np.repeat(qx[idx].astype(np.float32), counts))
         ys.append(np.repeat(qy[idx].astype(np.float32), counts))
         es.append(spec.sample_energies(rng, int(counts.sum())))
-        psf_applies.append(np.ones(int(counts.sum()), dtype=bool))
 
     bkg = instrument.background
     fov_r = geom.fov_radius_arcmin * 60.0
+    n_cxb = 0
     if background:
         # Unresolved cosmic X-ray background: uniform over the field-of-view disc (a uniform sky stays
         # uniform through the PSF), vignetted below.
@@ -218,25 +232,29 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
         xs.append(np.float32(geom.aim_x_arcsec) + r * np.cos(phi))
         ys.append(np.float32(geom.aim_y_arcsec) + r * np.sin(phi))
         es.append(cxb.sample_energies(rng, n))
-        psf_applies.append(np.zeros(n, dtype=bool))
+        n_cxb = n
 
     x = np.concatenate(xs) if xs else np.zeros(0, np.float32)
     y = np.concatenate(ys) if ys else np.zeros(0, np.float32)
     energy = np.concatenate(es) if es else np.zeros(0, np.float32)
-    blur = np.concatenate(psf_applies) if psf_applies else np.zeros(0, bool)
+    n_focused = x.size - n_cxb  # focused photons first, then the (unfocused) CXB photons
     n_sky_photons = x.size
 
-    # Vignetting by thinning at the true off-axis angle, then the PSF, then the field of view.
-    theta = _offaxis_arcmin(instrument, x, y)
-    keep = rng.random(x.size, dtype=np.float32) < instrument.vignetting(theta).astype(np.float32)
-    x, y, energy, blur, theta = x[keep], y[keep], energy[keep], blur[keep], theta[keep]
-    rc = np.asarray(psf.core_radius(psf.band_index(theta[blur]), resolution), dtype=np.float32)
-    radius = psf.sample_radii(rng, rc, r_max)
-    phi = rng.random(radius.size, dtype=np.float32) * np.float32(2 * np.pi)
-    x[blur] += radius * np.cos(phi)
-    y[blur] += radius * np.sin(phi)
-    inside = (x - np.float32(geom.aim_x_arcsec)) ** 2 + (y - np.float32(geom.aim_y_arcsec)) ** 2 <= np.float32(fov_r**2)
-    x, y, energy = x[inside], y[inside], energy[inside]
+    # Vignetting by thinning at the true off-axis angle.
+    ax, ay = np.float32(geom.aim_x_arcsec), np.float32(geom.aim_y_arcsec)
+    theta2 = np.square(x - ax)
+    theta2 += np.square(y - ay)
+    theta2 *= np.float32(1.0 / 3600.0)  # arcmin^2
+    keep = rng.random(x.size, dtype=np.float32) < instrument.vignetting.of_squared(theta2)
+    n_focused = int(np.count_nonzero(keep[:n_focused]))
+    x, y, energy = x[keep], y[keep], energy[keep]
+    # PSF offsets of the focused photons (a prefix of the arrays), r_c by off-axis band.
+    bands = psf.band_index(np.sqrt(theta2[keep][:n_focused]))
+    radius = psf.sample_radii(rng, bands, resolution)
+    phi = rng.random(n_focused, dtype=np.float32) * np.float32(2 * np.pi)
+    x[:n_focused] += radius * np.cos(phi)
+    y[:n_focused] += radius * np.sin(phi)
+    inside = np.square(x - ax) + np.square(y - ay) <= np.float32(fov_r**2)
 
     if background:
         # Particle background: flat over the CCD array, not vignetted, not focused.
@@ -244,31 +262,39 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
         x = np.concatenate([x, (rng.random(n, dtype=np.float32) - np.float32(0.5)) * np.float32(geom.array_width)])
         y = np.concatenate([y, (rng.random(n, dtype=np.float32) - np.float32(0.5)) * np.float32(geom.array_height)])
         energy = np.concatenate([energy, np.float32(0.5) + np.float32(1.5) * rng.random(n, dtype=np.float32)])
+        inside = np.concatenate([inside, np.ones(n, dtype=bool)])
 
-    ccdnr, rawx, rawy, flag = geom.locate(x, y, resolution)
-    on = ccdnr > 0
-    x, y, energy, ccdnr, rawx, rawy, flag = (a[on] for a in (x, y, energy, ccdnr, rawx, rawy, flag))
+    detected = inside & geom.on_chip(x, y)
+    return x[detected], y[detected], energy[detected], n_sky_photons
+
+
+def _event_columns(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, energy: np.ndarray,
+                   instrument: PnInstrument, frame: _Frame, exposure_s: float, resolution: int,
+                   tstart: float) -> dict[str, np.ndarray]:
+    """Event-list columns of detected photons, in time order.
+
+    Arrival times are sorted; a random permutation of the photons decorrelates them from the order in
+    which the components were drawn. Everything after the permutation is drawn in time order.
+    """
     n = x.size
-    pi = response.to_pi(rng, energy)
-    pattern = _draw_patterns(rng, n, instrument)
+    order = np.arange(n, dtype=np.int32)
+    rng.shuffle(order)
+    x, y, energy = x[order], y[order], energy[order]
     time = np.sort(tstart + exposure_s * rng.random(n))
-    order = rng.permutation(n)  # decorrelate arrival time from the order in which components were drawn
-    x, y, energy, ccdnr, rawx, rawy, flag, pi, pattern = (
-        a[order] for a in (x, y, energy, ccdnr, rawx, rawy, flag, pi, pattern))
-    xi, eta = frame.to_tangent(x.astype(np.float64), y.astype(np.float64))
-    columns = {
+    ccdnr, rawx, rawy, flag = instrument.geometry.locate(x, y, resolution)
+    pi = instrument.require_response().to_pi(rng, energy)
+    pattern = _draw_patterns(rng, n, instrument)
+    xi, eta = frame.to_tangent(x, y)
+    return {
         "TIME": time,
-        "X": np.rint(SKY_REF_PIXEL - xi / DET_UNIT_ARCSEC).astype(np.int32),
-        "Y": np.rint(SKY_REF_PIXEL + eta / DET_UNIT_ARCSEC).astype(np.int32),
-        "DETX": np.rint(x / DET_UNIT_ARCSEC).astype(np.int16),
-        "DETY": np.rint(y / DET_UNIT_ARCSEC).astype(np.int16),
+        "X": np.rint(np.float32(SKY_REF_PIXEL) - xi / np.float32(DET_UNIT_ARCSEC)).astype(np.int32),
+        "Y": np.rint(np.float32(SKY_REF_PIXEL) + eta / np.float32(DET_UNIT_ARCSEC)).astype(np.int32),
+        "DETX": np.rint(x / np.float32(DET_UNIT_ARCSEC)).astype(np.int16),
+        "DETY": np.rint(y / np.float32(DET_UNIT_ARCSEC)).astype(np.int16),
         "RAWX": rawx, "RAWY": rawy, "CCDNR": ccdnr, "PI": pi,
-        "ENERGY": (energy * np.float32(1000.0)).astype(np.float32),
+        "ENERGY": energy * np.float32(1000.0),
         "PATTERN": pattern, "FLAG": flag,
     }
-    header = _event_header(sky, instrument, frame, exposure_s, resolution, seed, background, tstart)
-    header["NSKYPHOT"] = (n_sky_photons, "sky photons before vignetting and geometry")
-    return EventList(columns, header)
 
 
 def _draw_patterns(rng: np.random.Generator, n: int, instrument: PnInstrument) -> np.ndarray:
@@ -356,7 +382,7 @@ def _expected_fine_sources(sky: SkyModel, instrument: PnInstrument, exposure_s: 
     pixels = _sky_pixels(sky, frame, fine)
     weights = [pixels.flux * _count_factor(response, sky.spectrum, sky.nh) * exposure_s * good]
     dxs, dys = [pixels.dx], [pixels.dy]
-    qx, qy = _point_positions(sky, frame)
+    qx, qy = pixels.point_dx, pixels.point_dy
     for (gamma, nh), idx in _spectrum_groups(sky).items():
         weights.append(sky.points["FLUX"][idx] * _count_factor(response, ("powerlaw", gamma), nh) * exposure_s * good)
         dxs.append(qx[idx])
