@@ -1,0 +1,172 @@
+"""The Snakemake workflow: config validation, dry runs, an end-to-end run of the tiny config, reruns."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+
+from xmmsr.config import ConfigError, check_config, default_config, load_config
+from xmmsr.pipeline import read_cube
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "data" / "tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from the job-stats table of a dry run."""
+    counts: dict[str, int] = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def write_config(path: Path, overrides: dict) -> Path:
+    base = yaml.safe_load(TINY.read_text())
+    _merge(base, overrides)
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def test_embedded_config_is_the_schema_defaults():
+    assert load_config(REPO / "config.yaml") == default_config()
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragments"),
+    [
+        ({"simulate": {"backend": "foo"}}, ["simulate.backend", "builtin"]),
+        ({"sources": {"agn": {"n": -2}}}, ["sources.agn.n", ">= 0"]),
+        ({"simluate": {}}, ["simluate", "allowed keys", "simulate"]),
+        ({"instrument": {"psf": {"alfa": 1.5}}}, ["alfa", "instrument.psf", "alpha"]),
+        ({"simulate": {"resolutions": [3]}}, ["simulate.resolutions.0", "[1, 2]"]),
+        ({"sources": {"agn": {"flux_min": 1e-12, "flux_max": 1e-14}}}, ["flux_min", "flux_max"]),
+    ],
+)
+def test_bad_config_names_the_key_and_the_allowed_values(bad, fragments):
+    with pytest.raises(ConfigError) as exc:
+        check_config(bad)
+    for fragment in fragments:
+        assert fragment in str(exc.value)
+
+
+def test_bad_config_stops_snakemake_before_any_job(tmp_path):
+    config = write_config(tmp_path / "bad.yaml", {"instrument": {"psf": {"alpha": 0.5}}})
+    result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "instrument.psf.alpha" in message and "> 1.0" in message
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_of_the_default_config(tmp_path):
+    result = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"))
+    jobs = planned_jobs(result)
+    cfg = default_config()
+    shards = sum(-(-cfg["sources"][k]["n"] // cfg["shards"]["size"]) for k in ("extended", "agn", "background"))
+    assert jobs["sources"] == shards
+    assert jobs["simulate"] == jobs["bin"] == shards * 4
+    assert jobs["expected"] == shards * 2 and jobs["detector_mask"] == 2
+
+
+def test_lint_is_clean(tmp_path):
+    result = snakemake(tmp_path, "--lint", "--configfile", str(REPO / "config.yaml"), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir, "--cores", "2", "--configfile", str(TINY))
+    return workdir
+
+
+def test_tiny_config_runs_end_to_end(tiny_run):
+    out = tiny_run / "results"
+    cfg = load_config(TINY)
+    for res, shape in ((1, (411, 403)), (2, (822, 806))):
+        with fits.open(out / "masks" / f"detmask_{res}x.fits") as mask:
+            assert mask[0].data.shape == shape
+        for kind, n in (("extended", 2), ("agn", 1), ("background", 1)):
+            rate, rows, header = read_cube(out / "expected" / kind / "shard0000" / f"{res}x.fits")
+            assert rate.shape == (n, *shape) and header["BUNIT"] == "count s-1"
+            for exposure in cfg["simulate"]["exposures_ks"]:
+                counts, table, h = read_cube(out / "images" / kind / "shard0000" / f"{exposure}ks_{res}x.fits")
+                assert counts.shape == (n, *shape) and counts.dtype.kind == "i"
+                assert h["EXPOSURE"] == exposure * 1000.0
+                assert list(table["SRCID"]) == list(rows["SRCID"])
+                for plane, expected in zip(counts, rate * exposure * 1000.0):
+                    mean = expected.sum()
+                    assert abs(plane.sum() - mean) < 5 * np.sqrt(mean)
+    events = sorted((out / "events" / "extended" / "shard0000" / "10ks_2x").glob("*.fits"))
+    assert len(events) == 2
+    logs = list((tiny_run / "logs").rglob("*.log"))
+    assert logs and all("xmmsr" in p.read_text() for p in logs)
+
+
+def test_input_and_target_are_independent_realizations(tiny_run):
+    out = tiny_run / "results" / "images" / "background" / "shard0000"
+    short, _, _ = read_cube(out / "2ks_1x.fits")
+    long, _, _ = read_cube(out / "10ks_1x.fits")
+    ratio = long.sum() / short.sum()
+    assert abs(ratio - 5) < 5 * ratio * np.sqrt(1 / long.sum() + 1 / short.sum())
+
+
+def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(tiny_run, tmp_path):
+    nothing = snakemake(tiny_run, "-n", "--configfile", str(TINY))
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr
+
+    psf = write_config(tmp_path / "psf.yaml", {"instrument": {"psf": {"alpha": 1.5}}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(psf)))
+    assert "sources" not in jobs and "detector_mask" not in jobs
+    assert jobs["simulate"] == 3 * 4 and jobs["expected"] == 3 * 2 and jobs["bin"] == 3 * 4
+
+    zoom = write_config(tmp_path / "zoom.yaml", {"sources": {"extended": {"zoom": [1.0, 1.5]}}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(zoom)))
+    assert jobs["sources"] == 1 and jobs["simulate"] == 4 and jobs["expected"] == 2  # only the extended shard
+
+    more = write_config(tmp_path / "more.yaml", {"sources": {"extended": {"n": 3}}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(more)))
+    assert jobs["sources"] == 1 and jobs["bin"] == 4  # one new shard; the full one is untouched
+
+    oversample = write_config(tmp_path / "os.yaml", {"instrument": {"expected_oversample": 4}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(oversample)))
+    assert set(jobs) == {"expected", "all"}
+
+
+def test_killed_job_leaves_no_finished_looking_output(tmp_path):
+    from xmmsr.pipeline import atomic_directory
+
+    target = tmp_path / "shard0000"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(target) as tmp:
+            (tmp / "a.fits").write_bytes(b"partial")
+            raise KeyboardInterrupt
+    assert not target.exists() and not list(tmp_path.iterdir())
