@@ -160,3 +160,23 @@ def test_bad_exposure_and_resolution_are_rejected(instrument):
         simulate_events(point_sky(1e-3), instrument, -5.0, 1, seed=1)
     with pytest.raises(InputError, match="resolution"):
         expected_image(point_sky(1e-3), instrument, 1000.0, 3)
+
+
+def test_bad_columns_and_ccd_borders_are_flagged_and_masked():
+    inst = make_instrument(geometry={"bad_columns": [[3, 20]]})
+    g = inst.geometry
+    events = simulate_events(beta_sky(), inst, 20_000, 1, seed=6)
+    c = events.columns
+    x = c["DETX"] * DET_UNIT_ARCSEC
+    x0, _ = g.ccd_origin(2, 0)  # CCD 3 is column 2 of the lower row
+    column_1x = np.floor((x - x0) / g.pixel_arcsec)
+    within = (x - x0) - column_1x * g.pixel_arcsec
+    clear = (within > DET_UNIT_ARCSEC) & (within < g.pixel_arcsec - DET_UNIT_ARCSEC)  # DETX is rounded to 0.05"
+    on_ccd3 = (c["CCDNR"] == 3) & clear
+    bad = on_ccd3 & (column_1x == 20)
+    assert bad.sum() > 20 and np.all(c["FLAG"][bad] & 0x2)
+    assert not np.any(c["FLAG"][on_ccd3 & (column_1x > 1) & (column_1x < 19)])
+    border = (column_1x == 0) | (column_1x == g.ccd_columns - 1)
+    assert np.all(c["FLAG"][on_ccd3 & border] & 0x1)
+    # the expected image knows: the acceptance drops where the bad column lies
+    assert g.acceptance(g.image_grid(1)).sum() < make_instrument().geometry.acceptance(g.image_grid(1)).sum()
