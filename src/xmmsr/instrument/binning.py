@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,43 @@ def select_good(pattern: np.ndarray, flag: np.ndarray, pi: np.ndarray) -> np.nda
 
 
 def bin_counts(detx: np.ndarray, dety: np.ndarray, grid: ImageGrid) -> np.ndarray:
-    """Count events per pixel of ``grid`` from integer DETX/DETY (0.05" units); int32 (ny, nx)."""
+    """Count events per pixel of ``grid`` from integer DETX/DETY (0.05" units); int32 (ny, nx).
+
+    Pixel indices come from look-up tables over the whole 16-bit DETX/DETY range (no division per
+    event); events off the grid are dropped.
+    """
+    lut_x, lut_y = _pixel_tables(grid)
+    ux = np.asarray(detx, dtype=np.int16).view(np.uint16)
+    uy = np.asarray(dety, dtype=np.int16).view(np.uint16)
+    npix = grid.nx * grid.ny
+    counts = np.zeros(npix, dtype=np.int64)
+    chunk = min(ux.size, _CHUNK) or 1
+    flat, part = np.empty(chunk, dtype=np.int32), np.empty(chunk, dtype=np.int32)
+    # chunks reuse two cache-sized buffers instead of allocating arrays as long as the event list
+    for start in range(0, ux.size, chunk):
+        m = min(chunk, ux.size - start)
+        np.take(lut_y, uy[start:start + m], out=flat[:m])
+        np.take(lut_x, ux[start:start + m], out=part[:m])
+        flat[:m] += part[:m]
+        counts += np.bincount(flat[:m], minlength=npix + 1)[:npix]
+    return counts.astype(np.int32).reshape(grid.ny, grid.nx)
+
+
+_CHUNK = 1 << 18
+
+
+@lru_cache(maxsize=8)
+def _pixel_tables(grid: ImageGrid) -> tuple[np.ndarray, np.ndarray]:
+    """DETX -> column and DETY -> row * nx tables, indexed by the 16-bit pattern of the coordinate;
+    off-grid values map so that the flat index is at least nx * ny."""
     size = grid.bin_det_units
-    x0 = int(round(grid.x0_arcsec / DET_UNIT_ARCSEC))
-    y0 = int(round(grid.y0_arcsec / DET_UNIT_ARCSEC))
-    ix = (detx.astype(np.int32) - x0) // size
-    iy = (dety.astype(np.int32) - y0) // size
-    ok = (ix >= 0) & (ix < grid.nx) & (iy >= 0) & (iy < grid.ny)
-    flat = iy[ok] * grid.nx + ix[ok]
-    return np.bincount(flat, minlength=grid.nx * grid.ny).astype(np.int32).reshape(grid.ny, grid.nx)
+    overflow = grid.nx * grid.ny
+    values = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.int64)
+    ix = (values - int(round(grid.x0_arcsec / DET_UNIT_ARCSEC))) // size
+    iy = (values - int(round(grid.y0_arcsec / DET_UNIT_ARCSEC))) // size
+    lut_x = np.where((ix >= 0) & (ix < grid.nx), ix, overflow).astype(np.int32)
+    lut_y = np.where((iy >= 0) & (iy < grid.ny), iy * grid.nx, overflow).astype(np.int32)
+    return lut_x, lut_y
 
 
 def exposure_of(header: fits.Header, path: str | Path | None = None) -> float:

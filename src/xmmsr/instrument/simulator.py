@@ -23,6 +23,7 @@ from ..sky.model import SkyModel
 from .geometry import DET_UNIT_ARCSEC, ImageGrid
 from .model import PATTERN_GOOD_MAX, PnInstrument
 from .psf import KingPsf
+from .response import SpectralResponse
 
 SKY_REF_PIXEL = 25920.5  # sky X/Y reference pixel (0.05" units), as in pn event lists
 MJDREF_XMM = 50814.0     # 1998-01-01 TT, the XMM-Newton mission time origin
@@ -189,58 +190,78 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
     Returns detector positions (arcsec), true energies (keV) and the number of sky photons drawn.
     """
     response = instrument.require_response()
-    geom, psf = instrument.geometry, instrument.psf
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    es: list[np.ndarray] = []
+    geom = instrument.geometry
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    n_sky_photons = 0
+
+    def detect(base_x: np.ndarray, base_y: np.ndarray, spec: SpectralResponse, focused: bool,
+               jitter: np.ndarray | None = None) -> None:
+        """Process one component in chunks (temporaries stay cache-sized): sub-pixel jitter, energies,
+        vignetting, PSF, field of view and CCDs."""
+        nonlocal n_sky_photons
+        n_sky_photons += base_x.size
+        for a, b in _chunks(base_x.size):
+            x, y = base_x[a:b].copy(), base_y[a:b].copy()
+            if jitter is not None:  # uniform within the sky pixel
+                du = rng.random(b - a, dtype=np.float32) - np.float32(0.5)
+                dv = rng.random(b - a, dtype=np.float32) - np.float32(0.5)
+                x += jitter[0, 0] * du + jitter[0, 1] * dv
+                y += jitter[1, 0] * du + jitter[1, 1] * dv
+            energy = spec.sample_energies(rng, b - a)
+            kept.append(_focus_and_detect(rng, x, y, energy, (b - a) if focused else 0, instrument, resolution))
 
     # Extended emission: Poisson counts per sky pixel, uniform within the pixel.
-    flux, px, py, jac = pixels.flux, pixels.dx, pixels.dy, pixels.jacobian
-    if flux.size:
+    if pixels.flux.size:
         ext = response.spectral(*sky.spectrum, sky.nh)
-        counts = rng.poisson(flux * (ext.mean_area_cm2 * exposure_s))
+        counts = rng.poisson(pixels.flux * (ext.mean_area_cm2 * exposure_s))
         hit = np.flatnonzero(counts)
-        n = int(counts.sum())
-        base_x = np.repeat(px[hit].astype(np.float32), counts[hit])
-        base_y = np.repeat(py[hit].astype(np.float32), counts[hit])
-        du = rng.random(n, dtype=np.float32) - np.float32(0.5)
-        dv = rng.random(n, dtype=np.float32) - np.float32(0.5)
-        j = jac.astype(np.float32)
-        xs.append(base_x + j[0, 0] * du + j[0, 1] * dv)
-        ys.append(base_y + j[1, 0] * du + j[1, 1] * dv)
-        es.append(ext.sample_energies(rng, n))
+        detect(np.repeat(pixels.dx[hit].astype(np.float32), counts[hit]),
+               np.repeat(pixels.dy[hit].astype(np.float32), counts[hit]), ext, True,
+               pixels.jacobian.astype(np.float32))
 
     # Point sources, grouped by spectrum.
-    qx, qy = pixels.point_dx, pixels.point_dy
     for (gamma, nh), idx in _spectrum_groups(sky).items():
         spec = response.spectral("powerlaw", gamma, nh)
         counts = rng.poisson(sky.points["FLUX"][idx] * spec.mean_area_cm2 * exposure_s)
-        xs.append(np.repeat(qx[idx].astype(np.float32), counts))
-        ys.append(np.repeat(qy[idx].astype(np.float32), counts))
-        es.append(spec.sample_energies(rng, int(counts.sum())))
+        detect(np.repeat(pixels.point_dx[idx].astype(np.float32), counts),
+               np.repeat(pixels.point_dy[idx].astype(np.float32), counts), spec, True)
 
     bkg = instrument.background
-    fov_r = geom.fov_radius_arcmin * 60.0
-    n_cxb = 0
     if background:
         # Unresolved cosmic X-ray background: uniform over the field-of-view disc (a uniform sky stays
-        # uniform through the PSF), vignetted below.
+        # uniform through the PSF, so no PSF is applied), vignetted.
         cxb = response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)
         n = int(rng.poisson(bkg.cxb_flux_arcmin2 * np.pi * geom.fov_radius_arcmin**2 * cxb.mean_area_cm2 * exposure_s))
-        r = np.float32(fov_r) * np.sqrt(rng.random(n, dtype=np.float32))
+        r = np.float32(geom.fov_radius_arcmin * 60.0) * np.sqrt(rng.random(n, dtype=np.float32))
         phi = rng.random(n, dtype=np.float32) * np.float32(2 * np.pi)
-        xs.append(np.float32(geom.aim_x_arcsec) + r * np.cos(phi))
-        ys.append(np.float32(geom.aim_y_arcsec) + r * np.sin(phi))
-        es.append(cxb.sample_energies(rng, n))
-        n_cxb = n
+        detect(np.float32(geom.aim_x_arcsec) + r * np.cos(phi), np.float32(geom.aim_y_arcsec) + r * np.sin(phi),
+               cxb, False)
 
-    x = np.concatenate(xs) if xs else np.zeros(0, np.float32)
-    y = np.concatenate(ys) if ys else np.zeros(0, np.float32)
-    energy = np.concatenate(es) if es else np.zeros(0, np.float32)
-    n_focused = x.size - n_cxb  # focused photons first, then the (unfocused) CXB photons
-    n_sky_photons = x.size
+    if background:
+        # Particle background: flat over the CCD array, not vignetted, not focused.
+        n = int(rng.poisson(bkg.particle_rate_arcmin2 * geom.array_width * geom.array_height / 3600.0 * exposure_s))
+        px = (rng.random(n, dtype=np.float32) - np.float32(0.5)) * np.float32(geom.array_width)
+        py = (rng.random(n, dtype=np.float32) - np.float32(0.5)) * np.float32(geom.array_height)
+        pe = np.float32(0.5) + np.float32(1.5) * rng.random(n, dtype=np.float32)
+        on = geom.on_chip(px, py)
+        kept.append((px[on], py[on], pe[on]))
+    if not kept:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), n_sky_photons
+    xs_, ys_, es_ = zip(*kept)
+    return np.concatenate(xs_), np.concatenate(ys_), np.concatenate(es_), n_sky_photons
 
-    # Vignetting by thinning at the true off-axis angle.
+
+_CHUNK = 1 << 18
+
+
+def _chunks(n: int) -> list[tuple[int, int]]:
+    return [(a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK)]
+
+
+def _focus_and_detect(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, energy: np.ndarray, n_focused: int,
+                      instrument: PnInstrument, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin by vignetting, add PSF offsets to the first ``n_focused`` photons, keep those detected."""
+    geom, psf = instrument.geometry, instrument.psf
     ax, ay = np.float32(geom.aim_x_arcsec), np.float32(geom.aim_y_arcsec)
     theta2 = np.square(x - ax)
     theta2 += np.square(y - ay)
@@ -254,18 +275,9 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
     phi = rng.random(n_focused, dtype=np.float32) * np.float32(2 * np.pi)
     x[:n_focused] += radius * np.cos(phi)
     y[:n_focused] += radius * np.sin(phi)
-    inside = np.square(x - ax) + np.square(y - ay) <= np.float32(fov_r**2)
-
-    if background:
-        # Particle background: flat over the CCD array, not vignetted, not focused.
-        n = int(rng.poisson(bkg.particle_rate_arcmin2 * geom.array_width * geom.array_height / 3600.0 * exposure_s))
-        x = np.concatenate([x, (rng.random(n, dtype=np.float32) - np.float32(0.5)) * np.float32(geom.array_width)])
-        y = np.concatenate([y, (rng.random(n, dtype=np.float32) - np.float32(0.5)) * np.float32(geom.array_height)])
-        energy = np.concatenate([energy, np.float32(0.5) + np.float32(1.5) * rng.random(n, dtype=np.float32)])
-        inside = np.concatenate([inside, np.ones(n, dtype=bool)])
-
-    detected = inside & geom.on_chip(x, y)
-    return x[detected], y[detected], energy[detected], n_sky_photons
+    fov_r2 = np.float32((geom.fov_radius_arcmin * 60.0) ** 2)
+    detected = (np.square(x - ax) + np.square(y - ay) <= fov_r2) & geom.on_chip(x, y)
+    return x[detected], y[detected], energy[detected]
 
 
 def _event_columns(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, energy: np.ndarray,
