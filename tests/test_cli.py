@@ -115,3 +115,23 @@ def test_truncated_event_list(sky_file, tmp_path, capsys):
 def test_missing_file(tmp_path, capsys):
     out = tmp_path / "img.fits"
     _assert_clean_failure(["bin", tmp_path / "nope.fits", "--output", out], out, capsys, "nope.fits", "does not exist")
+
+
+def test_sky_command_writes_a_pipeline_sky_model(tmp_path, capsys):
+    out = tmp_path / "cluster.fits"
+    assert run(["sky", "--kind", "extended", "--id", "3", "--output", out]) == 0
+    from xmmsr.sky.model import read_sky_model
+
+    model = read_sky_model(out)
+    assert model.kind == "extended" and model.source_id == 3 and model.total_flux > 0
+    assert model.image.shape == (1800, 1800)
+
+
+def test_aim_point_in_a_chip_gap_is_rejected(tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "gap.yaml"
+    config.write_text(yaml.safe_dump({"instrument": {"geometry": {"aim_point_arcsec": [0.0, 0.0]}}}))
+    out = tmp_path / "cluster.fits"
+    _assert_clean_failure(["sky", "--kind", "agn", "--config", config, "--output", out], out, capsys,
+                          "instrument.geometry.aim_point_arcsec", "gaps")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..config import resolve_resource
+from ..errors import InputError
 from .geometry import PnGeometry
 from .psf import KingPsf
 from .response import Response, read_effective_area
@@ -87,6 +88,11 @@ class PnInstrument:
             bad_columns=tuple((int(c), int(x)) for c, x in g["bad_columns"]),
             flag_ccd_border=g["flag_ccd_border"],
         )
+        aim = np.array([[geometry.aim_x_arcsec], [geometry.aim_y_arcsec]], dtype=np.float32)
+        if not geometry.on_chip(aim[0], aim[1])[0] or geometry.locate(aim[0], aim[1], 1)[3][0] != 0:
+            raise InputError(None, "instrument.geometry.aim_point_arcsec", f"{list(g['aim_point_arcsec'])} is not on an "
+                             "active, unflagged CCD pixel", "put the optical axis on a CCD, clear of gaps and borders "
+                             "(the default is [-60.0, 70.0])")
         energy, area = read_effective_area(resolve_resource(cfg["effective_area_file"], base_dir))
         return cls(
             geometry=geometry,
