@@ -60,12 +60,17 @@ def _number(section: dict[str, Any], key: str, where: str, low: float | None = N
     value = section[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
         raise InputError(None, name, f"{value!r} is not a finite number", "give a number")
-    if low is not None and (value <= low if strict_low else value < low):
-        raise InputError(None, name, f"{value} is {'<=' if strict_low else '<'} {low}",
-                         f"give a value {'>' if strict_low else '>='} {low}")
-    if high is not None and value > high:
-        raise InputError(None, name, f"{value} exceeds {high}", f"give a value <= {high}")
+    _check_bounds(name, float(value), float(value), low, high, strict_low)
     return float(value)
+
+
+def _check_bounds(name: str, lo: float, hi: float, low: float | None, high: float | None, strict_low: bool) -> None:
+    """Raise if ``lo`` is below ``low`` (or equal, when strict) or ``hi`` above ``high``."""
+    if low is not None and (lo <= low if strict_low else lo < low):
+        raise InputError(None, name, f"{lo} is {'<=' if strict_low else '<'} {low}",
+                         f"give values {'>' if strict_low else '>='} {low}")
+    if high is not None and hi > high:
+        raise InputError(None, name, f"{hi} exceeds {high}", f"give values <= {high}")
 
 
 def _range(section: dict[str, Any], key: str, where: str, low: float | None = None, high: float | None = None,
@@ -82,11 +87,7 @@ def _range(section: dict[str, Any], key: str, where: str, low: float | None = No
         raise InputError(None, name, f"low {value[0]} > high {value[1]}", "give [low, high] with low <= high")
     if integer and not (lo.is_integer() and hi.is_integer()):
         raise InputError(None, name, f"{value} are not integers", "give integer counts")
-    if low is not None and (lo <= low if strict_low else lo < low):
-        raise InputError(None, name, f"low {value[0]} is {'<=' if strict_low else '<'} {low}",
-                         f"give values {'>' if strict_low else '>='} {low}")
-    if high is not None and hi > high:
-        raise InputError(None, name, f"high {value[1]} exceeds {high}", f"give values <= {high}")
+    _check_bounds(name, lo, hi, low, high, strict_low)
     return lo, hi
 
 
