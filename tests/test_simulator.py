@@ -70,7 +70,8 @@ def test_psf_widths_match_design_numbers(instrument):
     assert 13.5 < psf.half_energy_width(rc) < 17   # HEW ~15"
 
 
-def test_2x_psf_has_half_the_half_energy_width(instrument):
+def test_2x_psf_has_half_the_half_energy_width():
+    instrument = make_instrument(out_of_time_fraction=0.0)  # readout streaks would bias the median radius
     g = instrument.geometry
     hew = {}
     for resolution in (1, 2):
@@ -180,3 +181,18 @@ def test_bad_columns_and_ccd_borders_are_flagged_and_masked():
     assert np.all(c["FLAG"][on_ccd3 & border] & 0x1)
     # the expected image knows: the acceptance drops where the bad column lies
     assert g.acceptance(g.image_grid(1)).sum() < make_instrument().geometry.acceptance(g.image_grid(1)).sum()
+
+
+def test_out_of_time_events_form_a_readout_streak(instrument):
+    sky = point_sky(5e-3)
+    events = simulate_events(sky, instrument, 20_000, 1, seed=12, background=False)
+    counts = binned(events, instrument, 1)
+    expected = expected_image(sky, instrument, 20_000, 1, background=False)
+    no_streak = expected_image(sky, make_instrument(out_of_time_fraction=0.0), 20_000, 1, background=False)
+    row, col = np.unravel_index(np.argmax(expected), expected.shape)
+    strip = (slice(row + 40, None), slice(col - 1, col + 2))  # the source's columns on its CCD, far above it
+    obs, exp = counts[strip].sum(), expected[strip].sum()
+    assert abs(obs - exp) < 4 * np.sqrt(exp)
+    assert exp > 0.3 * instrument.out_of_time_fraction * expected.sum()
+    assert no_streak[strip].sum() < 0.1 * exp
+    assert counts.sum() == pytest.approx(expected.sum(), abs=4 * np.sqrt(expected.sum()))

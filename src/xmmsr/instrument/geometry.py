@@ -174,7 +174,7 @@ class PnGeometry:
         return np.kron(base, np.ones((resolution, resolution), dtype=np.uint8))
 
 
-def _coverage_1d(edges: np.ndarray, intervals: list[tuple[float, float]]) -> np.ndarray:
+def coverage_1d(edges: np.ndarray, intervals: list[tuple[float, float]]) -> np.ndarray:
     lo, hi = edges[:-1], edges[1:]
     cover = np.zeros(lo.size)
     for a, b in intervals:
@@ -188,11 +188,11 @@ def _acceptance(geom: PnGeometry, grid: ImageGrid) -> np.ndarray:
     total = np.zeros(grid.shape)
     for iy in range(geom.ccds_y):
         _, y0 = geom.ccd_origin(0, iy)
-        cy = _coverage_1d(ey, [(y0, y0 + geom.ccd_height)])
+        cy = coverage_1d(ey, [(y0, y0 + geom.ccd_height)])
         if not cy.any():
             continue
         for ix in range(geom.ccds_x):
-            total += np.outer(cy, _coverage_1d(ex, geom.good_x_intervals(ix, iy)))
+            total += np.outer(cy, coverage_1d(ex, geom.good_x_intervals(ix, iy)))
     total.setflags(write=False)
     return total
 

@@ -74,6 +74,7 @@ class PnInstrument:
     patterns: PatternFractions = field(default_factory=PatternFractions)
     roll_deg: float = 0.0
     frame_time_s: float = 0.0734
+    out_of_time_fraction: float = 0.063
     oversample: int = 2   # fine-grid factor of the expected image
 
     @classmethod
@@ -103,6 +104,7 @@ class PnInstrument:
             patterns=PatternFractions(**cfg["pattern_fractions"]),
             roll_deg=cfg["roll_deg"],
             frame_time_s=cfg["frame_time_s"],
+            out_of_time_fraction=cfg["out_of_time_fraction"],
             oversample=cfg["expected_oversample"],
         )
 

@@ -20,7 +20,7 @@ from scipy import fft as sfft
 from .. import __version__
 from ..errors import InputError
 from ..sky.model import SkyModel
-from .geometry import DET_UNIT_ARCSEC, ImageGrid
+from .geometry import DET_UNIT_ARCSEC, ImageGrid, coverage_1d
 from .model import PATTERN_GOOD_MAX, PnInstrument
 from .psf import KingPsf
 from .response import SpectralResponse
@@ -248,7 +248,20 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
     if not kept:
         return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), n_sky_photons
     xs_, ys_, es_ = zip(*kept)
-    return np.concatenate(xs_), np.concatenate(ys_), np.concatenate(es_), n_sky_photons
+    x, y = np.concatenate(xs_), np.concatenate(ys_)
+    _out_of_time(rng, y, instrument)
+    return x, y, np.concatenate(es_), n_sky_photons
+
+
+def _out_of_time(rng: np.random.Generator, y: np.ndarray, instrument: PnInstrument) -> None:
+    """Out-of-time events: a fraction of the events arrive during readout and are registered at a
+    random row of their CCD column (the readout streaks of bright sources). Modifies ``y`` in place."""
+    g = instrument.geometry
+    moved = np.flatnonzero(rng.random(y.size, dtype=np.float32) < np.float32(instrument.out_of_time_fraction))
+    pitch_y = np.float32(g.ccd_height + g.gap_y_arcsec)
+    row = np.floor((y[moved] + np.float32(g.array_height / 2)) / pitch_y)
+    y[moved] = (np.float32(-g.array_height / 2) + row * pitch_y
+                + rng.random(moved.size, dtype=np.float32) * np.float32(g.ccd_height))
 
 
 _CHUNK = 1 << 18
@@ -365,13 +378,31 @@ def expected_image(sky: SkyModel, instrument: PnInstrument, exposure_s: float, r
     image = _expected_fine_sources(sky, instrument, exposure_s, resolution)
     if background:
         image += _expected_fine_background(instrument, exposure_s, resolution)
-    return _block_sum(image, instrument.oversample)
+    return _block_sum(_with_out_of_time(image, instrument, resolution), instrument.oversample)
 
 
 def expected_background(instrument: PnInstrument, exposure_s: float, resolution: int) -> np.ndarray:
     """Poisson mean of the binned particle + cosmic background counts alone (image-grid shape)."""
     _check_exposure(exposure_s, resolution)
-    return _block_sum(_expected_fine_background(instrument, exposure_s, resolution), instrument.oversample)
+    fine = _expected_fine_background(instrument, exposure_s, resolution)
+    return _block_sum(_with_out_of_time(fine, instrument, resolution), instrument.oversample)
+
+
+def _with_out_of_time(fine: np.ndarray, instrument: PnInstrument, resolution: int) -> np.ndarray:
+    """Expected counts after moving the out-of-time fraction uniformly along each CCD's columns."""
+    f = instrument.out_of_time_fraction
+    if f == 0:
+        return fine
+    g = instrument.geometry
+    grid = g.image_grid(resolution).refine(instrument.oversample)
+    _, ey = grid.edges()
+    streaks = np.zeros_like(fine)
+    for iy in range(g.ccds_y):
+        _, y0 = g.ccd_origin(0, iy)
+        cover = coverage_1d(ey, [(y0, y0 + g.ccd_height)])
+        rows = cover > 0
+        streaks[rows] += fine[rows].sum(axis=0)[None, :] * (cover[rows] / cover[rows].sum())[:, None]
+    return (1.0 - f) * fine + f * streaks
 
 
 def _block_sum(fine: np.ndarray, s: int) -> np.ndarray:
