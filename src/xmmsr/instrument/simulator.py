@@ -304,22 +304,28 @@ def _event_columns(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, energ
     n = x.size
     order = np.arange(n, dtype=np.int32)
     rng.shuffle(order)
-    x, y, energy = x[order], y[order], energy[order]
-    time = np.sort(tstart + exposure_s * rng.random(n))
-    ccdnr, rawx, rawy, flag = instrument.geometry.locate(x, y, resolution)
-    pi = instrument.require_response().to_pi(rng, energy)
-    pattern = _draw_patterns(rng, n, instrument)
-    xi, eta = frame.to_tangent(x, y)
-    return {
-        "TIME": time,
-        "X": np.rint(np.float32(SKY_REF_PIXEL) - xi / np.float32(DET_UNIT_ARCSEC)).astype(np.int32),
-        "Y": np.rint(np.float32(SKY_REF_PIXEL) + eta / np.float32(DET_UNIT_ARCSEC)).astype(np.int32),
-        "DETX": np.rint(x / np.float32(DET_UNIT_ARCSEC)).astype(np.int16),
-        "DETY": np.rint(y / np.float32(DET_UNIT_ARCSEC)).astype(np.int16),
-        "RAWX": rawx, "RAWY": rawy, "CCDNR": ccdnr, "PI": pi,
-        "ENERGY": energy * np.float32(1000.0),
-        "PATTERN": pattern, "FLAG": flag,
-    }
+    columns = {name: np.empty(n, dtype=dtype) for name, dtype in _COLUMN_DTYPES.items()}
+    columns["TIME"] = np.sort(tstart + exposure_s * rng.random(n))
+    unit = np.float32(DET_UNIT_ARCSEC)
+    for a, b in _chunks(n):  # cache-sized pieces of the time-ordered list
+        pick = order[a:b]
+        cx, cy, ce = x[pick], y[pick], energy[pick]
+        for name, values in zip(("CCDNR", "RAWX", "RAWY", "FLAG"), instrument.geometry.locate(cx, cy, resolution)):
+            columns[name][a:b] = values
+        columns["PI"][a:b] = instrument.require_response().to_pi(rng, ce)
+        columns["PATTERN"][a:b] = _draw_patterns(rng, b - a, instrument)
+        xi, eta = frame.to_tangent(cx, cy)
+        columns["X"][a:b] = np.rint(np.float32(SKY_REF_PIXEL) - xi / unit)
+        columns["Y"][a:b] = np.rint(np.float32(SKY_REF_PIXEL) + eta / unit)
+        columns["DETX"][a:b] = np.rint(cx / unit)
+        columns["DETY"][a:b] = np.rint(cy / unit)
+        columns["ENERGY"][a:b] = ce * np.float32(1000.0)
+    return columns
+
+
+_COLUMN_DTYPES = {"TIME": np.float64, "X": np.int32, "Y": np.int32, "DETX": np.int16, "DETY": np.int16,
+                  "RAWX": np.int16, "RAWY": np.int16, "CCDNR": np.uint8, "PI": np.int16, "ENERGY": np.float32,
+                  "PATTERN": np.int16, "FLAG": np.int32}
 
 
 def _draw_patterns(rng: np.random.Generator, n: int, instrument: PnInstrument) -> np.ndarray:
