@@ -14,7 +14,7 @@ import yaml
 from astropy.io import fits
 
 from xmmsr.config import ConfigError, check_config, default_config, load_config
-from xmmsr.pipeline import read_cube
+from xmmsr.pipeline import cube_wcs, read_cube
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny.yaml"
@@ -122,6 +122,11 @@ def test_tiny_config_runs_end_to_end(tiny_run):
                 assert counts.shape == (n, *shape) and counts.dtype.kind == "i"
                 assert h["EXPOSURE"] == exposure * 1000.0
                 assert list(table["SRCID"]) == list(rows["SRCID"])
+                # the plane WCS puts the optical axis (CRPIX) at the pointing, in counts and expected cubes alike
+                for row, exp_row in zip(table, rows):
+                    ra, dec = cube_wcs(row).wcs_pix2world([[row["CRPIX1"] - 1, row["CRPIX2"] - 1]], 0)[0]
+                    assert (ra, dec) == pytest.approx((row["RA_PNT"], row["DEC_PNT"]), abs=1e-6)
+                    assert row["CRPIX1"] == pytest.approx(exp_row["CRPIX1"], abs=1e-3)
                 for plane, expected in zip(counts, rate * exposure * 1000.0):
                     mean = expected.sum()
                     assert abs(plane.sum() - mean) < 5 * np.sqrt(mean)
