@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from astropy.io import fits
 from astropy.wcs import WCS
-from conftest import point_sky
+from conftest import make_instrument, point_sky
 
 from xmmsr.instrument.binning import bin_event_file, image_wcs
 from xmmsr.instrument.events import to_hdulist, write_events
@@ -15,19 +14,13 @@ from xmmsr.instrument.simulator import EVENT_COLUMNS, EventList, simulate_events
 
 def hand_made_events(rows: list[tuple[int, int, int, int, int]], resolution: int = 1) -> EventList:
     """Events from (DETX, DETY, PI, PATTERN, FLAG) rows, with the keywords of a simulated list."""
-    template = simulate_events(point_sky(1e-6), _instrument(), 10.0, resolution, seed=0, background=False)
+    template = simulate_events(point_sky(1e-6), make_instrument(), 10.0, resolution, seed=0, background=False)
     n = len(rows)
     cols = {name: np.zeros(n, dtype=template.columns[name].dtype) for name in EVENT_COLUMNS}
     for i, name in enumerate(("DETX", "DETY", "PI", "PATTERN", "FLAG")):
         cols[name] = np.array([r[i] for r in rows], dtype=template.columns[name].dtype)
     cols["TIME"] = np.linspace(0, 1, n)
     return EventList(cols, template.header)
-
-
-def _instrument():
-    from conftest import make_instrument
-
-    return make_instrument()
 
 
 def test_hand_made_event_list_bins_to_the_known_image(tmp_path):

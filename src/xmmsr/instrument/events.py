@@ -28,7 +28,7 @@ def to_hdulist(events: EventList) -> fits.HDUList:
     for key, (value, comment) in events.header.items():
         h[key] = (value, comment)
     index = {n: i + 1 for i, n in enumerate(_FORMATS)}
-    ra, dec, roll = events.header["RA_PNT"][0], events.header["DEC_PNT"][0], events.header["PA_PNT"][0]
+    ra, dec = events.header["RA_PNT"][0], events.header["DEC_PNT"][0]
     for axis, name in ((1, "X"), (2, "Y")):
         i = index[name]
         h[f"TCTYP{i}"] = ("RA---TAN" if axis == 1 else "DEC--TAN", "sky projection")

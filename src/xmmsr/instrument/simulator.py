@@ -123,7 +123,7 @@ class _SkyPixels:
 
 
 def _sky_pixels(sky: SkyModel, frame: _Frame, region: ImageGrid) -> _SkyPixels:
-    ny, nx = sky.image.shape
+    nx = sky.image.shape[1]
     flat = sky.image.ravel()
     nz = np.flatnonzero(flat > 0)
     c0 = sky.wcs.wcs_world2pix([[frame.ra_pnt, frame.dec_pnt]], 0)[0]
@@ -236,8 +236,6 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
         phi = rng.random(n, dtype=np.float32) * np.float32(2 * np.pi)
         detect(np.float32(geom.aim_x_arcsec) + r * np.cos(phi), np.float32(geom.aim_y_arcsec) + r * np.sin(phi),
                cxb, False)
-
-    if background:
         # Particle background: flat over the CCD array, not vignetted, not focused.
         n = int(rng.poisson(bkg.particle_rate_arcmin2 * geom.array_width * geom.array_height / 3600.0 * exposure_s))
         px = (rng.random(n, dtype=np.float32) - np.float32(0.5)) * np.float32(geom.array_width)
@@ -468,7 +466,7 @@ def _expected_fine_background(instrument: PnInstrument, exposure_s: float, resol
     good = instrument.patterns.good
     cxb = response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)
     cx, cy = core.centers()
-    theta = np.hypot(cx[None, :] - geom.aim_x_arcsec, cy[:, None] - geom.aim_y_arcsec) / 60.0
+    theta = _offaxis_arcmin(instrument, cx[None, :], cy[:, None])
     area_arcmin2 = core.pixel_arcsec**2 / 3600.0 * exposure_s * good
     accept = geom.acceptance(core)
     cxb_counts = (bkg.cxb_flux_arcmin2 * cxb.mean_area_cm2 * cxb.pi_fraction * area_arcmin2
