@@ -1,0 +1,93 @@
+"""The final model file: weights + everything inference needs, loadable with ``weights_only=True``.
+
+The file is a plain dict of tensors and built-in types (no pickled objects):
+
+* ``format``: ``"xmmsr-model"``, ``format_version``: 1, ``software``: xmmsr version
+* ``task``: ``"dn"`` or ``"sr"``; ``architecture``: :class:`Architecture` fields
+* ``normalisation``: :class:`Normalisation` fields
+* ``input_exposure_s`` / ``target_exposure_s``: exposures the model was trained for
+* ``train_config``: the ``train`` and ``model`` config sections; ``provenance``: dataset hash, seeds...
+* ``state_dict``: generator weights
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import InputError
+from ..io import atomic_path
+from .model import Architecture, Generator, build_generator
+from .normalise import Normalisation
+
+FORMAT = "xmmsr-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainedModel:
+    """A generator ready for inference, with its normalisation and exposures."""
+
+    generator: Generator
+    architecture: Architecture
+    normalisation: Normalisation
+    input_exposure_s: float
+    target_exposure_s: float
+    train_config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.architecture.task
+
+    @property
+    def upscale(self) -> int:
+        return self.architecture.upscale
+
+
+def save_model(path: str | Path, model: TrainedModel) -> None:
+    """Write the model file atomically."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "software": f"xmmsr {__version__}",
+        "task": model.task,
+        "architecture": model.architecture.to_dict(),
+        "normalisation": model.normalisation.to_dict(),
+        "input_exposure_s": float(model.input_exposure_s),
+        "target_exposure_s": float(model.target_exposure_s),
+        "train_config": model.train_config,
+        "provenance": model.provenance,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.generator.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a model file written by :func:`save_model` (safe: ``weights_only=True``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "file", "the model file does not exist", "give the model.pt written by the train rule")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(p, "file", f"cannot be read as an xmmsr model ({exc.__class__.__name__}: {exc})",
+                         "give the model.pt written by the train rule (not a Lightning .ckpt)") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(p, "format", "is not an xmmsr model file", "give the model.pt written by the train rule")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise InputError(p, "format_version", f"version {payload.get('format_version')} is not supported "
+                         f"(this xmmsr reads {FORMAT_VERSION})", "retrain or use the xmmsr version that wrote it")
+    arch = Architecture(**payload["architecture"])
+    generator = build_generator(arch)
+    generator.load_state_dict(payload["state_dict"])
+    generator.eval().to(device)
+    return TrainedModel(generator=generator, architecture=arch,
+                        normalisation=Normalisation.from_dict(payload["normalisation"]),
+                        input_exposure_s=payload["input_exposure_s"], target_exposure_s=payload["target_exposure_s"],
+                        train_config=payload.get("train_config", {}), provenance=payload.get("provenance", {}))
