@@ -1,5 +1,6 @@
 # xmmsr: simulated XMM-Newton EPIC-pn training data for de-noising and 2x super-resolution.
-# Stages: sources -> simulate (events) -> bin (0.5-2 keV images); expected images and detector masks.
+# Stages: sources -> simulate (events) -> bin (0.5-2 keV images) -> pack (HDF5) -> train (DN, SR models);
+# expected images and detector masks beside them.
 # Run: snakemake --cores all   (the embedded default config is config.yaml)
 
 from snakemake.utils import min_version
@@ -14,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/sources.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/bin.smk"
+include: "workflow/rules/learn.smk"
 
 
 rule all:

@@ -74,6 +74,17 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
     p = config["instrument"]["pattern_fractions"]
     if abs(p["single"] + p["double"] + p["triple_quadruple"] - 1.0) > 1e-6:
         raise ConfigError(f"{source}: config keys 'instrument.pattern_fractions' must sum to 1 (got {p})")
+    exposures = config["simulate"]["exposures_ks"]
+    for key in ("input_exposure_ks", "target_exposure_ks"):
+        if not any(abs(config["pack"][key] - e) < 1e-9 for e in exposures):
+            raise ConfigError(f"{source}: config key 'pack.{key}' ({config['pack'][key]}) is not one of the "
+                              f"simulated exposures simulate.exposures_ks {exposures}; add it there or change it")
+    if sorted(config["simulate"]["resolutions"]) != [1, 2]:
+        raise ConfigError(f"{source}: config key 'simulate.resolutions' must be [1, 2]: the training set pairs 1x "
+                          f"inputs with 1x (DN) and 2x (SR) targets")
+    split = config["pack"]["split"]
+    if split["train"] <= 0 or split["val"] <= 0:
+        raise ConfigError(f"{source}: config keys 'pack.split.train' and 'pack.split.val' must be > 0 (got {split})")
 
 
 def default_config() -> dict[str, Any]:

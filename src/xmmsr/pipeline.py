@@ -31,11 +31,12 @@ from .instrument.binning import bin_event_file, detector_image_wcs
 from .instrument.events import write_events
 from .instrument.model import PnInstrument
 from .instrument.simulator import expected_background, expected_image, simulate_events
-from .io import open_fits, write_fits_atomic
+from .io import current_umask, open_fits, write_fits_atomic
 from .sky.generate import BrightnessReference, generate_source
 from .sky.model import SOURCE_KINDS, read_sky_model, write_sky_model
 
 SIMULATION_STREAM = 1  # seed-derivation key separating simulation seeds from source seeds
+TRAINING_STREAM = 3  # seed-derivation key of the training seeds (2 is the split assignment)
 
 
 def shard_source_ids(n_sources: int, shard_size: int, shard: int) -> range:
@@ -54,6 +55,11 @@ def simulation_seed(root_seed: int, kind: str, source_id: int, exposure_s: float
                        int(round(exposure_s)), resolution)
 
 
+def training_seed(root_seed: int, task: str) -> int:
+    """Seed of the training of one task (weights initialisation, crops, augmentation)."""
+    return derive_seed(root_seed, TRAINING_STREAM, ("dn", "sr").index(task)) % 2**31
+
+
 def brightness_reference(instrument: PnInstrument) -> BrightnessReference:
     """Background level and effective area used to set source brightness (sigma_b)."""
     area = instrument.require_response().spectral("bremss", 3.0, 3e20).mean_area_cm2
@@ -66,6 +72,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 directories; outputs follow the umask
     try:
         yield tmp
         if final.exists():
@@ -140,7 +147,7 @@ def _sources_table(rows: list[dict[str, Any]]) -> fits.BinTableHDU:
 
 
 def _wcs_row(w: WCS) -> dict[str, float]:
-    cd = w.wcs.cd if w.wcs.has_cd() else np.diag(w.wcs.cdelt)
+    cd = w.pixel_scale_matrix  # CD, or PC x CDELT (astropy may hold a CD header as PC with CDELT = 1)
     return {"CRPIX1": w.wcs.crpix[0], "CRPIX2": w.wcs.crpix[1], "CRVAL1": w.wcs.crval[0], "CRVAL2": w.wcs.crval[1],
             "CD1_1": cd[0, 0], "CD1_2": cd[0, 1], "CD2_1": cd[1, 0], "CD2_2": cd[1, 1]}
 

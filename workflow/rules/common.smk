@@ -7,7 +7,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from snakemake.exceptions import WorkflowError
 from xmmsr.config import ConfigError, check_config, resolve_resource
-from xmmsr.pipeline import n_shards, shard_source_ids
+from xmmsr.learn.model import TASKS as ALL_TASKS
+from xmmsr.pipeline import n_shards, shard_source_ids, training_seed as _training_seed
 from xmmsr.sky.model import SOURCE_KINDS
 
 try:
@@ -27,6 +28,7 @@ wildcard_constraints:
     kind="|".join(SOURCE_KINDS),
     shard=r"\d{4}",
     exposure=r"\d+(\.\d+)?",
+    task="|".join(ALL_TASKS),
     res="[12]",
 
 
@@ -60,6 +62,11 @@ def simulation_params():
     return {k: v for k, v in config["instrument"].items() if k != "expected_oversample"}
 
 
+def training_seed(task):
+    """Seed of the training of one task, derived from the root seed."""
+    return _training_seed(config["seed"], task)
+
+
 def events_dir(kind, shard, exposure, res):
     path = f"{OUT}/events/{kind}/shard{shard}/{exposure}ks_{res}x"
     return directory(path) if config["simulate"]["keep_events"] else temp(directory(path))
@@ -75,4 +82,6 @@ def all_targets():
     ]
     expected = [f"{OUT}/expected/{kind}/shard{shard}/{r}x.fits" for kind in KINDS for shard in shards(kind) for r in RESOLUTIONS]
     masks = [f"{OUT}/masks/detmask_{r}x.fits" for r in RESOLUTIONS]
-    return images + expected + masks
+    models = [f"{OUT}/models/{task}/{name}" for task in config["train"]["tasks"]
+              for name in ("model.pt", "model.onnx", "history.csv")]
+    return images + expected + masks + models

@@ -1,0 +1,155 @@
+"""PyTorch access to the HDF5 training set: lazy reading, aligned random crops, flips and rotations.
+
+Randomness is a function of (seed, epoch, draw), not of a stateful generator: the :class:`EpochSampler`
+yields ``(sample, draw_seed)`` pairs, so an epoch replays exactly after a resume and with any number of
+DataLoader workers or DDP ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import InputError
+from .model import UPSCALE
+
+TARGETS = {"dn": ("dn_target", "expected_rate_1x", "mask_1x"), "sr": ("sr_target", "expected_rate_2x", "mask_2x")}
+
+
+def open_dataset(path: str | Path) -> h5py.File:
+    """Open the HDF5 training set read-only, with a clear error when it is not one."""
+    p = Path(path)
+    try:
+        h5 = h5py.File(p, "r")
+    except OSError as exc:
+        raise InputError(p, "file", f"cannot be opened as HDF5 ({exc})", "rerun the pack rule") from exc
+    if h5.attrs.get("format") != "xmmsr-dataset":
+        h5.close()
+        raise InputError(p, "format", "is not an xmmsr training set", "give the HDF5 file written by the pack rule")
+    return h5
+
+
+class PairDataset(Dataset):
+    """Input/target pairs of one split for one task.
+
+    An item is a dict of float32 tensors: ``input`` (1, h, w) counts, ``target`` (1, s*h, s*w) counts,
+    ``expected`` (1, s*h, s*w) expected target counts, ``mask_input`` / ``mask_target`` (1, ., .), and
+    scalars ``exposure_input`` / ``exposure_target`` [s] and ``index``. With ``crop`` the items are
+    ``crop`` x ``crop`` 1x pixels centred on a random active detector pixel (targets aligned at 2x for
+    SR); with ``augment`` a random flip and 90-degree rotation, the same for every array of the item.
+    Keys are sample positions, or ``(position, draw_seed)`` pairs from :class:`EpochSampler`.
+    """
+
+    def __init__(self, path: str | Path, task: str, split: str, crop: int | None = None,
+                 augment: bool = False) -> None:
+        if task not in TARGETS:
+            raise ValueError(f"unknown task {task!r}; expected one of {sorted(TARGETS)}")
+        self.path, self.task, self.crop, self.augment = Path(path), task, crop, augment
+        self.upscale = UPSCALE[task]
+        with open_dataset(self.path) as h5:
+            if f"splits/{split}" not in h5:
+                raise InputError(self.path, f"splits/{split}", "no such split", "use train, val or test")
+            self.indices = np.asarray(h5[f"splits/{split}"][:], dtype=np.int64)
+            self.mask_1x = np.asarray(h5["mask_1x"][:], dtype=bool)
+            self.frame_shape = self.mask_1x.shape
+            self.input_exposure_s = float(h5.attrs["input_exposure_s"])
+            self.target_exposure_s = float(h5.attrs["target_exposure_s"])
+        if crop is not None and (crop > min(self.frame_shape)):
+            raise ValueError(f"train.crop = {crop} exceeds the frame {self.frame_shape}; use a smaller crop or null")
+        self._active = np.argwhere(self.mask_1x)  # crop centres are drawn among active pixels
+        self._h5: h5py.File | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():  # one handle per worker process
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_h5"], state["_pid"] = None, -1
+        return state
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        position, draw_seed = (key, 0) if np.isscalar(key) else key
+        sample = int(self.indices[int(position)])
+        rng = np.random.default_rng(int(draw_seed))
+        s = self.upscale
+        target_name, expected_name, mask_name = TARGETS[self.task]
+        if self.crop is None:
+            y0, x0, size = 0, 0, None
+        else:
+            size = self.crop
+            cy, cx = self._active[rng.integers(len(self._active))]
+            y0 = int(np.clip(cy - size // 2, 0, self.frame_shape[0] - size))
+            x0 = int(np.clip(cx - size // 2, 0, self.frame_shape[1] - size))
+        h5 = self._file()
+
+        def window(name: str, scale: int, per_sample: bool = True) -> np.ndarray:
+            rows = slice(None) if size is None else slice(scale * y0, scale * (y0 + size))
+            cols = slice(None) if size is None else slice(scale * x0, scale * (x0 + size))
+            data = h5[name][sample, rows, cols] if per_sample else h5[name][rows, cols]
+            return np.asarray(data, dtype=np.float32)
+
+        exposure_target = float(h5["exposure_target"][sample])
+        arrays = {
+            "input": window("lr", 1), "target": window(target_name, s),
+            "expected": window(expected_name, s) * exposure_target,
+            "mask_input": window("mask_1x", 1, per_sample=False), "mask_target": window(mask_name, s, per_sample=False),
+        }
+        if self.augment:
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            for name, a in arrays.items():
+                a = np.rot90(a, k)
+                arrays[name] = np.ascontiguousarray(a[:, ::-1] if flip else a)
+        item = {name: torch.from_numpy(a)[None] for name, a in arrays.items()}
+        item["exposure_input"] = torch.tensor(float(h5["exposure_lr"][sample]), dtype=torch.float32)
+        item["exposure_target"] = torch.tensor(exposure_target, dtype=torch.float32)
+        item["index"] = torch.tensor(sample)
+        return item
+
+
+class EpochSampler(Sampler):
+    """``draws_per_rank`` (position, draw_seed) pairs per epoch and rank, seeded by (seed, epoch).
+
+    Positions run through concatenated random permutations, so every sample is seen equally often.
+    Under DDP each rank takes every ``world_size``-th draw of the same global sequence.
+    """
+
+    def __init__(self, n_samples: int, draws_per_rank: int, seed: int) -> None:
+        if n_samples < 1:
+            raise ValueError("the training split is empty; add sources or raise pack.split.train")
+        self.n_samples, self.draws_per_rank, self.seed, self.epoch = n_samples, draws_per_rank, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _global(self, draws: int) -> list[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        reps = -(-draws // self.n_samples)
+        positions = np.concatenate([rng.permutation(self.n_samples) for _ in range(reps)])[:draws]
+        seeds = rng.integers(0, 2**62, size=draws)
+        return list(zip(positions.tolist(), seeds.tolist()))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rank, world = self._rank_world()
+        return iter(self._global(self.draws_per_rank * world)[rank::world])
+
+    def __len__(self) -> int:
+        return self.draws_per_rank
