@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from xmmsr.instrument.model import PnInstrument
 from xmmsr.sky.model import SkyModel, empty_point_table, make_wcs
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "data" / "tiny.yaml"
 RA0, DEC0 = 150.0, 2.0
 
 
@@ -60,3 +63,20 @@ def beta_sky(total_flux: float = 2e-3, npix: int = 600, rc_arcsec: float = 30.0)
     points["RA"], points["DEC"] = RA0 + 0.05, DEC0 - 0.03
     points["FLUX"], points["GAMMA"], points["NH"] = 2e-4, 1.9, 3e20
     return SkyModel(image, wcs, RA0, DEC0, "extended", source_id=7, seed=3, points=points)
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the workflow of this checkout in ``workdir``; raise with its output when it fails."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A working directory where the tiny config ran end to end (simulate -> train)."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir, "--cores", "2", "--configfile", str(TINY))
+    return workdir

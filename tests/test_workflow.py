@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,7 @@ from astropy.io import fits
 from xmmsr.config import ConfigError, check_config, default_config, load_config
 from xmmsr.pipeline import cube_wcs, read_cube
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "tests" / "data" / "tiny.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+from conftest import REPO, TINY, snakemake
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -92,19 +81,13 @@ def test_dry_run_of_the_default_config(tmp_path):
     assert jobs["sources"] == shards
     assert jobs["simulate"] == jobs["bin"] == shards * 4
     assert jobs["expected"] == shards * 2 and jobs["detector_mask"] == 2
+    assert jobs["pack"] == 1 and jobs["train"] == 2
 
 
 def test_lint_is_clean(tmp_path):
     result = snakemake(tmp_path, "--lint", "--configfile", str(REPO / "config.yaml"), check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Lints for" not in result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny")
-    snakemake(workdir, "--cores", "2", "--configfile", str(TINY))
-    return workdir
 
 
 def test_tiny_config_runs_end_to_end(tiny_run):
@@ -154,10 +137,23 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(psf)))
     assert "sources" not in jobs and "detector_mask" not in jobs
     assert jobs["simulate"] == 3 * 4 and jobs["expected"] == 3 * 2 and jobs["bin"] == 3 * 4
+    assert jobs["pack"] == 1 and jobs["train"] == 2  # a simulation change rebuilds the training set
+
+    lr = write_config(tmp_path / "lr.yaml", {"train": {"lr": 1.0e-3}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(lr)))
+    assert set(jobs) == {"train", "all"} and jobs["train"] == 2  # training changes never touch the dataset
+
+    sr_only = write_config(tmp_path / "sr.yaml", {"model": {"features": 4}, "train": {"tasks": ["sr"]}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(sr_only)))
+    assert set(jobs) == {"train", "all"} and jobs["train"] == 1
+
+    workers = write_config(tmp_path / "workers.yaml", {"train": {"num_workers": 2, "threads": 1}})
+    assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(workers)).stdout)
 
     zoom = write_config(tmp_path / "zoom.yaml", {"sources": {"extended": {"zoom": [1.0, 1.5]}}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(zoom)))
     assert jobs["sources"] == 1 and jobs["simulate"] == 4 and jobs["expected"] == 2  # only the extended shard
+    assert jobs["pack"] == 1
 
     more = write_config(tmp_path / "more.yaml", {"sources": {"extended": {"n": 3}}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(more)))
@@ -165,7 +161,7 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
 
     oversample = write_config(tmp_path / "os.yaml", {"instrument": {"expected_oversample": 4}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(oversample)))
-    assert set(jobs) == {"expected", "all"}
+    assert set(jobs) == {"expected", "pack", "train", "all"}
 
 
 def test_killed_job_leaves_no_finished_looking_output(tmp_path):

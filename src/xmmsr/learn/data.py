@@ -40,7 +40,7 @@ class PairDataset(Dataset):
 
     An item is a dict of float32 tensors: ``input`` (1, h, w) counts, ``target`` (1, s*h, s*w) counts,
     ``expected`` (1, s*h, s*w) expected target counts, ``mask_input`` / ``mask_target`` (1, ., .), and
-    scalars ``exposure_input`` / ``exposure_target`` [s] and ``index``. With ``crop`` the items are
+    scalars ``exposure_input`` / ``exposure_target`` [s], ``index`` (sample) and ``origin`` (crop corner). With ``crop`` the items are
     ``crop`` x ``crop`` 1x pixels centred on a random active detector pixel (targets aligned at 2x for
     SR); with ``augment`` a random flip and 90-degree rotation, the same for every array of the item.
     Keys are sample positions, or ``(position, draw_seed)`` pairs from :class:`EpochSampler`.
@@ -116,6 +116,7 @@ class PairDataset(Dataset):
         item["exposure_input"] = torch.tensor(float(h5["exposure_lr"][sample]), dtype=torch.float32)
         item["exposure_target"] = torch.tensor(exposure_target, dtype=torch.float32)
         item["index"] = torch.tensor(sample)
+        item["origin"] = torch.tensor([y0, x0])  # 1x pixel of the crop corner (before augmentation)
         return item
 
 

@@ -1,0 +1,261 @@
+"""Learning: the RRDB generator, normalisation, the HDF5 training set, its Dataset, training and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from torch.utils.data import DataLoader
+
+from xmmsr.config import ConfigError, check_config, load_config
+from xmmsr.learn.checkpoint import load_model
+from xmmsr.learn.data import EpochSampler, PairDataset
+from xmmsr.learn.model import Architecture, build_generator, count_parameters
+from xmmsr.learn.normalise import Normalisation
+from xmmsr.learn.pack import SPLITS, ShardFiles, pack_dataset, split_counts
+from xmmsr.learn.train import Restoration, TrainingRun, run_from_config, train
+
+TINY_ARCH = {"features": 8, "growth": 8, "blocks": 1, "dense_blocks": 1, "residual_scale": 0.2}
+
+
+def dataset_path(tiny_run: Path) -> Path:
+    return tiny_run / "results" / "dataset" / "xmmsr_dataset.h5"
+
+
+# --- model and normalisation -------------------------------------------------------------------------
+
+
+def test_reference_configuration_has_the_reference_parameter_count():
+    paper = load_config(REPO / "config" / "paper.yaml")
+    assert count_parameters(build_generator(Architecture.from_config("sr", paper["model"]))) == 325_985
+    assert count_parameters(build_generator(Architecture.from_config("dn", paper["model"]))) == 316_705
+
+
+@pytest.mark.parametrize(("task", "scale"), [("dn", 1), ("sr", 2)])
+def test_output_shapes(task, scale):
+    model = build_generator(Architecture(task, **TINY_ARCH))
+    out = model(torch.rand(2, 1, 36, 52))
+    assert out.shape == (2, 1, 36 * scale, 52 * scale)
+
+
+def test_dn_head_starts_near_the_identity():
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 32, 32) * 5
+    model = build_generator(Architecture("dn", **TINY_ARCH))
+    assert (model(x) - x).abs().mean() < 0.2 * x.abs().mean()  # residual on the input
+
+
+@pytest.mark.parametrize("method", ["asinh", "log", "sqrt_clamp"])
+@pytest.mark.parametrize("upscale", [1, 2])
+def test_normalisation_round_trips(method, upscale):
+    norm = Normalisation(method, scale=1e-3 if method == "sqrt_clamp" else 5e-5)
+    exposure = torch.tensor([2.0e4, 1.0e5])
+    counts = torch.tensor([0.0, 0.3, 1.0, 7.0, 40.0]).repeat(2, 1, 1, 1)
+    if method == "sqrt_clamp":  # clips above scale (counts/s per 1x pixel): stay below it
+        counts = counts * 1e-3
+    back = norm.inverse(norm.forward(counts, exposure, upscale), exposure, upscale)
+    assert torch.allclose(back, counts, rtol=1e-5, atol=1e-6)
+
+
+def test_asinh_does_not_clip_bright_sources_but_the_reference_does():
+    counts = torch.tensor([1e2, 1e3, 1e4])
+    asinh = Normalisation("asinh", 5e-5).forward(counts, 2e4)
+    clamp = Normalisation("sqrt_clamp", 2.23e-3).forward(counts, 2e4)
+    assert torch.all(torch.diff(asinh) > 0)
+    assert torch.all(clamp == 1.0)
+
+
+# --- the HDF5 training set ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", range(12))
+def test_split_counts(n):
+    counts = split_counts(n, {"train": 0.7, "val": 0.15, "test": 0.15})
+    assert sum(counts.values()) == n and min(counts.values()) >= 0
+    assert counts["train"] >= min(n, 1)
+    assert counts["val"] >= (1 if n >= 2 else 0) and counts["test"] >= (1 if n >= 3 else 0)
+
+
+def test_pack_splits_are_disjoint_by_source(tiny_run):
+    with h5py.File(dataset_path(tiny_run)) as h5:
+        meta = h5["meta"][:]
+        sources = {s: {(m["kind"], m["source_id"]) for m in meta[h5[f"splits/{s}"][:]]} for s in SPLITS}
+        assert sum(len(h5[f"splits/{s}"]) for s in SPLITS) == len(meta) == 4
+        assert all(m["split"].decode() == s for s in SPLITS for m in meta[h5[f"splits/{s}"][:]])
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            assert not sources[a] & sources[b]
+        assert len(sources["val"]) >= 1
+        # frames are padded consistently: HR offset = 2 x LR offset, and the data sit inside the masks
+        lr_off, hr_off = h5.attrs["lr_offset"], h5.attrs["hr_offset"]
+        assert list(hr_off) == [2 * o for o in lr_off] and h5["lr"].shape[1:] == (416, 416)
+        assert h5["sr_target"].shape[1:] == (832, 832) and h5["lr"].chunks == (1, 416, 416)
+        for name, mask in (("lr", "mask_1x"), ("dn_target", "mask_1x"), ("sr_target", "mask_2x")):
+            assert not np.any(h5[name][:] * (1 - h5[mask][:]))
+        counts = h5["dn_target"][:].sum() / h5["lr"][:].sum()
+        assert 4.0 < counts < 6.0  # 10 ks / 2 ks
+        assert len(h5.attrs["config_hash"]) == 64 and h5.attrs["software"].startswith("xmmsr")
+
+
+def _shards(run: Path) -> list[ShardFiles]:
+    out = run / "results"
+    return [ShardFiles(kind, out / "sky" / kind / "shard0000", out / "images" / kind / "shard0000" / "2ks_1x.fits",
+                       out / "images" / kind / "shard0000" / "10ks_1x.fits",
+                       out / "images" / kind / "shard0000" / "10ks_2x.fits",
+                       out / "expected" / kind / "shard0000" / "1x.fits", out / "expected" / kind / "shard0000" / "2x.fits")
+            for kind in ("extended", "agn", "background")]
+
+
+def test_pack_is_deterministic_and_the_split_depends_on_the_seed(tiny_run, tmp_path):
+    out = tiny_run / "results"
+    masks = (out / "masks" / "detmask_1x.fits", out / "masks" / "detmask_2x.fits")
+    split = {"train": 0.5, "val": 0.5, "test": 0.0}
+    args = (_shards(tiny_run), *masks, 2e3, 1e4, split, 32, 1)
+    pack_dataset(*args, seed=1, dataset_config={"a": 1}, output=tmp_path / "a.h5")
+    pack_dataset(*args, seed=1, dataset_config={"a": 1}, output=tmp_path / "b.h5")
+    assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
+    assigned = set()
+    for seed in range(8):
+        pack_dataset(*args, seed=seed, dataset_config={"a": 1}, output=tmp_path / "c.h5")
+        with h5py.File(tmp_path / "c.h5") as h5:
+            assigned.add(tuple(h5["meta"]["split"]))
+    assert len(assigned) > 1
+
+
+def test_dataset_crops_are_aligned_and_augmentations_shared(tiny_run):
+    path = dataset_path(tiny_run)
+    plain = PairDataset(path, "sr", "train", crop=24)
+    augmented = PairDataset(path, "sr", "train", crop=24, augment=True)
+    with h5py.File(path) as h5:
+        lr_all, sr_all = h5["lr"][:], h5["sr_target"][:]
+    transforms = [lambda a, k=k, f=f: np.rot90(a, k)[:, ::-1] if f else np.rot90(a, k) for k in range(4) for f in (0, 1)]
+    for draw in range(6):
+        item = plain[(draw % len(plain), 1000 + draw)]
+        lr, sr = item["input"][0].numpy(), item["target"][0].numpy()
+        assert lr.shape == (24, 24) and sr.shape == (48, 48)
+        sample, (y0, x0) = int(item["index"]), item["origin"].tolist()
+        assert np.array_equal(lr_all[sample, y0:y0 + 24, x0:x0 + 24], lr)
+        assert np.array_equal(sr_all[sample, 2 * y0:2 * y0 + 48, 2 * x0:2 * x0 + 48], sr)  # 2x offset
+        aug = augmented[(draw % len(plain), 1000 + draw)]
+        matches = [t for t in transforms if np.array_equal(t(lr), aug["input"][0].numpy())
+                   and np.array_equal(t(sr), aug["target"][0].numpy())
+                   and np.array_equal(t(item["mask_target"][0].numpy()), aug["mask_target"][0].numpy())]
+        assert matches, "input, target and mask must share one flip/rotation"
+        assert item["mask_input"][0].numpy().sum() > 0  # crops are centred on the detector
+
+
+def test_dataset_works_with_worker_processes(tiny_run):
+    ds = PairDataset(dataset_path(tiny_run), "dn", "train", crop=16, augment=True)
+    sampler = EpochSampler(len(ds), 8, seed=3)
+    batches = [torch.cat([b["input"] for b in DataLoader(ds, batch_size=4, sampler=sampler, num_workers=w)])
+               for w in (0, 2)]
+    assert torch.equal(batches[0], batches[1])
+    sampler.set_epoch(1)
+    again = torch.cat([b["input"] for b in DataLoader(ds, batch_size=4, sampler=sampler)])
+    assert not torch.equal(again, batches[0])
+
+
+def test_full_frames_for_evaluation(tiny_run):
+    item = PairDataset(dataset_path(tiny_run), "sr", "val")[0]
+    assert item["input"].shape == (1, 416, 416) and item["target"].shape == (1, 832, 832)
+    assert item["expected"].sum() > 0 and float(item["exposure_target"]) == 1e4
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["dn", "sr"])
+def test_a_tiny_model_overfits_a_handful_of_crops(tiny_run, task):
+    """200 Adam steps on 4 fixed crops with the noise-free target drive the L1 loss down >= 10x."""
+    torch.manual_seed(0)
+    ds = PairDataset(dataset_path(tiny_run), task, "train", crop=32)
+    batch = next(iter(DataLoader([ds[(i % len(ds), i)] for i in range(4)], batch_size=4)))
+    batch["target"] = batch["expected"]
+    module = Restoration(Architecture(task, **TINY_ARCH), Normalisation(), {"l1": 1.0}, 3e-3, 0.0, 0, 200, 1.0)
+    optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(200):
+        loss = module._step(batch)[0]["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10
+
+
+def _run(tiny_run: Path, ckpt: Path, **train_overrides) -> TrainingRun:
+    cfg = load_config(REPO / "tests" / "data" / "tiny.yaml")
+    cfg["train"].update(epochs=3, steps_per_epoch=2, batch_size=2, crop=16, loss={"l1": 1.0, "poisson": 0.1,
+                                                                                  "ssim": 0.1, "ms_ssim": 0.0})
+    cfg["train"].update(train_overrides)
+    return run_from_config(cfg, "sr", dataset_path(tiny_run), ckpt, seed=7)
+
+
+class Kill(RuntimeError):
+    pass
+
+
+class KillAtEpoch:
+    """A callback that stops training (as a kill would) when an epoch starts."""
+
+    def __new__(cls, epoch: int):
+        import lightning.pytorch as pl
+
+        class _Kill(pl.Callback):
+            def on_train_epoch_start(self, trainer, module):
+                if trainer.current_epoch == epoch:
+                    raise Kill(f"killed at epoch {epoch}")
+
+        return _Kill()
+
+
+def test_resume_after_a_kill_reaches_the_uninterrupted_weights(tiny_run, tmp_path):
+    full = train(_run(tiny_run, tmp_path / "full"), tmp_path / "full.pt", tmp_path / "full.csv", threads=1)
+
+    with pytest.raises(Kill):
+        train(_run(tiny_run, tmp_path / "ckpt"), tmp_path / "m.pt", tmp_path / "h.csv", threads=1,
+              callbacks=[KillAtEpoch(2)])
+    assert not (tmp_path / "m.pt").exists()  # no finished-looking model after a kill
+    assert (tmp_path / "ckpt" / "last.ckpt").exists()
+    resumed = train(_run(tiny_run, tmp_path / "ckpt"), tmp_path / "m.pt", tmp_path / "h.csv", threads=1)
+
+    for (name, a), b in zip(full.generator.state_dict().items(), resumed.generator.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "h.csv").read_text() == (tmp_path / "full.csv").read_text()
+    assert len((tmp_path / "h.csv").read_text().splitlines()) == 1 + 3
+
+    loaded = load_model(tmp_path / "m.pt")  # weights_only=True inside
+    assert loaded.task == "sr" and loaded.target_exposure_s == 1e4 and loaded.input_exposure_s == 2e3
+    assert loaded.provenance["steps"] == 6 and loaded.train_config["train"]["crop"] == 16
+    x = torch.rand(1, 1, 16, 16)
+    assert torch.equal(loaded.generator(x), resumed.generator.eval()(x))
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(tiny_run, tmp_path, capsys):
+    train(_run(tiny_run, tmp_path / "ckpt", epochs=1), tmp_path / "m.pt", tmp_path / "h.csv", threads=1)
+    train(_run(tiny_run, tmp_path / "ckpt", epochs=1, lr=1e-3), tmp_path / "m.pt", tmp_path / "h.csv", threads=1)
+    out = capsys.readouterr().out
+    assert "another configuration" in out and "resuming" not in out
+
+
+def test_training_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="pack.input_exposure_ks"):
+        check_config({"pack": {"input_exposure_ks": 30}})
+    with pytest.raises(ConfigError, match="train.crop"):
+        check_config({"train": {"crop": 4}})
+    from xmmsr.learn.train import check_training_config
+
+    cfg = check_config({"train": {"loss": {"l1": 0.0, "ms_ssim": 1.0}, "crop": 48}})
+    with pytest.raises(ValueError, match="train.loss.ms_ssim"):
+        check_training_config(cfg["train"], "sr")
+
+
+def test_paper_config_is_a_valid_overlay():
+    raw = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    cfg = check_config(raw)
+    assert cfg["train"]["crop"] is None or cfg["train"]["crop"] >= 64
+    assert cfg["sources"]["extended"]["n"] >= 1000
