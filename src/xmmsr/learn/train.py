@@ -244,7 +244,7 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
     interactive = sys.stderr.isatty()
     trainer = pl.Trainer(
         accelerator=accelerator, devices=cfg["devices"], precision=precision, max_epochs=cfg["epochs"],
-        max_steps=total_steps, limit_train_batches=cfg["steps_per_epoch"], gradient_clip_val=cfg["gradient_clip"] or None,
+        limit_train_batches=cfg["steps_per_epoch"], gradient_clip_val=cfg["gradient_clip"] or None,
         num_sanity_val_steps=0, deterministic=accelerator == "cpu", use_distributed_sampler=False,
         callbacks=[checkpointing, *callbacks], enable_progress_bar=interactive, enable_model_summary=False,
         logger=pl.loggers.CSVLogger(run.checkpoint_dir, name="logs", version=0), log_every_n_steps=1,
