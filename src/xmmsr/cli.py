@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,6 +70,21 @@ def cmd_sky(args: argparse.Namespace) -> None:
     print(f"{args.output}: {args.kind} source {args.id}, total flux {model.total_flux:.3g} ph cm-2 s-1")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from astropy.io import fits
+
+    from .learn.predict import predict_file
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        out = predict_file(args.model, args.input, args.output, args.device)
+    for w in caught:
+        print(f"xmmsr predict: warning: {w.message}", file=sys.stderr)
+    h = fits.getheader(out)
+    print(f"{out}: {h['MODTASK']} prediction, {h['NAXIS1']} x {h['NAXIS2']} pixels ({h['RESMULT']}x grid), "
+          f"expected counts for {h['EXPOSURE']:g} s from a {h['INEXPOS']:g} s image")
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -107,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
     p.add_argument("--output", required=True, help="sky-model FITS to write")
     p.set_defaults(func=cmd_sky)
+
+    p = sub.add_parser("predict", help="de-noise or super-resolve a 1x pn count image with a trained model")
+    p.add_argument("--model", required=True, help="model.pt written by the train rule")
+    p.add_argument("--input", required=True, help="0.5-2 keV count image FITS on the 1x grid, with EXPOSURE")
+    p.add_argument("--output", required=True, help="FITS to write: expected counts at the model's target exposure")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="auto: cuda if available, else mps, else cpu")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -115,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except (InputError, ConfigError) as exc:
-        print(f"xmmsr {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, even when a library message spans several
+        print(f"xmmsr {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

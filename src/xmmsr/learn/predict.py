@@ -1,0 +1,318 @@
+"""Inference: run a trained generator on pn count images, write FITS results, export to ONNX.
+
+Inputs are 0.5-2 keV count images on the 1x pn grid (4" pixels: ``xmmsr bin`` or SAS evselect with
+DETX/DETY or X/Y bins of 80). Outputs are expected counts per output pixel at the model's target
+exposure, on the same grid (DN) or on the 2x grid (SR), with the input WCS carried over.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from astropy.io import fits
+from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from .. import __version__
+from ..errors import InputError
+from ..io import atomic_path, open_fits, write_fits_atomic
+from .checkpoint import TrainedModel, load_model
+from .model import Architecture
+
+if TYPE_CHECKING:
+    import onnx
+
+PAD_MULTIPLE = 4
+PIXEL_ARCSEC_RANGE = (3.5, 4.7)  # the 1x grid: 4.0" (SAS DETX/DETY bin 80, xmmsr bin); 4.1" pn CCD pixels
+EXPOSURE_FIX = "set EXPOSURE (s) in the header, as SAS evselect writes it"
+# ONNX ops whose output shape follows the input's; a graph of only these runs at any frame size
+_SHAPE_FREE_OPS = frozenset({"Conv", "LeakyRelu", "Relu", "PRelu", "Concat", "Add", "Sub", "Mul", "Div",
+                             "DepthToSpace", "Identity", "Constant"})
+_COPY_KEYS = ("TELESCOP", "INSTRUME", "OBS_ID", "OBJECT", "FILTER", "SUBMODE", "RA_PNT", "DEC_PNT", "PA_PNT",
+              "RA_OBJ", "DEC_OBJ", "DATE-OBS", "DATE-END", "MJD-OBS", "TSTART", "TSTOP", "TIMESYS", "EPOCH",
+              "RADECSYS")
+# WCS keywords (any alternate letter) and the IRAF physical-coordinate keywords
+_WCS_KEY = re.compile(r"^(WCSAXES|WCSNAME|CRPIX\d|CRVAL\d|CDELT\d|CTYPE\d|CUNIT\d|CNAME\d|CRDER\d|CSYER\d|"
+                      r"PC\d_\d|CD\d_\d|PV\d_\d+|PS\d_\d+|LONPOLE|LATPOLE|RADESYS|EQUINOX|MJDREF)[A-Z]?$"
+                      r"|^(CROTA\d|LTV\d|LTM\d_\d)$")
+
+
+def receptive_radius(arch: Architecture) -> int:
+    """Half-width (1x pixels) of the generator's receptive field.
+
+    Every layer is a 3x3 convolution (radius 1): head, 5 per dense block, trunk_conv, then for DN
+    hr_conv and out_conv; for SR the upsampling conv and two convolutions on the 2x grid (1 pixel).
+    """
+    return 5 * arch.blocks * arch.dense_blocks + 4
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda if available, else mps, else cpu; an unavailable device is an :class:`InputError`."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps is not None and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(None, "--device", f"{name!r} is not a device", "use auto, cpu, cuda or mps") from None
+    if (device.type == "cuda" and not torch.cuda.is_available()) or (device.type == "mps" and not mps_ok):
+        raise InputError(None, "--device", f"{device.type} is not available on this machine",
+                         "use --device auto or cpu")
+    return device
+
+
+def _spans(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis: (start, stop, keep_start, keep_stop); kept parts cover [0, n) and stay
+    ``overlap`` pixels away from every tile edge that is not an image edge."""
+    if n <= tile:
+        return [(0, n, 0, n)]
+    starts = [*range(0, n - tile, tile - 2 * overlap), n - tile]
+    return [(s, s + tile, s if s == 0 else s + overlap, n if s + tile == n else s + tile - overlap) for s in starts]
+
+
+def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float, tile: int = 512,
+                   overlap: int = 32) -> np.ndarray:
+    """Expected counts per output pixel at ``model.target_exposure_s`` for a 1x-grid count image.
+
+    Returns float32 (H, W) for DN, (2H, 2W) for SR, clipped at 0. Images larger than ``tile`` are run
+    in overlapping tiles whose centre parts are stitched; this equals the untiled result when
+    ``overlap >= receptive_radius(model.architecture)`` (49 for the reference architecture; the
+    residual scaling makes the effective field much smaller).
+    """
+    image = np.asarray(counts)
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"expected a non-empty 2-D count image, got shape {image.shape}")
+    if not (math.isfinite(exposure_s) and exposure_s > 0):
+        raise ValueError(f"exposure must be a positive number of seconds, got {exposure_s}")
+    if overlap < 0 or tile <= 2 * overlap:
+        raise ValueError(f"need 0 <= 2 * overlap < tile, got tile {tile}, overlap {overlap}")
+    generator, s = model.generator, model.upscale
+    device = next(generator.parameters()).device
+    h, w = image.shape
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+    x = model.normalisation.forward(x, float(exposure_s), upscale=1)
+    x = F.pad(x[None, None], (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE))
+    ph, pw = x.shape[-2:]
+    out = torch.full((ph * s, pw * s), math.nan, dtype=torch.float32)  # NaN shows any pixel no tile wrote
+    with torch.no_grad():
+        for y0, y1, ky0, ky1 in _spans(ph, tile, overlap):
+            for x0, x1, kx0, kx1 in _spans(pw, tile, overlap):
+                y = generator(x[..., y0:y1, x0:x1])[0, 0]
+                out[s * ky0:s * ky1, s * kx0:s * kx1] = \
+                    y[s * (ky0 - y0):s * (ky1 - y0), s * (kx0 - x0):s * (kx1 - x0)].float().cpu()
+    expected = model.normalisation.inverse(out[:h * s, :w * s], float(model.target_exposure_s), upscale=s)
+    return expected.clamp_(min=0.0).numpy()
+
+
+def _image_hdu(hdul: fits.HDUList, path: Path) -> fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU:
+    """The primary HDU if it holds a 2-D image, else the first 2-D image extension."""
+    images = [(i, h) for i, h in enumerate(hdul)
+              if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and h.data is not None]
+    for _, hdu in images:
+        if hdu.data.ndim == 2:
+            return hdu
+    if images:
+        i, hdu = images[0]
+        raise InputError(path, "NAXIS", f"the image in HDU {i} is {hdu.data.ndim}-D (numpy shape {hdu.data.shape})",
+                         "give a single 2-D count image (one energy band, one observation)")
+    tables = [h.name or f"HDU {i}" for i, h in enumerate(hdul) if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
+    if tables:
+        raise InputError(path, "HDU", f"has no image, only tables ({', '.join(tables)})",
+                         "bin the event list into a 0.5-2 keV count image first (xmmsr bin, or SAS evselect "
+                         "with imageset=...)")
+    raise InputError(path, "data", "the file holds no image data", "give a 2-D count image FITS")
+
+
+def read_count_image(path: str | Path) -> tuple[np.ndarray, fits.Header, float]:
+    """Counts (float64), header and EXPOSURE (s) of a 1x-grid pn count image, validated."""
+    p = Path(path)
+    with open_fits(p, "count image") as hdul:
+        hdu = _image_hdu(hdul, p)
+        data = np.asarray(hdu.data, dtype=np.float64)
+        header = hdu.header.copy()
+        primary = hdul[0].header
+    if data.size == 0:
+        raise InputError(p, "NAXIS1/NAXIS2", f"the image is empty (numpy shape {data.shape})",
+                         "give a non-empty count image")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise InputError(p, "pixel values", f"{int(bad.sum())} pixels are NaN or infinite",
+                         "set pixels without data (e.g. outside the field of view) to 0 counts")
+    if (data < 0).any():
+        raise InputError(p, "pixel values", f"{int((data < 0).sum())} pixels are negative (min {data.min():g})",
+                         "give a count image (events per pixel), not a background-subtracted image")
+    raw = header.get("EXPOSURE", primary.get("EXPOSURE"))
+    if raw is None:
+        raise InputError(p, "EXPOSURE", "keyword missing from the header", EXPOSURE_FIX)
+    try:
+        exposure = float(raw)
+    except (TypeError, ValueError):
+        exposure = math.nan
+    if not (math.isfinite(exposure) and exposure > 0):
+        raise InputError(p, "EXPOSURE", f"is {raw!r}, not a positive number of seconds", EXPOSURE_FIX)
+    _check_pixel_scale(header, p)
+    if str(header.get("RESMULT", 1)).strip() != "1":
+        raise InputError(p, "RESMULT", f"is {header['RESMULT']!r}: not an image on the 1x pn grid",
+                         "give a count image binned from a real or 1x simulated event list")
+    return data, header, exposure
+
+
+def _check_pixel_scale(header: fits.Header, path: Path) -> None:
+    """If the header has a celestial WCS, its pixels must be on the 1x grid."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header, naxis=2)
+    except Exception as exc:
+        raise InputError(path, "WCS", f"cannot be parsed ({exc.__class__.__name__}: {exc})",
+                         "fix or remove the WCS keywords") from exc
+    if not wcs.has_celestial:
+        return
+    scales = proj_plane_pixel_scales(wcs.celestial) * 3600.0
+    lo, hi = PIXEL_ARCSEC_RANGE
+    if all(lo <= v <= hi for v in scales):
+        return
+    field = "CD1_1/CD1_2/CD2_1/CD2_2" if any(re.fullmatch(r"CD\d_\d", k) for k in header) else "CDELT1/CDELT2"
+    raise InputError(path, field, f'pixel scale {scales[0]:.2f}" x {scales[1]:.2f}" is not the pn 1x grid '
+                     f'({lo}-{hi}" per pixel)', 'bin the events at 4" per pixel (SAS evselect ximagebinsize=80 '
+                     "yimagebinsize=80, or xmmsr bin on a 1x event list); 2x images are outputs, not inputs")
+
+
+def output_header(header: fits.Header, model: TrainedModel, input_exposure_s: float, model_name: str = "",
+                  input_name: str = "") -> fits.Header:
+    """Header of a prediction: the input WCS (scaled to the 2x grid for SR) plus provenance."""
+    out = fits.Header()
+    for card in header.cards:
+        if _WCS_KEY.match(card.keyword) or card.keyword in _COPY_KEYS:
+            out.append(card)
+    if model.upscale != 1:
+        _upscale_wcs(out, model.upscale)
+    out["BUNIT"] = ("count", "expected counts per pixel")
+    out["EXPOSURE"] = (float(model.target_exposure_s), "[s] exposure the expected counts refer to")
+    out["RESMULT"] = (model.upscale, "resolution multiplier (1: pn grid, 2: 2x grid)")
+    out["MODTASK"] = (model.task, "dn: de-noising, sr: 2x super-resolution")
+    out["MODEL"] = (model_name, "model file")
+    out["MODINEXP"] = (float(model.input_exposure_s), "[s] input exposure the model was trained for")
+    out["INEXPOS"] = (float(input_exposure_s), "[s] exposure of the input count image")
+    out["NORMMETH"] = (model.normalisation.method, "intensity normalisation of the model")
+    out["NORMSCAL"] = (model.normalisation.scale, "[count/s/pixel] normalisation scale")
+    out["CREATOR"] = (f"xmmsr {__version__}", "software that wrote this file")
+    out.add_history(f"xmmsr {__version__} predict: {model.task} model {model_name} applied to {input_name}, "
+                    f"{input_exposure_s:g} s -> expected counts at {model.target_exposure_s:g} s")
+    return out
+
+
+def _upscale_wcs(header: fits.Header, s: int) -> None:
+    """Rescale WCS and IRAF LTV/LTM keywords in place so output pixel ``q = s*p - (s-1)/2`` (1-based) of
+    the finer grid has the world and physical coordinates of input pixel ``p``."""
+    shift = (s - 1) / 2
+    letters = {m.group(1) for k in header if (m := re.fullmatch(r"CTYPE\d([A-Z]?)", k))}
+    for a in letters:  # make implicit defaults explicit so they get rescaled too
+        for i in (1, 2):
+            header.setdefault(f"CRPIX{i}{a}", 0.0)
+            if not any(f"CD{i}_{j}{a}" in header for j in (1, 2)):
+                header.setdefault(f"CDELT{i}{a}", 1.0)
+    if any(re.fullmatch(r"LTV\d|LTM\d_\d", k) for k in header):
+        for i in (1, 2):
+            header.setdefault(f"LTV{i}", 0.0)
+            header.setdefault(f"LTM{i}_{i}", 1.0)
+    for key in list(header):
+        if re.fullmatch(r"(CRPIX\d[A-Z]?|LTV\d)", key):
+            header[key] = s * float(header[key]) - shift
+        elif re.fullmatch(r"(CDELT\d[A-Z]?|CD\d_\d[A-Z]?)", key):
+            header[key] = float(header[key]) / s
+        elif re.fullmatch(r"LTM\d_\d", key):
+            header[key] = s * float(header[key])
+
+
+def predict_file(model_path: str | Path, input_path: str | Path, output_path: str | Path,
+                 device: str = "auto") -> Path:
+    """Predict on a FITS count image and write the float32 result atomically; returns ``output_path``."""
+    model_path, input_path, output_path = Path(model_path), Path(input_path), Path(output_path)
+    dev = select_device(device)
+    counts, header, exposure = read_count_image(input_path)
+    model = load_model(model_path, dev)
+    ratio = exposure / model.input_exposure_s
+    if not 0.5 <= ratio <= 2.0:
+        warnings.warn(f"{input_path}: EXPOSURE {exposure:g} s differs from the {model.input_exposure_s:g} s the "
+                      "model was trained for by more than a factor 2; the prediction may be biased", stacklevel=2)
+    result = predict_counts(model, counts, exposure, overlap=max(32, receptive_radius(model.architecture)))
+    if not np.isfinite(result).all():
+        raise InputError(model_path, "weights", "the model produced non-finite values on this image",
+                         "check the training run; the model has diverged")
+    hdr = output_header(header, model, exposure, model_path.name, input_path.name)
+    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(result.astype(np.float32), header=hdr)]), output_path)
+    return output_path
+
+
+def export_onnx(model: TrainedModel, path: str | Path, example_size: int = 64) -> Path:
+    """Export the generator to one self-contained ONNX file, written atomically.
+
+    Graph input ``x`` (N, 1, H, W) holds ``normalisation.forward(counts, exposure, upscale=1)``; output
+    ``y`` (N, 1, sH, sW) goes to ``normalisation.inverse(y, target_exposure_s, upscale)``; both recorded,
+    with the exposures, in the model's metadata. N, H and W are dynamic.
+
+    The graph is traced by the torch.export-based exporter at a fixed ``example_size`` and its
+    input/output dimensions are then made symbolic: every op of the generator (convolutions,
+    activations, concatenation, depth-to-space) is shape-free, which is checked. This takes a few
+    seconds, where exporting with symbolic shapes directly takes several times longer; it remains
+    the fallback if an op outside that set ever appears.
+    """
+    import onnx
+
+    generator = copy.deepcopy(model.generator).cpu().eval()
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" notices
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            example = torch.zeros(1, 1, example_size, example_size)
+            proto = torch.onnx.export(generator, (example,), dynamo=True, input_names=["x"], output_names=["y"],
+                                      verbose=False).model_proto
+            if {n.op_type for n in proto.graph.node} <= _SHAPE_FREE_OPS:
+                _symbolic_dims(proto, model.upscale)
+            else:
+                dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+                proto = torch.onnx.export(generator, (example.expand(2, -1, -1, -1).clone(),), dynamo=True,
+                                          input_names=["x"], output_names=["y"], dynamic_shapes=(dims,),
+                                          verbose=False).model_proto
+    finally:
+        quiet.setLevel(level)
+    onnx.helper.set_model_props(proto, {
+        "xmmsr.software": f"xmmsr {__version__}", "xmmsr.task": model.task, "xmmsr.upscale": str(model.upscale),
+        "xmmsr.normalisation": json.dumps(model.normalisation.to_dict()),
+        "xmmsr.input_exposure_s": repr(float(model.input_exposure_s)),
+        "xmmsr.target_exposure_s": repr(float(model.target_exposure_s)),
+        "xmmsr.architecture": json.dumps(model.architecture.to_dict()),
+    })
+    proto.doc_string = ("xmmsr generator: x = normalisation.forward(counts, exposure, upscale=1); "
+                        "counts = normalisation.inverse(y, target_exposure_s, upscale)")
+    onnx.checker.check_model(proto)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    return Path(path)
+
+
+def _symbolic_dims(proto: onnx.ModelProto, upscale: int) -> None:
+    """Make batch, height and width of the graph input/output symbolic; drop the traced inner shapes."""
+    suffix = "" if upscale == 1 else f"_x{upscale}"
+    for value, (hn, wn) in ((proto.graph.input[0], ("height", "width")),
+                            (proto.graph.output[0], (f"height{suffix}", f"width{suffix}"))):
+        dims = value.type.tensor_type.shape.dim
+        for d, name in ((dims[0], "batch"), (dims[2], hn), (dims[3], wn)):
+            d.ClearField("dim_value")
+            d.dim_param = name
+    del proto.graph.value_info[:]
