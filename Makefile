@@ -28,6 +28,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/bench_simulator.py
+	$(BIN)/python bench/bench_training.py
 
 clean:
 	rm -rf results logs .snakemake

@@ -1,30 +1,5 @@
 # Learning: the HDF5 training set (rule pack) and the DN/SR models (rule train).
 
-TASKS = config["train"]["tasks"]
-DATASET = f"{OUT}/dataset/xmmsr_dataset.h5"
-
-
-def pack_inputs(wildcards):
-    """Per shard of every kind: input and target image cubes, expected cubes, sky models; and masks."""
-    pack = config["pack"]
-    lr, tgt = f"{pack['input_exposure_ks']:g}", f"{pack['target_exposure_ks']:g}"
-    items = [(kind, shard) for kind in KINDS for shard in shards(kind)]
-    return {
-        "lr": [f"{OUT}/images/{k}/shard{s}/{lr}ks_1x.fits" for k, s in items],
-        "dn_target": [f"{OUT}/images/{k}/shard{s}/{tgt}ks_1x.fits" for k, s in items],
-        "sr_target": [f"{OUT}/images/{k}/shard{s}/{tgt}ks_2x.fits" for k, s in items],
-        "expected_1x": [f"{OUT}/expected/{k}/shard{s}/1x.fits" for k, s in items],
-        "expected_2x": [f"{OUT}/expected/{k}/shard{s}/2x.fits" for k, s in items],
-        "sky": [f"{OUT}/sky/{k}/shard{s}" for k, s in items],
-        "mask_1x": f"{OUT}/masks/detmask_1x.fits",
-        "mask_2x": f"{OUT}/masks/detmask_2x.fits",
-    }
-
-
-def dataset_config():
-    """The config sections that determine the training set (hashed into the HDF5 attributes)."""
-    return {k: config[k] for k in ("seed", "sources", "instrument", "simulate", "pack")}
-
 
 rule pack:
     input:

@@ -75,8 +75,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedM
         raise InputError(p, "file", "the model file does not exist", "give the model.pt written by the train rule")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(p, "file", f"cannot be read as an xmmsr model ({exc.__class__.__name__}: {exc})",
+    except Exception as exc:  # not a torch file, or one holding pickled objects beyond tensors and plain types
+        raise InputError(p, "file", f"cannot be read as an xmmsr model file ({exc.__class__.__name__})",
                          "give the model.pt written by the train rule (not a Lightning .ckpt)") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(p, "format", "is not an xmmsr model file", "give the model.pt written by the train rule")
