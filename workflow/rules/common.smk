@@ -16,6 +16,20 @@ try:
 except ConfigError as exc:
     raise WorkflowError(f"Invalid configuration. {exc}") from None
 
+
+def _key_sorted(value):
+    """Nested dicts with sorted keys: params then compare equal whatever the order of the config files."""
+    if isinstance(value, dict):
+        return {k: _key_sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_key_sorted(v) for v in value]
+    return value
+
+
+_sorted_config = _key_sorted(config)
+config.clear()
+config.update(_sorted_config)
+
 OUT = config["outdir"]
 CONDA_ENV = "../../envs/xmmsr.yaml"
 KINDS = [k for k in SOURCE_KINDS if config["sources"][k]["n"] > 0]

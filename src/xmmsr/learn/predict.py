@@ -27,6 +27,7 @@ from .. import __version__
 from ..errors import InputError
 from ..io import atomic_path, open_fits, write_fits_atomic
 from .checkpoint import TrainedModel, load_model
+from .device import auto_device_type, mps_available
 from .model import Architecture
 
 if TYPE_CHECKING:
@@ -58,15 +59,11 @@ def receptive_radius(arch: Architecture) -> int:
 
 def select_device(name: str = "auto") -> torch.device:
     """``auto``: cuda if available, else mps, else cpu; an unavailable device is an :class:`InputError`."""
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = bool(mps is not None and mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
     try:
-        device = torch.device(name)
+        device = torch.device(auto_device_type(name))
     except RuntimeError:
         raise InputError(None, "--device", f"{name!r} is not a device", "use auto, cpu, cuda or mps") from None
-    if (device.type == "cuda" and not torch.cuda.is_available()) or (device.type == "mps" and not mps_ok):
+    if (device.type == "cuda" and not torch.cuda.is_available()) or (device.type == "mps" and not mps_available()):
         raise InputError(None, "--device", f"{device.type} is not available on this machine",
                          "use --device auto or cpu")
     return device

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from ..io import atomic_path
 from .checkpoint import TrainedModel, save_model
+from .device import auto_device_type
 from .data import EpochSampler, PairDataset, open_dataset
 from .losses import LOSS_TERMS, MS_SSIM_MIN_SIZE, loss_terms, masked_mean, masked_psnr, poisson_deviance
 from .model import Architecture, build_generator, count_parameters
@@ -30,17 +31,6 @@ from .normalise import Normalisation
 HISTORY_FIELDS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_l1", "val_psnr", "val_psnr_input",
                   "val_poisson_deviance", "val_poisson_deviance_input")
 FINGERPRINT = "fingerprint.json"
-
-
-def choose_accelerator(requested: str) -> str:
-    """``auto`` -> cuda, then mps, then cpu; otherwise the request (``gpu`` is cuda)."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    return "cuda" if requested == "gpu" else requested
 
 
 def choose_precision(requested: str, accelerator: str) -> str:
@@ -68,7 +58,8 @@ class Restoration(pl.LightningModule):
         self.history: list[dict[str, float]] = []
         self._val: dict[str, list[float]] = {}
         self._train_losses: list[float] = []
-        self._tic = time.perf_counter()
+        self._tic = self._epoch_tic = time.perf_counter()
+        self._epoch_samples = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x)
@@ -90,8 +81,13 @@ class Restoration(pl.LightningModule):
         elapsed = time.perf_counter() - self._tic
         self._tic = time.perf_counter()
         n = batch["input"].shape[0]
+        self._epoch_samples += n
         self.log("samples_per_s", n / max(elapsed, 1e-9), prog_bar=True, batch_size=n)
         return terms["loss"]
+
+    def on_train_epoch_start(self) -> None:
+        self._tic = self._epoch_tic = time.perf_counter()
+        self._epoch_samples = 0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         terms, pred, target = self._step(batch)
@@ -121,9 +117,11 @@ class Restoration(pl.LightningModule):
         row.update({k: float(metrics[k]) for k in HISTORY_FIELDS if k in metrics and k not in row})
         self._train_losses = []
         self.history.append(row)
-        if self.trainer.is_global_zero:
+        if self.trainer.is_global_zero:  # throughput goes to the log only: no wall-clock time in outputs
+            rate = self._epoch_samples / max(time.perf_counter() - self._epoch_tic, 1e-9)
             print("epoch {epoch} step {step}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
-                  "val_psnr {val_psnr:.2f} dB (input {val_psnr_input:.2f} dB)".format(**row), flush=True)
+                  "val_psnr {val_psnr:.2f} dB (input {val_psnr_input:.2f} dB)".format(**row)
+                  + f", {rate:.1f} samples/s (incl. validation)", flush=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.generator.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -217,7 +215,7 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
         target_exposure_s = float(h5.attrs["target_exposure_s"])
     resume = _prepare_checkpoints(run, _fingerprint(run, dataset_hash))
 
-    accelerator = choose_accelerator(cfg["accelerator"])
+    accelerator = auto_device_type(cfg["accelerator"])
     precision = choose_precision(cfg["precision"], accelerator)
     compile_model = cfg["compile"] == "on" or (cfg["compile"] == "auto" and accelerator == "cuda")
     pl.seed_everything(run.seed, workers=True, verbose=False)
