@@ -19,6 +19,8 @@ from torch.utils.data import Dataset, Sampler
 from ..errors import InputError
 from .model import UPSCALE
 
+CHUNK_CACHE_BYTES = 64 * 2**20  # per dataset and open file: ~20 frames of 832 x 832 float32
+CHUNK_CACHE_SLOTS = 10007
 TARGETS = {"dn": ("dn_target", "expected_rate_1x", "mask_1x"), "sr": ("sr_target", "expected_rate_2x", "mask_2x")}
 
 
@@ -39,7 +41,7 @@ class PairDataset(Dataset):
     """Input/target pairs of one split for one task.
 
     An item is a dict of float32 tensors: ``input`` (1, h, w) counts, ``target`` (1, s*h, s*w) counts,
-    ``expected`` (1, s*h, s*w) expected target counts, ``mask_input`` / ``mask_target`` (1, ., .), and
+    ``expected`` (1, s*h, s*w) expected target counts (unless ``with_expected`` is false), ``mask_input`` / ``mask_target`` (1, ., .), and
     scalars ``exposure_input`` / ``exposure_target`` [s], ``index`` (sample) and ``origin`` (crop corner). With ``crop`` the items are
     ``crop`` x ``crop`` 1x pixels centred on a random active detector pixel (targets aligned at 2x for
     SR); with ``augment`` a random flip and 90-degree rotation, the same for every array of the item.
@@ -47,37 +49,47 @@ class PairDataset(Dataset):
     """
 
     def __init__(self, path: str | Path, task: str, split: str, crop: int | None = None,
-                 augment: bool = False) -> None:
+                 augment: bool = False, with_expected: bool = True) -> None:
         if task not in TARGETS:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(TARGETS)}")
         self.path, self.task, self.crop, self.augment = Path(path), task, crop, augment
+        self.with_expected = with_expected
         self.upscale = UPSCALE[task]
         with open_dataset(self.path) as h5:
             if f"splits/{split}" not in h5:
                 raise InputError(self.path, f"splits/{split}", "no such split", "use train, val or test")
             self.indices = np.asarray(h5[f"splits/{split}"][:], dtype=np.int64)
             self.mask_1x = np.asarray(h5["mask_1x"][:], dtype=bool)
+            self.masks = {1: self.mask_1x.astype(np.float32),
+                          self.upscale: np.asarray(h5[TARGETS[task][2]][:], dtype=np.float32)}
             self.frame_shape = self.mask_1x.shape
+            self.exposure_input = np.asarray(h5["exposure_lr"][:], dtype=np.float32)
+            self.exposure_target = np.asarray(h5["exposure_target"][:], dtype=np.float32)
             self.input_exposure_s = float(h5.attrs["input_exposure_s"])
             self.target_exposure_s = float(h5.attrs["target_exposure_s"])
         if crop is not None and (crop > min(self.frame_shape)):
             raise ValueError(f"train.crop = {crop} exceeds the frame {self.frame_shape}; use a smaller crop or null")
         self._active = np.argwhere(self.mask_1x)  # crop centres are drawn among active pixels
         self._h5: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._pid = -1
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _file(self) -> h5py.File:
+    def _dataset(self, name: str) -> h5py.Dataset:
         if self._h5 is None or self._pid != os.getpid():  # one handle per worker process
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5
+            # a chunk is a whole frame: open datasets keep a cache of decompressed frames, so that
+            # crops of recently read samples do not decompress them again
+            self._h5 = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
+            self._datasets, self._pid = {}, os.getpid()
+        if name not in self._datasets:
+            self._datasets[name] = self._h5[name]
+        return self._datasets[name]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_h5"], state["_pid"] = None, -1
+        state["_h5"], state["_datasets"], state["_pid"] = None, {}, -1
         return state
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -93,27 +105,25 @@ class PairDataset(Dataset):
             cy, cx = self._active[rng.integers(len(self._active))]
             y0 = int(np.clip(cy - size // 2, 0, self.frame_shape[0] - size))
             x0 = int(np.clip(cx - size // 2, 0, self.frame_shape[1] - size))
-        h5 = self._file()
+        def window(scale: int) -> tuple[slice, slice]:
+            if size is None:
+                return slice(None), slice(None)
+            return slice(scale * y0, scale * (y0 + size)), slice(scale * x0, scale * (x0 + size))
 
-        def window(name: str, scale: int, per_sample: bool = True) -> np.ndarray:
-            rows = slice(None) if size is None else slice(scale * y0, scale * (y0 + size))
-            cols = slice(None) if size is None else slice(scale * x0, scale * (x0 + size))
-            data = h5[name][sample, rows, cols] if per_sample else h5[name][rows, cols]
-            return np.asarray(data, dtype=np.float32)
-
-        exposure_target = float(h5["exposure_target"][sample])
-        arrays = {
-            "input": window("lr", 1), "target": window(target_name, s),
-            "expected": window(expected_name, s) * exposure_target,
-            "mask_input": window("mask_1x", 1, per_sample=False), "mask_target": window(mask_name, s, per_sample=False),
-        }
+        exposure_target = float(self.exposure_target[sample])
+        arrays = {"input": np.asarray(self._dataset("lr")[(sample, *window(1))], dtype=np.float32),
+                  "target": np.asarray(self._dataset(target_name)[(sample, *window(s))], dtype=np.float32),
+                  "mask_input": self.masks[1][window(1)], "mask_target": self.masks[s][window(s)]}
+        if self.with_expected:
+            expected = self._dataset(expected_name)[(sample, *window(s))]
+            arrays["expected"] = np.asarray(expected, dtype=np.float32) * exposure_target
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             for name, a in arrays.items():
                 a = np.rot90(a, k)
                 arrays[name] = np.ascontiguousarray(a[:, ::-1] if flip else a)
-        item = {name: torch.from_numpy(a)[None] for name, a in arrays.items()}
-        item["exposure_input"] = torch.tensor(float(h5["exposure_lr"][sample]), dtype=torch.float32)
+        item = {name: torch.from_numpy(np.ascontiguousarray(a))[None] for name, a in arrays.items()}
+        item["exposure_input"] = torch.tensor(float(self.exposure_input[sample]), dtype=torch.float32)
         item["exposure_target"] = torch.tensor(exposure_target, dtype=torch.float32)
         item["index"] = torch.tensor(sample)
         item["origin"] = torch.tensor([y0, x0])  # 1x pixel of the crop corner (before augmentation)
