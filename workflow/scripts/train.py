@@ -6,10 +6,11 @@ from pathlib import Path
 sm = snakemake  # noqa: F821 (injected by snakemake)
 sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
 
-from xmmsr.learn.train import run_from_config, train
 from xmmsr.pipeline import logged_to
 
 with logged_to(sm.log[0]):
+    from xmmsr.learn.train import run_from_config, train  # imported here so Lightning's log goes to the job log
+
     config = {"model": sm.params.model, "train": {**sm.params.train, "num_workers": sm.config["train"]["num_workers"]}}
     run = run_from_config(config, sm.wildcards.task, sm.input[0], sm.params.checkpoint_dir, sm.params.seed)
     threads = sm.config["train"]["threads"] or sm.threads

@@ -249,13 +249,14 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
         default_root_dir=run.checkpoint_dir)
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
 
-    model = TrainedModel(generator=module.generator, architecture=run.arch, normalisation=run.normalisation,
+    generator = build_generator(run.arch)  # a plain copy: no torch.compile wrapper, no DDP, on the CPU
+    generator.load_state_dict({k: v.detach().cpu() for k, v in module.generator.state_dict().items()})
+    model = TrainedModel(generator=generator.eval(), architecture=run.arch, normalisation=run.normalisation,
                          input_exposure_s=input_exposure_s, target_exposure_s=target_exposure_s,
                          train_config={"train": cfg, "model": {k: v for k, v in run.arch.to_dict().items()
                                                               if k not in ("task", "in_channels")}},
                          provenance={**provenance, "epochs": cfg["epochs"], "steps": int(trainer.global_step)})
     if trainer.is_global_zero:
-        model.generator.cpu().eval()
         write_history(module.history, history_path)
         save_model(model_path, model)
         if onnx_path is not None:
