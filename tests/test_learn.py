@@ -70,6 +70,39 @@ def test_asinh_does_not_clip_bright_sources_but_the_reference_does():
     assert torch.all(clamp == 1.0)
 
 
+def test_poisson_loss_recovers_the_mean_where_l1_recovers_the_median():
+    from xmmsr.learn.losses import poisson_nll
+
+    counts = torch.poisson(torch.full((1, 1, 200, 200), 0.3), torch.Generator().manual_seed(1))
+    mask = torch.ones_like(counts)
+    fits = {}
+    for name in ("poisson", "l1"):
+        mu = torch.tensor(1.0, requires_grad=True)
+        optimizer = torch.optim.Adam([mu], lr=0.02)
+        for _ in range(400):
+            pred = mu.expand_as(counts)
+            loss = poisson_nll(pred, counts, mask) if name == "poisson" else (pred - counts).abs().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        fits[name] = float(mu)
+    assert fits["poisson"] == pytest.approx(float(counts.mean()), rel=0.05)  # unbiased flux
+    assert fits["l1"] < 0.05  # the median of Poisson(0.3) is 0: L1 alone loses faint flux
+
+
+def test_poisson_loss_stays_finite_far_from_the_data():
+    from xmmsr.learn.losses import poisson_deviance, poisson_nll
+
+    counts = torch.tensor([[[[0.0, 3.0, 50.0]]]])
+    mu = torch.tensor([[[[-1e6, -1e3, 1e30]]]], requires_grad=True)
+    loss = poisson_nll(mu, counts, torch.ones_like(counts))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(mu.grad).all()
+    assert torch.isfinite(poisson_deviance(mu.detach(), counts, torch.ones_like(counts)))
+    values = torch.tensor([-1e4, 0.0, 1e4])
+    assert torch.isfinite(Normalisation("asinh").inverse(values, 1e5)).all()
+
+
 # --- the HDF5 training set ---------------------------------------------------------------------------
 
 

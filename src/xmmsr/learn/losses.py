@@ -13,6 +13,7 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 POISSON_FLOOR = 1.0e-2  # counts: softplus sharpness of the positivity constraint of the Poisson mean
+LOG_FLOOR = 1.0e-8  # counts: floor of the mean inside logarithms (softplus underflows to 0 far below zero)
 LOSS_TERMS = ("l1", "poisson", "ssim", "ms_ssim")
 MS_SSIM_MIN_SIZE = 176  # 5 scales of an 11-pixel window
 
@@ -31,13 +32,16 @@ def positive_counts(mu: torch.Tensor) -> torch.Tensor:
 def poisson_nll(mu: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked Poisson negative log-likelihood (without the log k! constant) of ``counts`` given mean ``mu``."""
     mu = positive_counts(mu)
-    return masked_mean(mu - counts * torch.log(mu), mask)
+    return masked_mean(mu - counts * torch.log(mu.clamp(min=LOG_FLOOR)), mask)
 
 
 def poisson_deviance(mu: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean Poisson deviance 2 [k log(k/mu) - (k - mu)]: 0 for a perfect mean, ~1 per pixel for truth."""
+    """Masked mean Poisson deviance 2 [k log(k/mu) - (k - mu)] of counts ``k`` given means ``mu``.
+
+    Lower is better; the true mean scores about 1 per pixel at high counts and less at low counts."""
     mu = positive_counts(mu)
-    term = torch.where(counts > 0, counts * torch.log(counts.clamp(min=1e-12) / mu), torch.zeros_like(mu))
+    term = torch.where(counts > 0, counts * torch.log(counts.clamp(min=1e-12) / mu.clamp(min=LOG_FLOOR)),
+                       torch.zeros_like(mu))
     return masked_mean(2.0 * (term - (counts - mu)), mask)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 METHODS = ("asinh", "log", "sqrt_clamp")
+MAX_VALUE = 30.0  # network values beyond this are not physical (asinh: 5e12 x scale)
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,13 @@ class Normalisation:
         return torch.sqrt(x.clamp(0.0, 1.0))
 
     def inverse(self, values: torch.Tensor, exposure_s: torch.Tensor | float, upscale: int = 1) -> torch.Tensor:
-        """Network values -> expected counts per pixel at ``exposure_s`` (may be slightly negative)."""
+        """Network values -> expected counts per pixel at ``exposure_s`` (may be slightly negative).
+
+        Values are limited to +-MAX_VALUE (for asinh, 5e12 x scale) so that float32 cannot overflow."""
         if self.method == "asinh":
-            x = torch.sinh(values)
+            x = torch.sinh(values.clamp(-MAX_VALUE, MAX_VALUE))
         elif self.method == "log":
-            x = torch.expm1(values)
+            x = torch.expm1(values.clamp(max=MAX_VALUE))
         else:
             x = values * values.abs()
         return x * self.scale * _expand(exposure_s, values) / upscale**2

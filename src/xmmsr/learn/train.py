@@ -75,6 +75,11 @@ class Restoration(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         terms, _, _ = self._step(batch)
+        if not torch.isfinite(terms["loss"]):
+            values = {k: float(v) for k, v in terms.items()}
+            raise FloatingPointError(f"non-finite training loss at step {self.global_step} ({values}); lower "
+                                     "train.lr, raise train.gradient_clip protection (smaller value) or the "
+                                     "normalisation scale")
         for name, value in terms.items():
             self.log(f"train_{name}", value, prog_bar=name == "loss", batch_size=len(batch["input"]))
         self._train_losses.append(float(terms["loss"].detach()))
