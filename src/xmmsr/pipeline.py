@@ -32,6 +32,7 @@ from .instrument.events import write_events
 from .instrument.model import PnInstrument
 from .instrument.simulator import expected_background, expected_image, simulate_events
 from .io import current_umask, open_fits, write_fits_atomic
+from .learn import TASKS
 from .sky.generate import BrightnessReference, generate_source
 from .sky.model import SOURCE_KINDS, read_sky_model, write_sky_model
 
@@ -57,7 +58,7 @@ def simulation_seed(root_seed: int, kind: str, source_id: int, exposure_s: float
 
 def training_seed(root_seed: int, task: str) -> int:
     """Seed of the training of one task (weights initialisation, crops, augmentation)."""
-    return derive_seed(root_seed, TRAINING_STREAM, ("dn", "sr").index(task)) % 2**31
+    return derive_seed(root_seed, TRAINING_STREAM, TASKS.index(task)) % 2**31
 
 
 def brightness_reference(instrument: PnInstrument) -> BrightnessReference:

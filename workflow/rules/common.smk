@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from snakemake.exceptions import WorkflowError
 from xmmsr.config import ConfigError, check_config, resolve_resource
-from xmmsr.learn.model import TASKS as ALL_TASKS
+from xmmsr.learn import TASKS as ALL_TASKS
 from xmmsr.pipeline import n_shards, shard_source_ids, training_seed as _training_seed
 from xmmsr.sky.model import SOURCE_KINDS
 

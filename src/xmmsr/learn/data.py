@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError
-from .model import UPSCALE
+from . import UPSCALE
 
 CHUNK_CACHE_BYTES = 64 * 2**20  # per dataset and open file: ~20 frames of 832 x 832 float32
 CHUNK_CACHE_SLOTS = 10007
@@ -97,7 +97,7 @@ class PairDataset(Dataset):
         sample = int(self.indices[int(position)])
         rng = np.random.default_rng(int(draw_seed))
         s = self.upscale
-        target_name, expected_name, mask_name = TARGETS[self.task]
+        target_name, expected_name, _ = TARGETS[self.task]
         if self.crop is None:
             y0, x0, size = 0, 0, None
         else:

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-TASKS = ("dn", "sr")
-UPSCALE = {"dn": 1, "sr": 2}
+from . import TASKS, UPSCALE
 
 
 @dataclass(frozen=True)
