@@ -1,0 +1,1 @@
+"""Evaluation: metrics, classical baselines, point sources, data consistency."""
