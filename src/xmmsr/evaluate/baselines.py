@@ -1,0 +1,138 @@
+"""Classical baselines for de-noising (DN) and 2x super-resolution (SR), in expected counts per pixel.
+
+Each baseline maps the input counts (exposure ``exposure_in``) to expected counts per output pixel at
+``exposure_target``, on a grid ``upscale`` (1 or 2) times finer than the input, conserving flux.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+from scipy.signal import fftconvolve
+from skimage.restoration import richardson_lucy as _skimage_rl
+from skimage.transform import rescale
+
+from ..instrument.model import PnInstrument
+
+DEFAULT_SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+RL_FILTER_EPSILON = 1.0e-12  # relative to the mean of the input: model values below it get no update
+
+
+def psf_kernel(instrument: PnInstrument, resolution: int, r_max_arcsec: float = 60.0,
+               grid_resolution: int | None = None) -> np.ndarray:
+    """On-axis King PSF of ``resolution`` (1 or 2), pixel-integrated on the image grid of
+    ``grid_resolution`` (default: the same), truncated at ``r_max_arcsec`` and normalised to sum 1.
+
+    ``psf_kernel(instrument, 1, grid_resolution=2)`` is the 1x PSF sampled on the 2x grid (for SR)."""
+    grid = instrument.geometry.image_grid(resolution if grid_resolution is None else grid_resolution)
+    rc = float(instrument.psf.core_radius(0, resolution))
+    return np.array(instrument.psf.kernel(rc, grid.pixel_arcsec, r_max_arcsec), dtype=np.float64)
+
+
+def _check_upscale(upscale: int) -> int:
+    if int(upscale) != upscale or upscale < 1:
+        raise ValueError(f"upscale must be a positive integer, got {upscale}")
+    return int(upscale)
+
+
+def scaled_input(counts: np.ndarray, exposure_in: float, exposure_target: float, upscale: int) -> np.ndarray:
+    """Input counts scaled to the target exposure, nearest-neighbour upsampled by ``upscale`` and
+    divided by upscale^2 (flux conserving)."""
+    u = _check_upscale(upscale)
+    scaled = np.asarray(counts, dtype=np.float64) * (float(exposure_target) / float(exposure_in))
+    if u == 1:
+        return scaled
+    return np.repeat(np.repeat(scaled, u, axis=0), u, axis=1) / (u * u)
+
+
+def bicubic(counts: np.ndarray, exposure_in: float, exposure_target: float, upscale: int,
+            conserve: bool = True) -> np.ndarray:
+    """Bicubic upsampling (pixel areas aligned with :func:`scaled_input`, symmetric edges), clipped at 0,
+    divided by upscale^2 and scaled to the target exposure; for upscale 1 it is :func:`scaled_input`.
+
+    Clipping the negative lobes of the interpolation adds flux wherever counts are sparse (about +35 % on
+    a flat field of 0.05 counts per pixel). With ``conserve`` (the default) each block of upscale^2
+    output pixels is therefore rescaled to the counts of its input pixel: the bicubic shape distributes
+    each input pixel's counts within it, and flux is conserved exactly (uniformly where the clipped
+    block is all 0). ``conserve=False`` gives the plain clipped interpolation."""
+    u = _check_upscale(upscale)
+    if u == 1:
+        return scaled_input(counts, exposure_in, exposure_target, 1)
+    c = np.asarray(counts, dtype=np.float64)
+    up = rescale(c, u, order=3, mode="symmetric", anti_aliasing=False, preserve_range=True, clip=False)
+    np.clip(up, 0.0, None, out=up)
+    if conserve:
+        ny, nx = c.shape
+        blocks = up.reshape(ny, u, nx, u)
+        sums = blocks.sum(axis=(1, 3), keepdims=True)
+        flat = np.broadcast_to(c[:, None, :, None] / (u * u), blocks.shape)
+        factor = np.divide(c[:, None, :, None], sums, out=np.zeros_like(sums), where=sums > 0)
+        up = np.where(sums > 0, blocks * factor, flat).reshape(ny * u, nx * u)
+        return up * (float(exposure_target) / float(exposure_in))
+    return up * (float(exposure_target) / float(exposure_in) / (u * u))
+
+
+def gaussian(counts: np.ndarray, exposure_in: float, exposure_target: float, upscale: int,
+             sigma_px: float) -> np.ndarray:
+    """:func:`bicubic` smoothed by a Gaussian of ``sigma_px`` OUTPUT pixels (zero outside the image);
+    sigma 0 returns it unsmoothed."""
+    base = bicubic(counts, exposure_in, exposure_target, upscale)
+    if sigma_px <= 0:
+        return base
+    return gaussian_filter(base, float(sigma_px), mode="constant", cval=0.0)
+
+
+def best_gaussian_sigma(samples: Iterable[tuple[np.ndarray, float, float, np.ndarray, np.ndarray]], upscale: int,
+                        sigmas: Iterable[float] = DEFAULT_SIGMAS) -> float:
+    """The sigma (output pixels) of :func:`gaussian` with the lowest sum over ``samples`` of the masked MSE
+    against the noise-free target.
+
+    ``samples``: (counts_lr, exposure_in, exposure_target, expected_target, mask_target) tuples, e.g.
+    the validation split."""
+    sigmas = [float(s) for s in sigmas]
+    if not sigmas:
+        raise ValueError("best_gaussian_sigma: give at least one sigma")
+    total = np.zeros(len(sigmas))
+    n = 0
+    for counts, t_in, t_out, expected, mask in samples:
+        base = bicubic(counts, t_in, t_out, upscale)
+        m = np.asarray(mask) > 0
+        if not m.any():
+            continue
+        e = np.asarray(expected, dtype=np.float64)[m]
+        for i, s in enumerate(sigmas):
+            sm = gaussian_filter(base, s, mode="constant", cval=0.0) if s > 0 else base
+            total[i] += np.mean(np.square(sm[m] - e))
+        n += 1
+    if n == 0:
+        raise ValueError("best_gaussian_sigma: no sample with a non-empty mask")
+    return sigmas[int(np.argmin(total))]
+
+
+def richardson_lucy(counts: np.ndarray, exposure_in: float, exposure_target: float, upscale: int,
+                    psf_1x_on_output_grid: np.ndarray, iterations: int = 20,
+                    reconvolve: np.ndarray | None = None) -> np.ndarray:
+    """Richardson-Lucy deconvolution of :func:`scaled_input` with the known PSF.
+
+    ``psf_1x_on_output_grid``: the PSF of the input (1x) sampled on the output grid, e.g.
+    ``psf_kernel(instrument, 1, grid_resolution=upscale)``; it is normalised here. The result is rescaled
+    to the total flux of the scaled input (a safeguard: RL itself conserves it closely).
+    For SR the 2x target is still blurred by the half-width PSF: pass ``reconvolve=psf_kernel(instrument,
+    2)`` (``psf_2x``) to convolve the deconvolved image with it (FFT, same size, zero outside the image).
+    Returns zeros for an image without counts."""
+    base = scaled_input(counts, exposure_in, exposure_target, upscale)
+    total = float(base.sum())
+    if not total > 0:
+        return np.zeros_like(base)
+    psf = np.asarray(psf_1x_on_output_grid, dtype=np.float64)
+    psf = psf / psf.sum()
+    scale = total / base.size  # RL on an image of mean 1: the epsilons are relative
+    out = _skimage_rl(base / scale, psf, num_iter=int(iterations), clip=False, filter_epsilon=RL_FILTER_EPSILON)
+    np.clip(out, 0.0, None, out=out)
+    out *= total / out.sum()
+    if reconvolve is not None:
+        k = np.asarray(reconvolve, dtype=np.float64)
+        out = np.clip(fftconvolve(out, k / k.sum(), mode="same"), 0.0, None)
+    return out
