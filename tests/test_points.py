@@ -1,0 +1,234 @@
+"""Point-source recovery and data consistency on synthetic fields built with the default instrument's PSF."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.signal import fftconvolve
+
+from xmmsr.evaluate import consistency as cons
+from xmmsr.evaluate import points
+
+EXP_TARGET, EXP_INPUT = 100e3, 20e3
+SHAPE = (96, 96)                  # 1x pixels (4")
+BRIGHT = [(20.2, 22.4, 300.0), (70.4, 20.0, 1000.0), (25.0, 72.6, 3000.0), (72.8, 71.2, 150.0),
+          (47.6, 47.0, 60.0)]    # x, y (1x pixels), total counts at the target exposure
+FAINT = (47.0, 80.0, 15.0)        # ~2.5 sigma at the target exposure: below the threshold
+
+
+def bin_image(a: np.ndarray, n: int) -> np.ndarray:
+    return a.reshape(a.shape[0] // n, n, a.shape[1] // n, n).sum(axis=(1, 3))
+
+
+def source_image(psf, rc: float, pixel: float, shape: tuple[int, int], sources, sub: int) -> np.ndarray:
+    """Expected counts of point sources (x, y, counts) on a grid of ``pixel`` arcsec: the pixel-integrated
+    King PSF is drawn on a ``sub`` times finer grid and binned, so sources may sit between pixel centres
+    (x must be a fine-pixel centre, (x + 0.5) sub - 0.5 an integer)."""
+    sky = np.zeros((shape[0] * sub, shape[1] * sub))
+    for x, y, f in sources:
+        fx, fy = (x + 0.5) * sub - 0.5, (y + 0.5) * sub - 0.5
+        assert abs(fx - round(fx)) < 1e-9 and abs(fy - round(fy)) < 1e-9
+        sky[int(round(fy)), int(round(fx))] += f
+    kernel = psf.kernel(rc, pixel / sub, psf.max_radius_arcsec)
+    return bin_image(fftconvolve(sky, kernel, mode="same"), sub)
+
+
+@pytest.fixture(scope="module")
+def field(instrument):
+    """1x truth at the target exposure: flat background plus the BRIGHT and FAINT sources."""
+    psf = instrument.psf
+    rc = float(psf.core_radius(0, 1))
+    b = instrument.background_rate_arcsec2() * 4.0**2 * EXP_TARGET
+    src = source_image(psf, rc, 4.0, SHAPE, BRIGHT + [FAINT], sub=5)
+    return {"b": b, "image": b + src, "fwhm": points.psf_fwhm_px(instrument, 1), "rc": rc, "psf": psf}
+
+
+def expected_aperture_flux(psf, rc: float, fwhm_px: float, flux: float, pixel: float = 4.0) -> float:
+    """Aperture counts minus the annulus level for a King source of ``flux`` counts (truncated PSF)."""
+    f = lambda r_px: psf.enclosed_fraction(r_px * pixel, rc)  # noqa: E731
+    r_ap = points.APERTURE_FWHM * fwhm_px
+    r_in, r_out = (a * fwhm_px for a in points.ANNULUS_FWHM)
+    ann = (f(r_out) - f(r_in)) * r_ap**2 / (r_out**2 - r_in**2)
+    return float(flux * (f(r_ap) - ann) / psf.enclosed_fraction(psf.max_radius_arcsec, rc))
+
+
+def test_detects_known_sources_with_positions_and_fluxes(field):
+    mask = np.ones(SHAPE, bool)
+    assert 1.5 < field["fwhm"] < 1.7  # 6.3" King FWHM on 4" pixels
+    det = points.detect_point_sources(field["image"], mask, field["b"], field["fwhm"])
+    assert list(det.columns[:4]) == ["x", "y", "flux", "significance"]
+    truth = pd.DataFrame({"x": [s[0] for s in BRIGHT], "y": [s[1] for s in BRIGHT],
+                          "flux": [expected_aperture_flux(field["psf"], field["rc"], field["fwhm"], s[2])
+                                   for s in BRIGHT]})
+    pairs = points.match_pairs(truth, det, field["fwhm"])
+    assert len(det) == len(BRIGHT)  # the faint one is not there, nothing else is
+    assert pairs.n_matched == len(BRIGHT)
+    assert np.all(pairs.separation_px < 0.5)
+    assert np.all(np.abs(pairs.flux_ratio - 1.0) < 0.15), pairs.flux_ratio
+    assert np.all(det["significance"] >= 5.0)
+    # local level: the background plus the source's own PSF wings in the annulus
+    psf, rc, fw = field["psf"], field["rc"], field["fwhm"]
+    r_in, r_out = (a * fw * 4.0 for a in points.ANNULUS_FWHM)
+    wings = (psf.enclosed_fraction(r_out, rc) - psf.enclosed_fraction(r_in, rc)) / (
+        np.pi * (r_out**2 - r_in**2) / 16.0 * psf.enclosed_fraction(psf.max_radius_arcsec, rc))
+    level = field["b"] + wings * np.array([BRIGHT[i][2] for i in pairs.truth_index])
+    assert np.allclose(det["level"].to_numpy()[pairs.detected_index], level, rtol=0.05)
+    summary = points.match_sources(truth, det, field["fwhm"])
+    assert summary["completeness"] == 1.0 and summary["n_false"] == 0.0
+    assert abs(summary["median_flux_ratio"] - 1.0) < 0.15 and summary["median_offset_px"] < 0.5
+    # the faint source (15 counts) is about 2.5 sigma; at 10x the flux it would be found
+    assert np.min(np.hypot(det["x"] - FAINT[0], det["y"] - FAINT[1])) > 10
+    brighter = field["image"] + 9 * source_image(field["psf"], field["rc"], 4.0, SHAPE, [FAINT], sub=5)
+    det10 = points.detect_point_sources(brighter, mask, field["b"], field["fwhm"])
+    assert np.min(np.hypot(det10["x"] - FAINT[0], det10["y"] - FAINT[1])) < 0.5
+
+
+def test_hallucinated_source_and_truth_against_itself(field):
+    mask = np.ones(SHAPE, bool)
+    extra = source_image(field["psf"], field["rc"], 4.0, SHAPE, [(48.2, 22.0, 500.0)], sub=5)
+    out = points.point_source_metrics(field["image"] + extra, field["image"], mask, field["b"], field["fwhm"], 4.0)
+    assert set(out) == {"n_true", "n_detected", "n_matched", "n_false", "completeness", "median_flux_ratio",
+                        "median_offset_arcsec"}
+    assert out["n_true"] == len(BRIGHT) and out["n_detected"] == len(BRIGHT) + 1
+    assert out["n_false"] == 1.0 and out["completeness"] == 1.0
+    assert out["median_flux_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert out["median_offset_arcsec"] == pytest.approx(0.0, abs=0.05)
+    # a prediction that lost the brightest source and halved the others
+    lost = field["b"] + 0.5 * source_image(field["psf"], field["rc"], 4.0, SHAPE, BRIGHT[:2] + BRIGHT[3:], sub=5)
+    out = points.point_source_metrics(lost, field["image"], mask, field["b"], field["fwhm"], 4.0)
+    assert out["n_false"] == 0.0 and out["completeness"] < 1.0
+    assert out["median_flux_ratio"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_empty_fields_masks_and_extended_emission(field):
+    mask = np.ones(SHAPE, bool)
+    b = field["b"]
+    assert len(points.detect_point_sources(np.full(SHAPE, b), mask, b, field["fwhm"])) == 0
+    # a vignetted background described exactly by the background map: no source either
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    vign = b * (1.0 - 0.35 * ((xx - 40.0) ** 2 + (yy - 55.0) ** 2) / 96.0**2)
+    assert len(points.detect_point_sources(vign, mask, vign, field["fwhm"])) == 0
+    # nothing is detected where the mask is off (a source in a chip gap)
+    gap = mask.copy()
+    gap[:, 66:76] = False
+    det = points.detect_point_sources(field["image"], gap, b, field["fwhm"])
+    assert len(det) == len(BRIGHT) - 2 and np.all((det["x"] < 64) | (det["x"] > 78))
+    # a broad blob (sigma 8 px) is not a point source against its surroundings; against the flat
+    # background alone it would be
+    blob = b + 3.0 * b * np.exp(-((xx - 48.0) ** 2 + (yy - 48.0) ** 2) / (2 * 8.0**2))
+    assert len(points.detect_point_sources(blob, mask, b, field["fwhm"])) == 0
+    assert len(points.detect_point_sources(blob, mask, b, field["fwhm"], annulus_fwhm=None)) == 1
+
+
+def test_match_sources_is_greedy_one_to_one():
+    truth = pd.DataFrame({"x": [0.0, 10.0], "y": [0.0, 0.0], "flux": [10.0, 10.0]})
+    det = pd.DataFrame({"x": [0.5, 0.2, 30.0], "y": [0.0, 0.1, 30.0], "flux": [12.0, 8.0, 5.0]})
+    out = points.match_sources(truth, det, 1.0)
+    assert out["n_matched"] == 1.0 and out["n_false"] == 2.0 and out["completeness"] == 0.5
+    assert out["median_flux_ratio"] == pytest.approx(0.8)
+    assert out["median_offset_px"] == pytest.approx(np.hypot(0.2, 0.1))
+    none = det.iloc[:0]
+    assert points.match_sources(truth, none, 1.0)["completeness"] == 0.0
+    empty = points.match_sources(none, det, 1.0)
+    assert np.isnan(empty["completeness"]) and empty["n_false"] == 3.0 and np.isnan(empty["median_flux_ratio"])
+
+
+def test_degradation_kernel_turns_the_2x_psf_into_the_1x_psf(instrument):
+    assert np.array_equal(cons.degradation_kernel(instrument, 1), np.ones((1, 1)))
+    k = cons.degradation_kernel(instrument, 2)
+    psf = instrument.psf
+    p1 = np.asarray(psf.kernel(float(psf.core_radius(0, 1)), 2.0, psf.max_radius_arcsec))
+    p2 = np.asarray(psf.kernel(float(psf.core_radius(0, 2)), 2.0, psf.max_radius_arcsec))
+    assert k.shape == p1.shape and k.min() >= 0 and k.sum() == pytest.approx(1.0)
+    assert np.unravel_index(k.argmax(), k.shape) == (k.shape[0] // 2, k.shape[1] // 2)
+    p = fftconvolve(p2, k, mode="same")
+    # stated tolerances: peak-normalised max difference < 1 %, encircled energy within 2 %
+    assert np.abs(p - p1).max() < 0.01 * p1.max()
+    h = p1.shape[0] // 2
+    yy, xx = np.mgrid[-h:h + 1, -h:h + 1] * 2.0
+    for r in (4.0, 10.0, 30.0):
+        inside = np.hypot(xx, yy) <= r
+        assert p[inside].sum() == pytest.approx(p1[inside].sum(), rel=0.02)
+    # without K the 2x PSF is much too peaked
+    assert np.abs(p2 - p1).max() > 0.5 * p1.max()
+
+
+@pytest.fixture(scope="module")
+def sr_pair(instrument):
+    """True 2x (2" pixels, PSF_2x) and 1x (4" pixels, PSF_1x) expected images at the target exposure of one
+    sky (sources on a 1" grid), both with the flat background."""
+    psf = instrument.psf
+    shape1 = (48, 48)
+    srcs = [(11.625, 12.375, 4000.0), (30.125, 14.875, 800.0), (20.375, 33.625, 150.0), (36.875, 36.125, 2000.0)]
+    b1 = instrument.background_rate_arcsec2() * 16.0 * EXP_TARGET
+    src1 = source_image(psf, float(psf.core_radius(0, 1)), 4.0, shape1, srcs, sub=4)
+    src2 = source_image(psf, float(psf.core_radius(0, 2)), 2.0, (96, 96),
+                        [(2 * x + 0.5, 2 * y + 0.5, f) for x, y, f in srcs], sub=2)
+    return {"truth1": b1 + src1, "truth2": b1 / 4 + src2, "src1": src1, "b1": b1,
+            "kernel": cons.degradation_kernel(instrument, 2)}
+
+
+def test_forward_model_conserves_flux_and_maps_2x_truth_to_1x_truth(instrument, sr_pair):
+    k = sr_pair["kernel"]
+    pred = np.zeros((400, 400))
+    pred[190, 205], pred[210, 196], pred[201, 200] = 50.0, 20.0, 7.0
+    fwd = cons.forward_model(pred, 2, k, EXP_TARGET, EXP_INPUT)
+    assert fwd.shape == (200, 200) and fwd.min() >= 0
+    assert fwd.sum() == pytest.approx(pred.sum() * EXP_INPUT / EXP_TARGET, rel=1e-9)
+    dn = cons.forward_model(pred, 1, cons.degradation_kernel(instrument, 1), EXP_TARGET, EXP_INPUT)
+    assert np.allclose(dn, pred * 0.2)
+    with pytest.raises(ValueError):
+        cons.forward_model(pred[:-1], 2, k, EXP_TARGET, EXP_INPUT)
+
+    truth1, src1 = sr_pair["truth1"], sr_pair["src1"]
+    bright = src1 > 10 * sr_pair["b1"]
+    assert bright.sum() >= 12
+    fwd = cons.forward_model(sr_pair["truth2"], 2, k, EXP_TARGET, EXP_TARGET)
+    err = np.mean(np.abs(fwd[bright] / truth1[bright] - 1))
+    binned_only = bin_image(sr_pair["truth2"], 2)
+    err_binned = np.mean(np.abs(binned_only[bright] / truth1[bright] - 1))
+    assert err < 0.03, err
+    assert err_binned > 5 * err
+
+
+def test_consistency_of_truth_and_of_an_invented_source(instrument, sr_pair):
+    rng = np.random.default_rng(7)
+    truth1, truth2, k = sr_pair["truth1"], sr_pair["truth2"], sr_pair["kernel"]
+    counts = rng.poisson(truth1 * EXP_INPUT / EXP_TARGET).astype(np.float64)
+    mask = np.ones(truth1.shape, bool)
+    for pred, s, kern in ((truth2, 2, k), (truth1, 1, np.ones((1, 1)))):
+        summary, rmap = cons.consistency(pred, counts, mask, s, kern, EXP_TARGET, EXP_INPUT)
+        assert set(summary) == {"consistency_deviance", "consistency_deviance_expected", "consistency_chi",
+                                "inconsistent_fraction"}
+        assert rmap.shape == counts.shape
+        mu = cons.forward_model(pred, s, kern, EXP_TARGET, EXP_INPUT)
+        dev = cons.poisson_deviance(counts, mu)
+        se = dev.std() / np.sqrt(dev.size)
+        # the truth scores what Poisson noise alone gives: well below 1 at these low counts
+        assert abs(summary["consistency_deviance"] - summary["consistency_deviance_expected"]) < 4 * se
+        assert 0.3 < summary["consistency_deviance_expected"] < 0.9
+        assert summary["inconsistent_fraction"] < 0.01
+        # the mean deviance residual is negative at low counts (k = 0 gives -sqrt(2 mu)): -0.26 at mu = 0.15
+        assert -0.4 < summary["consistency_chi"] < 0.0
+    ok, _ = cons.consistency(truth2, counts, mask, 2, k, EXP_TARGET, EXP_INPUT)
+
+    # a prediction with an invented source of 1500 counts at 100 ks (300 at 20 ks) at 1x (10.375, 35.375)
+    psf = instrument.psf
+    invented = source_image(psf, float(psf.core_radius(0, 2)), 2.0, truth2.shape, [(21.25, 71.25, 1500.0)], sub=2)
+    bad, rmap = cons.consistency(truth2 + invented, counts, mask, 2, k, EXP_TARGET, EXP_INPUT)
+    assert bad["consistency_deviance"] > ok["consistency_deviance"] + 0.1
+    assert bad["consistency_chi"] < ok["consistency_chi"]
+    assert bad["inconsistent_fraction"] > ok["inconsistent_fraction"]
+    assert rmap[34:37, 9:12].min() < -5
+    far = np.ones(rmap.shape, bool)
+    far[28:44, 3:19] = False
+    assert np.abs(rmap[far]).max() < 4.5
+
+
+def test_expected_deviance_matches_poisson_draws():
+    rng = np.random.default_rng(3)
+    for mu in (0.05, 0.5, 3.0, 40.0):
+        k = rng.poisson(mu, 200_000)
+        assert cons.poisson_deviance(k, mu).mean() == pytest.approx(float(cons.expected_deviance(mu)), rel=0.02)
+    assert float(cons.expected_deviance(1e5)) == pytest.approx(1.0, abs=1e-4)
