@@ -118,11 +118,11 @@ def test_pack_splits_are_disjoint_by_source(tiny_run):
     with h5py.File(dataset_path(tiny_run)) as h5:
         meta = h5["meta"][:]
         sources = {s: {(m["kind"], m["source_id"]) for m in meta[h5[f"splits/{s}"][:]]} for s in SPLITS}
-        assert sum(len(h5[f"splits/{s}"]) for s in SPLITS) == len(meta) == 4
+        assert sum(len(h5[f"splits/{s}"]) for s in SPLITS) == len(meta) == 5
         assert all(m["split"].decode() == s for s in SPLITS for m in meta[h5[f"splits/{s}"][:]])
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             assert not sources[a] & sources[b]
-        assert len(sources["val"]) >= 1
+        assert len(sources["val"]) >= 1 and len(sources["test"]) >= 1
         # frames are padded consistently: HR offset = 2 x LR offset, and the data sit inside the masks
         lr_off, hr_off = h5.attrs["lr_offset"], h5.attrs["hr_offset"]
         assert list(hr_off) == [2 * o for o in lr_off] and h5["lr"].shape[1:] == (416, 416)

@@ -81,7 +81,7 @@ def test_dry_run_of_the_default_config(tmp_path):
     assert jobs["sources"] == shards
     assert jobs["simulate"] == jobs["bin"] == shards * 4
     assert jobs["expected"] == shards * 2 and jobs["detector_mask"] == 2
-    assert jobs["pack"] == 1 and jobs["train"] == 2
+    assert jobs["pack"] == 1 and jobs["train"] == jobs["evaluate"] == 2 and jobs["report"] == 1
 
 
 def test_lint_is_clean(tmp_path):
@@ -96,7 +96,7 @@ def test_tiny_config_runs_end_to_end(tiny_run):
     for res, shape in ((1, (411, 403)), (2, (822, 806))):
         with fits.open(out / "masks" / f"detmask_{res}x.fits") as mask:
             assert mask[0].data.shape == shape
-        for kind, n in (("extended", 2), ("agn", 1), ("background", 1)):
+        for kind, n in (("extended", 3), ("agn", 1), ("background", 1)):
             rate, rows, header = read_cube(out / "expected" / kind / "shard0000" / f"{res}x.fits")
             assert rate.shape == (n, *shape) and header["BUNIT"] == "count s-1"
             for exposure in cfg["simulate"]["exposures_ks"]:
@@ -116,7 +116,7 @@ def test_tiny_config_runs_end_to_end(tiny_run):
                     mean = expected.sum()
                     assert abs(plane.sum() - mean) < 5 * np.sqrt(mean)
     events = sorted((out / "events" / "extended" / "shard0000" / "10ks_2x").glob("*.fits"))
-    assert len(events) == 2
+    assert len(events) == 3
     logs = list((tiny_run / "logs").rglob("*.log"))
     assert logs and all("xmmsr" in p.read_text() for p in logs)
 
@@ -141,11 +141,11 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
 
     lr = write_config(tmp_path / "lr.yaml", {"train": {"lr": 1.0e-3}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(lr)))
-    assert set(jobs) == {"train", "all"} and jobs["train"] == 2  # training changes never touch the dataset
+    assert set(jobs) == {"train", "evaluate", "report", "all"} and jobs["train"] == 2  # the dataset is untouched
 
     sr_only = write_config(tmp_path / "sr.yaml", {"model": {"features": 4}, "train": {"tasks": ["sr"]}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(sr_only)))
-    assert set(jobs) == {"train", "all"} and jobs["train"] == 1
+    assert set(jobs) == {"train", "evaluate", "report", "all"} and jobs["train"] == jobs["evaluate"] == 1
 
     workers = write_config(tmp_path / "workers.yaml", {"train": {"num_workers": 2, "threads": 1}})
     assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(workers)).stdout)
@@ -155,13 +155,17 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
     assert jobs["sources"] == 1 and jobs["simulate"] == 4 and jobs["expected"] == 2  # only the extended shard
     assert jobs["pack"] == 1
 
-    more = write_config(tmp_path / "more.yaml", {"sources": {"extended": {"n": 3}}})
+    more = write_config(tmp_path / "more.yaml", {"sources": {"extended": {"n": 4}}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(more)))
     assert jobs["sources"] == 1 and jobs["bin"] == 4  # one new shard; the full one is untouched
 
     oversample = write_config(tmp_path / "os.yaml", {"instrument": {"expected_oversample": 4}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(oversample)))
-    assert set(jobs) == {"expected", "pack", "train", "all"}
+    assert set(jobs) == {"expected", "pack", "train", "evaluate", "report", "all"}
+
+    rl = write_config(tmp_path / "rl.yaml", {"evaluate": {"rl_iterations": 7}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(rl)))
+    assert set(jobs) == {"evaluate", "report", "all"}  # evaluation settings retrain nothing
 
 
 def test_killed_job_leaves_no_finished_looking_output(tmp_path):

@@ -85,6 +85,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
           f"expected counts for {h['EXPOSURE']:g} s from a {h['INEXPOS']:g} s image")
 
 
+def cmd_evaluate_real(args: argparse.Namespace) -> None:
+    from .evaluate.real import evaluate_real_pairs
+
+    config = load_config(args.config)
+    base = Path(args.config).parent if args.config else None
+    table = evaluate_real_pairs(args.model, [{"name": Path(args.short).stem, "short": args.short, "long": args.long}],
+                                config["instrument"], config["evaluate"], args.output, args.gaussian_sigma, base)
+    scores = table.set_index("method")
+    print(f"{args.output}: PSNR vs the long exposure: model {scores.at['model', 'psnr_linear_vs_long']:.2f} dB, input "
+          f"{scores.at['input', 'psnr_linear_vs_long']:.2f} dB "
+          f"({scores.at['model', 'psnr_gain_vs_input_percent']:+.1f} %)")
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -131,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="auto: cuda if available, else mps, else cpu")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate-real", help="score DN on a real short exposure against an independent long one")
+    p.add_argument("--model", required=True, help="DN model.pt written by the train rule")
+    p.add_argument("--short", required=True, help="short-exposure count image FITS (1x grid, EXPOSURE)")
+    p.add_argument("--long", required=True, help="independent longer-exposure count image FITS of the same target")
+    p.add_argument("--output", required=True, help="CSV of metrics per method")
+    p.add_argument("--gaussian-sigma", type=float, default=1.0, help="width (pixels) of the Gaussian baseline")
+    p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
+    p.set_defaults(func=cmd_evaluate_real)
     return parser
 
 

@@ -99,6 +99,26 @@ def dataset_config():
     return {k: config[k] for k in ("seed", "sources", "instrument", "simulate", "pack")}
 
 
+def real_pair_files():
+    """The real images listed in evaluate.real_pairs (short and long of each pair)."""
+    return [p[key] for p in config["evaluate"]["real_pairs"] for key in ("short", "long")]
+
+
+def report_inputs(wildcards):
+    """Metrics and training histories of every task; real-pair scores when real pairs are configured."""
+    tasks = config["train"]["tasks"]
+    inputs = {f"metrics_{t}": f"{OUT}/metrics/{t}/summary.json" for t in tasks}
+    inputs.update({f"history_{t}": f"{OUT}/models/{t}/history.csv" for t in tasks})
+    if config["evaluate"]["real_pairs"] and "dn" in tasks:
+        inputs["real"] = f"{OUT}/metrics/real/real_pairs.csv"
+    return inputs
+
+
+def report_config():
+    """The config sections the report prints."""
+    return {k: config[k] for k in ("seed", "sources", "instrument", "simulate", "pack", "model", "train", "evaluate")}
+
+
 def training_seed(task):
     """Seed of the training of one task, derived from the root seed."""
     return _training_seed(config["seed"], task)
@@ -121,4 +141,5 @@ def all_targets():
     masks = [f"{OUT}/masks/detmask_{r}x.fits" for r in RESOLUTIONS]
     models = [f"{OUT}/models/{task}/{name}" for task in config["train"]["tasks"]
               for name in ("model.pt", "model.onnx", "history.csv")]
-    return images + expected + masks + models
+    report = [f"{OUT}/report/evaluation.pdf"]
+    return images + expected + masks + models + report

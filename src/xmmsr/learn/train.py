@@ -260,7 +260,10 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
                          input_exposure_s=input_exposure_s, target_exposure_s=target_exposure_s,
                          train_config={"train": cfg, "model": {k: v for k, v in run.arch.to_dict().items()
                                                               if k not in ("task", "in_channels")}},
-                         provenance={**provenance, "epochs": cfg["epochs"], "steps": int(trainer.global_step)})
+                         provenance={**provenance, "epochs": cfg["epochs"], "steps": int(trainer.global_step),
+                                     "samples_seen": int(trainer.global_step) * cfg["batch_size"],
+                                     "accelerator": accelerator, "devices": int(trainer.num_devices),
+                                     "precision": precision})
     if trainer.is_global_zero:
         write_history(module.history, history_path)
         save_model(model_path, model)

@@ -1,0 +1,353 @@
+"""The evaluation report: one PDF (matplotlib) readable without the code, and PNG figures for
+``snakemake --report``.
+
+Pages: provenance and configuration; per task the metric table (model and every baseline side by
+side, best in bold), breakdowns by source kind and brightness, point sources and data consistency;
+training and validation curves; galleries of test images with a shared, stated stretch; real-data
+scores when real pairs were given.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+
+from .. import __version__  # noqa: E402
+from ..io import atomic_path  # noqa: E402
+
+TASK_TITLES = {"dn": "De-noising (DN): 20 ks → 100 ks, 4\" pixels",
+               "sr": "Super-resolution (SR): 20 ks at 4\" → 100 ks at 2\""}
+METHOD_LABELS = {"input": "input (scaled)", "bicubic": "bicubic", "gaussian": "Gaussian smoothing",
+                 "richardson_lucy": "Richardson–Lucy", "model": "model (RRDB)", "truth": "truth (noise-free)"}
+# (column, label, better): "high", "low", "one" (closest to 1) or "truth" (closest to the truth's value)
+TABLE_COLUMNS = (
+    ("psnr_asinh_vs_expected", "PSNR asinh\nvs truth [dB]", "high"),
+    ("ssim_asinh_vs_expected", "SSIM asinh\nvs truth", "high"),
+    ("psnr_linear_vs_expected", "PSNR linear\nvs truth [dB]", "high"),
+    ("l1_vs_expected", "L1 vs truth\n[counts/px]", "low"),
+    ("deviance_vs_target", "Poisson dev.\nvs 100 ks", "low"),
+    ("flux_ratio", "flux ratio\n(pred/truth)", "one"),
+    ("completeness", "point-source\ncompleteness", "high"),
+    ("n_false", "false sources\nper field", "low"),
+    ("consistency_deviance", "consistency\ndeviance", "truth"),
+)
+PAGE = (11.69, 8.27)  # A4 landscape, inches
+
+
+def _caption(fig: plt.Figure, text: str) -> None:
+    fig.text(0.04, 0.02, "\n".join(textwrap.wrap(text, 190)), fontsize=7.5, va="bottom", ha="left", style="italic")
+
+
+def _title(fig: plt.Figure, text: str) -> None:
+    fig.suptitle(text, fontsize=14, x=0.04, ha="left", y=0.97)
+
+
+def _provenance_page(pdf: PdfPages, summaries: dict[str, dict[str, Any]], config: dict[str, Any]) -> None:
+    fig = plt.figure(figsize=PAGE)
+    _title(fig, "xmmsr evaluation report: XMM-Newton EPIC-pn de-noising and 2x super-resolution")
+    lines = [f"Software: xmmsr {__version__}.   Seed: {config.get('seed')}.   Evaluation split: "
+             f"{config['evaluate']['split']} (sources never seen in training; splits are by source)."]
+    for task, summary in summaries.items():
+        p = summary["provenance"]
+        mp, ds = p["model_provenance"], p["dataset"]
+        arch = p["architecture"]
+        lines += ["", f"{TASK_TITLES[task]}",
+                  f"    dataset: {ds['n_samples']} images (train {ds['n_train']}, val {ds['n_val']}, test "
+                  f"{ds['n_test']}), config hash {ds['config_hash'][:16]}…, written by {ds['software']}",
+                  f"    model: RRDB, {arch['features']} features, growth {arch['growth']}, {arch['blocks']} RRDB(s) × "
+                  f"{arch['dense_blocks']} dense blocks; normalisation {p['normalisation']['method']} (scale "
+                  f"{p['normalisation']['scale']:g} counts/s per 1x pixel)",
+                  f"    training: {mp.get('epochs')} epochs, {mp.get('steps')} optimizer steps, "
+                  f"{mp.get('samples_seen', 'n/a')} crops seen, on {mp.get('accelerator', 'n/a')} × "
+                  f"{mp.get('devices', 'n/a')} ({mp.get('precision', 'n/a')}); seed {mp.get('seed')}",
+                  f"    scored on {p['n_images']} images; Gaussian baseline width {p['gaussian_sigma_px']:g} px "
+                  f"(best on val); PSF FWHM {p['psf_fwhm_px']:.2f} px of {p['pixel_arcsec']:g}\""]
+    sim = config["simulate"]
+    lines += ["", f"Simulation: exposures {sim['exposures_ks']} ks, resolutions {sim['resolutions']}x; sources: "
+              f"{config['sources']['extended']['n']} extended, {config['sources']['agn']['n']} AGN fields, "
+              f"{config['sources']['background']['n']} blank fields; PSF King r_c = "
+              f"{config['instrument']['psf']['core_radius_arcsec']}\", α = {config['instrument']['psf']['alpha']}.",
+              "Wall-clock training time is not part of this report (outputs are reproducible); it is in the "
+              "training logs (logs/train/*.log)."]
+    fig.text(0.04, 0.9, "\n".join(lines), fontsize=9, va="top", family="monospace")
+    _caption(fig, "All metrics are computed over the detector mask only (chip gaps, field edges and padding "
+             "excluded). 'truth' is the noise-free expected image at the target exposure; 'vs 100 ks' compares "
+             "with an independent noisy 100 ks realization. Predictions are expected counts per output pixel at "
+             "100 ks. The asinh stretch is asinh(counts / a) with a = "
+             f"{config['evaluate']['asinh_scale_counts']:g} counts per output pixel; the data range of PSNR/SSIM "
+             "is that of the truth image over the mask, identical for every method.")
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def _best(values: pd.Series, better: str, reference: float = 1.0) -> set[str]:
+    """Methods with the best value: highest, lowest, or closest to ``reference`` (1, or the truth's)."""
+    finite = values[np.isfinite(values.astype(float))]
+    if finite.empty:
+        return set()
+    if better == "high":
+        target = finite.max()
+    elif better == "low":
+        target = finite.min()
+    else:
+        target = finite.iloc[(finite - reference).abs().argmin()]
+    return set(finite.index[np.isclose(finite, target)])
+
+
+def metric_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Median of every table column per method (overall), methods in a fixed order."""
+    overall = summary[(summary["group"] == "all")]
+    table = overall.pivot_table(index="method", columns="metric", values="median", aggfunc="first")
+    order = [m for m in METHOD_LABELS if m in table.index]
+    return table.reindex(order)[[c for c, _, _ in TABLE_COLUMNS if c in table.columns]]
+
+
+def _table_page(pdf: PdfPages, task: str, summary: pd.DataFrame, provenance: dict[str, Any]) -> plt.Figure:
+    table = metric_table(summary)
+    fig = plt.figure(figsize=PAGE)
+    _title(fig, f"{TASK_TITLES[task]}: metrics on {provenance['n_images']} test images (median)")
+    ax = fig.add_axes([0.17, 0.25, 0.81, 0.6])
+    ax.axis("off")
+    labels = {c: label for c, label, _ in TABLE_COLUMNS}
+    cells = [[_fmt(table.at[m, c]) for c in table.columns] for m in table.index]
+    tab = ax.table(cellText=cells, rowLabels=[METHOD_LABELS[m] for m in table.index],
+                   colLabels=[labels[c] for c in table.columns], loc="center", cellLoc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(8.5)
+    tab.scale(1.0, 2.4)
+    candidates = [m for m in table.index if m != "truth"]
+    for j, (column, _, better) in enumerate(c for c in TABLE_COLUMNS if c[0] in table.columns):
+        for i, method in enumerate(table.index):
+            reference = table.at["truth", column] if better == "truth" and "truth" in table.index else 1.0
+            if method in _best(table.loc[candidates, column], better, reference):
+                tab[i + 1, j].get_text().set_fontweight("bold")
+        tab[0, j].get_text().set_fontsize(7.5)
+    for i, method in enumerate(table.index):
+        if method == "truth":
+            for j in range(-1, len(table.columns)):
+                tab[i + 1, j].set_facecolor("#eeeeee")
+    _caption(fig, "Median over the test images of each metric; the best method per column is in bold (the grey "
+             "'truth' row is the noise-free image itself, shown as the reference: it is not a competitor). "
+             "PSNR/SSIM compare with the noise-free truth in linear counts and after the asinh stretch; L1 in "
+             "expected counts per pixel; Poisson deviance of the prediction as the mean of the independent 100 ks "
+             "counts (lower is better; the truth sets the floor); flux ratio = total predicted / true counts "
+             "(1 is best); point sources are detected with the same settings in prediction and truth "
+             "(completeness = fraction of true sources recovered, false = detections with no true source within "
+             "one PSF FWHM: hallucinated sources); consistency deviance = Poisson deviance of the 20 ks input "
+             "counts given the prediction forward-modelled back to the input (PSF and 2x2 binning for SR): the "
+             "truth's value is the level of Poisson noise; well above it, the prediction contradicts the data it "
+             "came from (invented or lost signal); well below it, the prediction copies the input's noise (the "
+             "scaled input itself scores near 0). Best = closest to the truth.")
+    pdf.savefig(fig)
+    return fig
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if np.isinf(value):
+        return "∞"
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def _breakdown_page(pdf: PdfPages, task: str, summary: pd.DataFrame) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=PAGE)
+    _title(fig, f"{TASK_TITLES[task]}: by source kind and brightness")
+    panels = (("kind", "psnr_asinh_vs_expected", "PSNR asinh vs truth [dB]"),
+              ("brightness", "psnr_asinh_vs_expected", "PSNR asinh vs truth [dB]"),
+              ("kind", "consistency_deviance", "consistency deviance"))
+    for ax, (group, metric, label) in zip(axes, panels):
+        part = summary[(summary["group"] == group) & (summary["metric"] == metric)]
+        values = sorted(part["value"].unique())
+        methods = [m for m in METHOD_LABELS if m in set(part["method"])]
+        width = 0.8 / max(len(methods), 1)
+        for k, method in enumerate(methods):
+            sel = part[part["method"] == method].set_index("value").reindex(values)
+            x = np.arange(len(values)) + k * width
+            err = [np.clip(sel["median"] - sel["p16"], 0, None), np.clip(sel["p84"] - sel["median"], 0, None)]
+            ax.bar(x, sel["median"], width, yerr=err, label=METHOD_LABELS[method], capsize=2)
+        ax.set_xticks(np.arange(len(values)) + 0.4 - width / 2, values, rotation=15)
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} by {group}", fontsize=10)
+    axes[0].legend(fontsize=7)
+    fig.subplots_adjust(bottom=0.22, top=0.86, wspace=0.3)
+    _caption(fig, "Bars: median over the test images of each group; error bars: 16th–84th percentiles. Kinds: "
+             "extended sources (clusters, SNR shells, filaments, with AGN), AGN-dominated fields and "
+             "background-dominated blank fields. Brightness: terciles of the true source counts (truth minus "
+             "background) over the test set.")
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def curves_figure(histories: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Training and validation loss, and validation PSNR beside the input's, per task."""
+    fig, axes = plt.subplots(len(histories), 2, figsize=PAGE, squeeze=False)
+    _title(fig, "Training and validation curves")
+    for row, (task, h) in zip(axes, histories.items()):
+        row[0].plot(h["step"], h["train_loss"], "o-", label="training loss (mean over the epoch)")
+        row[0].plot(h["step"], h["val_loss"], "s-", label="validation loss (full frames)")
+        row[0].set_xlabel("optimizer step")
+        row[0].set_ylabel("loss")
+        row[0].set_title(TASK_TITLES[task], fontsize=10)
+        row[0].legend(fontsize=8)
+        row[1].plot(h["step"], h["val_psnr"], "o-", label="model")
+        row[1].plot(h["step"], h["val_psnr_input"], "--", label="input (scaled, nearest-upsampled for SR)")
+        row[1].set_xlabel("optimizer step")
+        row[1].set_ylabel("validation PSNR [dB] (normalised space)")
+        row[1].legend(fontsize=8)
+    fig.subplots_adjust(bottom=0.14, top=0.9, hspace=0.45)
+    _caption(fig, "Loss: the configured weighted sum (L1 in normalised space, Poisson NLL on counts, …) over the "
+             "detector mask. Validation PSNR is measured against the noisy 100 ks target in the network's "
+             "normalised (asinh) space, one point per epoch.")
+    return fig
+
+
+def gallery_figure(task: str, gallery: Any, index: int, stretch_a: float) -> plt.Figure | None:
+    """Input, every baseline, the model, the noisy target, the truth and the model residual for one image."""
+    key = f"{index}/info"
+    if key not in gallery:
+        return None
+    info = json.loads(str(gallery[key]))
+    mask = gallery[f"{index}/mask_target_data"] > 0
+    s = 2 if task == "sr" else 1
+    panels = [("input (scaled)", gallery[f"{index}/input"])]
+    panels += [(METHOD_LABELS[m], gallery[f"{index}/{m}"]) for m in ("bicubic", "gaussian", "richardson_lucy", "model")
+               if f"{index}/{m}" in gallery]
+    panels += [("100 ks target (noisy)", gallery[f"{index}/target_data"]), ("truth (noise-free)", gallery[f"{index}/truth"])]
+    truth = gallery[f"{index}/truth"]
+    ys, xs = np.nonzero(mask)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)) if ys.size else (slice(None), slice(None))
+    vmax = float(np.arcsinh(np.percentile(truth[mask], 99.9) / stretch_a)) if mask.any() else 1.0
+    fig, axes = plt.subplots(2, 4, figsize=PAGE)
+    fig.subplots_adjust(left=0.04, right=0.86, bottom=0.14, top=0.88, wspace=0.08, hspace=0.18)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax, (label, image) in zip(axes.flat, panels):
+        im = ax.imshow(np.arcsinh(np.where(mask, image, 0.0)[box] / stretch_a), origin="lower", cmap="magma",
+                       vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+    for ax in axes.flat[len(panels):-1]:
+        ax.axis("off")
+    fig.colorbar(im, cax=fig.add_axes([0.88, 0.53, 0.012, 0.35]),
+                 label=f"asinh(counts per pixel / {stretch_a:g}) at 100 ks")
+    resid = (gallery[f"{index}/model"] - truth) / np.sqrt(np.maximum(truth, 1e-3))
+    ax = axes.flat[-1]
+    r = ax.imshow(np.where(mask, resid, 0.0)[box], origin="lower", cmap="coolwarm", vmin=-3, vmax=3,
+                  interpolation="nearest")
+    ax.set_title("model − truth", fontsize=9)
+    fig.colorbar(r, cax=fig.add_axes([0.88, 0.14, 0.012, 0.33]), label="(model − truth) / √truth")
+    _title(fig, f"{TASK_TITLES[task]}: test image {index + 1} ({info['kind']}, {info['model_kind']}, source "
+                f"{info['source_id']})")
+    _caption(fig, f"All panels share one stretch: asinh(counts / {stretch_a:g}), from 0 to the 99.9th percentile of the "
+             f"truth, in expected counts per {'2' if s == 2 else '4'}\" pixel at 100 ks, over the detector area "
+             "(outside the mask set to 0). The input is the "
+             f"{info['exposure_input'] / 1000:g} ks image scaled to 100 ks{' and nearest-upsampled' if s == 2 else ''}. "
+             "The last panel is the model residual in units of the 100 ks Poisson noise of the truth: structure "
+             "there is signal the model lost or invented.")
+    return fig
+
+
+def _points_consistency_page(pdf: PdfPages, task: str, summary: pd.DataFrame, gallery: Any) -> None:
+    fig, axes = plt.subplots(1, 4, figsize=PAGE)
+    _title(fig, f"{TASK_TITLES[task]}: point sources and data consistency")
+    overall = summary[summary["group"] == "all"]
+    methods = [m for m in METHOD_LABELS if m in set(overall["method"])]
+    for ax, (metric, label) in zip(axes[:2], (("completeness", "completeness"),
+                                              ("n_false", "false (hallucinated) sources per field"))):
+        sel = overall[overall["metric"] == metric].set_index("method").reindex(methods)
+        ax.bar(range(len(methods)), sel["mean"])
+        ax.set_xticks(range(len(methods)), [METHOD_LABELS[m] for m in methods], rotation=60, fontsize=7)
+        ax.set_title(label, fontsize=10)
+    for ax, method in zip(axes[2:], ("model", "truth")):
+        key = f"0/{method}/consistency"
+        if key in gallery:
+            mask = gallery["0/mask_input_data"] > 0
+            im = ax.imshow(np.where(mask, gallery[key], 0.0), origin="lower", cmap="coolwarm", vmin=-5, vmax=5)
+            fig.colorbar(im, ax=ax, shrink=0.6, label="signed deviance residual")
+            ax.set_title(f"consistency map: {METHOD_LABELS[method]}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.subplots_adjust(bottom=0.3, top=0.85, wspace=0.35)
+    _caption(fig, "Left: mean completeness and mean number of false detections per test field (point sources "
+             "detected with identical settings in the prediction and in the noise-free truth; a detection with no "
+             "true source within one PSF FWHM is false). Right: the first test image's consistency map: the "
+             "prediction forward-modelled to the 20 ks input (PSF ratio and 2x2 binning for SR, exposure) and "
+             "compared with the input counts, as signed Poisson-deviance residuals; the truth's map shows the "
+             "level expected from noise alone. Regions red or blue beyond it are where the prediction is "
+             "inconsistent with the data.")
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def _real_page(pdf: PdfPages, real: pd.DataFrame) -> None:
+    fig = plt.figure(figsize=PAGE)
+    _title(fig, "Real observations: DN on the short exposure scored against an independent long exposure")
+    ax = fig.add_axes([0.05, 0.25, 0.9, 0.6])
+    ax.axis("off")
+    cols = [c for c in real.columns if c not in ("pair",)]
+    tab = ax.table(cellText=[[_fmt(v) if isinstance(v, float) else str(v) for v in row] for row in real[cols].values],
+                   colLabels=cols, loc="center", cellLoc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(8)
+    tab.scale(1.0, 1.8)
+    _caption(fig, "Each method's prediction, rescaled to the long exposure, against the long image's counts over "
+             "the area both images cover. Only the noisy long image is available as a reference, so these numbers "
+             "include its Poisson noise.")
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], config: dict[str, Any],
+                 pdf_path: str | Path, figure_dir: str | Path, real_csv: Path | None = None) -> list[Path]:
+    """Write the PDF report and the PNG figures for ``snakemake --report``; returns the PNG paths."""
+    summaries = {t: json.loads((d / "summary.json").read_text()) for t, d in metric_dirs.items()}
+    tables = {t: pd.read_csv(d / "summary.csv") for t, d in metric_dirs.items()}
+    galleries = {t: np.load(d / "gallery.npz") for t, d in metric_dirs.items()}
+    history = {t: pd.read_csv(p) for t, p in histories.items()}
+    stretch_a = config["evaluate"]["asinh_scale_counts"]
+    figure_dir = Path(figure_dir)
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    pngs: list[Path] = []
+    with atomic_path(pdf_path) as tmp:
+        with PdfPages(tmp, metadata={"Title": "xmmsr evaluation report", "Creator": f"xmmsr {__version__}",
+                                     "CreationDate": None, "ModDate": None}) as pdf:
+            _provenance_page(pdf, summaries, config)
+            for task in metric_dirs:
+                fig = _table_page(pdf, task, tables[task], summaries[task]["provenance"])
+                pngs.append(_save_png(fig, figure_dir / f"metrics_{task}.png"))
+                _breakdown_page(pdf, task, tables[task])
+                _points_consistency_page(pdf, task, tables[task], galleries[task])
+            fig = curves_figure(history)
+            pdf.savefig(fig)
+            pngs.append(_save_png(fig, figure_dir / "training_curves.png"))
+            for task in metric_dirs:
+                for index in range(config["evaluate"]["gallery"]):
+                    fig = gallery_figure(task, galleries[task], index, stretch_a)
+                    if fig is None:
+                        break
+                    pdf.savefig(fig)
+                    if index == 0:
+                        pngs.append(_save_png(fig, figure_dir / f"gallery_{task}.png"))
+                    else:
+                        plt.close(fig)
+            if real_csv is not None:
+                _real_page(pdf, pd.read_csv(real_csv))
+    return pngs
+
+
+def _save_png(fig: plt.Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path

@@ -1,0 +1,177 @@
+"""Score a trained model and the classical baselines on the same held-out images.
+
+For every image of the evaluation split, each method gives expected counts per output pixel at the
+target exposure:
+
+* ``input``: the 20 ks counts scaled to the target exposure (nearest-upsampled for SR)
+* ``bicubic`` (SR only): flux-conserving bicubic upsampling of the scaled input
+* ``gaussian``: Gaussian smoothing with the width that is best on the validation split
+* ``richardson_lucy``: Richardson-Lucy deconvolution with the known on-axis PSF (SR: the 1x PSF on
+  the 2x grid, then re-convolved with the 2x PSF, since the 2x target still has that blur)
+* ``model``: the trained network
+* ``truth``: the noise-free expected image itself, a reference for the point-source and consistency
+  numbers (its image metrics against the noisy target show the floor set by Poisson noise)
+
+Outputs (one directory per task): ``per_image.csv`` (every metric of every method on every image),
+``summary.csv`` (mean, median, 16/84 percentiles per method, overall, per source kind and per
+brightness tercile), ``summary.json`` (the overall table and provenance) and ``gallery.npz`` (a few
+images of every method, and consistency maps, for the report).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..instrument.model import PnInstrument
+from ..io import atomic_path
+from ..learn.checkpoint import TrainedModel, load_model
+from ..learn.data import PairDataset, open_dataset
+from ..learn.predict import predict_counts
+from . import baselines, consistency, metrics, points
+
+METHODS = ("input", "bicubic", "gaussian", "richardson_lucy", "model", "truth")
+KIND_LABELS = {"extended": "extended", "agn": "AGN-dominated", "background": "background-dominated"}
+GROUPS = ("all", "kind", "brightness")
+
+
+def _frames(ds: PairDataset) -> Iterator[dict[str, Any]]:
+    """The items of a full-frame dataset as float64 numpy arrays."""
+    for i in range(len(ds)):
+        item = ds[i]
+        yield {"index": int(item["index"]), "input": item["input"][0].numpy().astype(np.float64),
+               "target": item["target"][0].numpy().astype(np.float64),
+               "expected": item["expected"][0].numpy().astype(np.float64),
+               "mask_input": item["mask_input"][0].numpy() > 0, "mask_target": item["mask_target"][0].numpy() > 0,
+               "exposure_input": float(item["exposure_input"]), "exposure_target": float(item["exposure_target"])}
+
+
+def predictions(model: TrainedModel, frame: dict[str, Any], sigma: float, psf_1x_out: np.ndarray,
+                psf_out: np.ndarray, rl_iterations: int) -> dict[str, np.ndarray]:
+    """Every method's expected counts per output pixel at the target exposure for one frame."""
+    s = model.upscale
+    args = (frame["input"], frame["exposure_input"], frame["exposure_target"], s)
+    out = {"input": baselines.scaled_input(*args)}
+    if s > 1:
+        out["bicubic"] = baselines.bicubic(*args)
+    out["gaussian"] = baselines.gaussian(*args, sigma_px=sigma)
+    out["richardson_lucy"] = baselines.richardson_lucy(*args, psf_1x_out, iterations=rl_iterations,
+                                                       reconvolve=psf_out if s > 1 else None)
+    out["model"] = predict_counts(model, frame["input"], frame["exposure_input"]).astype(np.float64)
+    out["truth"] = frame["expected"]
+    return out
+
+
+def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: dict[str, Any],
+                  eval_cfg: dict[str, Any], out_dir: str | Path, base_dir: str | Path | None = None) -> pd.DataFrame:
+    """Score the model and the baselines on the evaluation split; write the task's metric files."""
+    model = load_model(model_path)
+    task, s = model.task, model.upscale
+    instrument = PnInstrument.from_config(instrument_cfg, base_dir=base_dir)
+    pixel_arcsec = instrument.geometry.image_grid(s).pixel_arcsec
+    psf_out = baselines.psf_kernel(instrument, s)
+    psf_1x_out = baselines.psf_kernel(instrument, 1, grid_resolution=s)
+    fwhm_px = points.psf_fwhm_px(instrument, s)
+    kernel = consistency.degradation_kernel(instrument, s)
+    with open_dataset(dataset) as h5:
+        meta = h5["meta"][:]
+        background = np.asarray(h5[f"background_rate_{s}x"][:], dtype=np.float64)
+        dataset_info = {"config_hash": str(h5.attrs["config_hash"]), "software": str(h5.attrs["software"]),
+                        "n_samples": int(len(meta)),
+                        **{f"n_{split}": int(len(h5[f"splits/{split}"])) for split in ("train", "val", "test")}}
+
+    val = PairDataset(dataset, task, "val")
+    sigma = baselines.best_gaussian_sigma(
+        ((f["input"], f["exposure_input"], f["exposure_target"], f["expected"], f["mask_target"])
+         for f in _frames(val)), s, sigmas=tuple(eval_cfg["gaussian_sigmas"]))
+    test = PairDataset(dataset, task, eval_cfg["split"])
+    if len(test) == 0:
+        raise ValueError(f"{dataset}: the {eval_cfg['split']} split is empty; raise pack.split.{eval_cfg['split']}")
+
+    rows: list[dict[str, Any]] = []
+    gallery: dict[str, np.ndarray] = {}
+    for n, frame in enumerate(_frames(test)):
+        m = meta[frame["index"]]
+        bkg = background * frame["exposure_target"]
+        source_counts = float(((frame["expected"] - bkg) * frame["mask_target"]).sum())
+        info = {"task": task, "sample": frame["index"], "kind": KIND_LABELS[m["kind"].decode()],
+                "source_id": int(m["source_id"]), "model_kind": m["model"].decode(),
+                "source_counts": source_counts}
+        preds = predictions(model, frame, sigma, psf_1x_out, psf_out, eval_cfg["rl_iterations"])
+        for method, pred in preds.items():
+            row = {**info, "method": method}
+            row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
+                                             eval_cfg["asinh_scale_counts"]))
+            row.update(points.point_source_metrics(pred, frame["expected"], frame["mask_target"], bkg, fwhm_px,
+                                                   pixel_arcsec, nsigma=eval_cfg["detection_nsigma"]))
+            summary, residual = consistency.consistency(pred, frame["input"], frame["mask_input"], s, kernel,
+                                                        frame["exposure_target"], frame["exposure_input"])
+            row.update(summary)
+            rows.append(row)
+            if n < eval_cfg["gallery"]:
+                gallery[f"{n}/{method}"] = pred.astype(np.float32)
+                gallery[f"{n}/{method}/consistency"] = residual.astype(np.float32)
+        if n < eval_cfg["gallery"]:
+            for name in ("input", "target", "mask_target", "mask_input"):
+                gallery[f"{n}/{name}_data"] = np.asarray(frame[name], dtype=np.float32)
+            gallery[f"{n}/info"] = np.array(json.dumps({**info, "exposure_input": frame["exposure_input"],
+                                                        "exposure_target": frame["exposure_target"]}))
+    table = pd.DataFrame(rows)
+    table["brightness"] = _terciles(table["source_counts"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(table)
+    provenance = {"task": task, "software": f"xmmsr {__version__}", "model": str(Path(model_path).name),
+                  "model_provenance": model.provenance, "architecture": model.architecture.to_dict(),
+                  "normalisation": model.normalisation.to_dict(), "dataset": dataset_info,
+                  "split": eval_cfg["split"], "n_images": int(table["sample"].nunique()),
+                  "gaussian_sigma_px": float(sigma), "psf_fwhm_px": float(fwhm_px), "pixel_arcsec": pixel_arcsec,
+                  "evaluate": eval_cfg}
+    overall = summary[summary["group"] == "all"]
+    _write_csv(table, out / "per_image.csv")
+    _write_csv(summary, out / "summary.csv")
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps({"provenance": provenance, "overall": overall.to_dict(orient="records")},
+                                  indent=1, sort_keys=True, default=float))
+    with atomic_path(out / "gallery.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **gallery)
+    return table
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Statistics of every metric per method: overall, per source kind and per brightness tercile."""
+    metric_cols = [c for c in table.columns if c not in ("task", "sample", "kind", "source_id", "model_kind",
+                                                         "source_counts", "method", "brightness")
+                   and pd.api.types.is_numeric_dtype(table[c])]
+    parts = []
+    for group in GROUPS:
+        by = ["method"] if group == "all" else ["method", group]
+        part = metrics.summarise(table, by, metric_cols)
+        part.insert(0, "group", group)
+        if group != "all":
+            part = part.rename(columns={group: "value"})
+        else:
+            part.insert(1, "value", "all")
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _terciles(counts: pd.Series) -> pd.Series:
+    """faint / medium / bright thirds of the source counts (all the same label for < 3 distinct values)."""
+    ranks = counts.rank(method="dense")
+    n = ranks.max()
+    if n < 3:
+        return pd.Series(["all"] * len(counts), index=counts.index)
+    return pd.cut(ranks, bins=[0, n / 3, 2 * n / 3, n], labels=["faint", "medium", "bright"]).astype(str)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")

@@ -1,0 +1,144 @@
+"""Evaluation stage: metric files of the tiny end-to-end run, the PDF report, real-data pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from astropy.io import fits
+from conftest import TINY, snakemake
+
+from xmmsr.cli import main
+from xmmsr.evaluate.real import coverage_mask
+from xmmsr.evaluate.report import METHOD_LABELS
+from xmmsr.learn.checkpoint import TrainedModel, save_model
+from xmmsr.learn.model import Architecture, build_generator
+from xmmsr.learn.normalise import Normalisation
+
+BASELINES = {"dn": ("input", "gaussian", "richardson_lucy", "model", "truth"),
+             "sr": ("input", "bicubic", "gaussian", "richardson_lucy", "model", "truth")}
+
+
+def test_metric_files_hold_the_model_and_every_baseline(tiny_run):
+    for task, methods in BASELINES.items():
+        out = tiny_run / "results" / "metrics" / task
+        per_image = pd.read_csv(out / "per_image.csv")
+        assert set(per_image["method"]) == set(methods)
+        assert per_image["sample"].nunique() == 1  # the one test source of the tiny config
+        for column in ("psnr_asinh_vs_expected", "ssim_linear_vs_target", "deviance_vs_target", "completeness",
+                       "n_false", "consistency_deviance", "flux_ratio"):
+            assert column in per_image.columns
+        finite = per_image[per_image["method"] != "truth"]
+        assert np.isfinite(finite["psnr_asinh_vs_expected"]).all()
+        truth = per_image[per_image["method"] == "truth"].iloc[0]
+        assert truth["flux_ratio"] == pytest.approx(1.0) and truth["n_false"] == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["provenance"]["task"] == task and summary["provenance"]["dataset"]["n_test"] == 1
+        assert summary["provenance"]["gaussian_sigma_px"] > 0
+        table = pd.read_csv(out / "summary.csv")
+        assert {"all", "kind", "brightness"} <= set(table["group"])
+        assert {"mean", "median", "p16", "p84", "n"} <= set(table.columns)
+
+
+def test_report_pdf_has_every_page_and_names_models_and_baselines(tiny_run):
+    pypdf = pytest.importorskip("pypdf")
+    pdf = tiny_run / "results" / "report" / "evaluation.pdf"
+    reader = pypdf.PdfReader(pdf)
+    # provenance; per task: table, breakdown, points/consistency; curves; one gallery page per task
+    assert len(reader.pages) == 1 + 2 * 3 + 1 + 2
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    for needle in ("De-noising (DN)", "Super-resolution (SR)", "Training and validation curves",
+                   "point sources and data consistency", "config hash", *[METHOD_LABELS[m] for m in METHOD_LABELS]):
+        assert needle in text, needle
+    figures = sorted(p.name for p in (tiny_run / "results" / "report" / "figures").glob("*.png"))
+    assert figures == ["gallery_dn.png", "gallery_sr.png", "metrics_dn.png", "metrics_sr.png", "training_curves.png"]
+
+
+def test_report_is_reproducible(tiny_run, tmp_path):
+    """Re-running the report rule gives the same bytes (no wall-clock time in the PDF)."""
+    pdf = tiny_run / "results" / "report" / "evaluation.pdf"
+    before = pdf.read_bytes()
+    snakemake(tiny_run, "--cores", "1", "--configfile", str(TINY), "--forcerun", "report")
+    assert pdf.read_bytes() == before
+
+
+def test_html_report_builds(tiny_run, tmp_path):
+    out = tmp_path / "report.zip"
+    snakemake(tiny_run, "--configfile", str(TINY), "--report", str(out))
+    assert out.stat().st_size > 10_000
+
+
+# --- real pairs ---------------------------------------------------------------------------------------
+
+
+def _tiny_dn_model(path: Path) -> Path:
+    torch.manual_seed(0)
+    arch = Architecture("dn", features=8, growth=8, blocks=1, dense_blocks=1)
+    save_model(path, TrainedModel(build_generator(arch), arch, Normalisation(), 2e4, 1e5))
+    return path
+
+
+def _pair(tmp_path: Path, shape=(64, 72)) -> tuple[Path, Path]:
+    """A flat field with a bright blob, observed twice with independent Poisson noise (10 and 40 ks)."""
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    rate = 2e-6 + 5e-4 * np.exp(-((yy - 30) ** 2 + (xx - 40) ** 2) / 20.0)  # counts/s/pixel
+    rate[:, :4] = 0.0  # outside the field of view
+    paths = []
+    for name, exposure in (("short", 1e4), ("long", 4e4)):
+        header = fits.Header({"EXPOSURE": exposure})
+        path = tmp_path / f"{name}.fits"
+        fits.PrimaryHDU(rng.poisson(rate * exposure).astype(np.int32), header=header).writeto(path)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def test_evaluate_real_scores_a_hand_made_pair(tmp_path, capsys):
+    model = _tiny_dn_model(tmp_path / "dn.pt")
+    short, long = _pair(tmp_path)
+    out = tmp_path / "real.csv"
+    assert main(["evaluate-real", "--model", str(model), "--short", str(short), "--long", str(long),
+                 "--output", str(out)]) == 0
+    table = pd.read_csv(out).set_index("method")
+    assert list(table.index) == ["input", "gaussian", "richardson_lucy", "model"]
+    assert (table["exposure_long"] == 4e4).all() and (table["exposure_short"] == 1e4).all()
+    # smoothing a flat field with a smooth blob beats the raw 10 ks counts against the independent 40 ks counts
+    assert table.at["gaussian", "deviance_vs_long"] < table.at["input", "deviance_vs_long"]
+    assert table.at["input", "flux_ratio"] == pytest.approx(1.0, abs=0.15)
+    assert table.at["input", "psnr_gain_vs_input_percent"] == 0.0
+    assert "PSNR vs the long exposure" in capsys.readouterr().out
+
+
+def test_evaluate_real_rejects_mismatched_pairs(tmp_path, capsys):
+    model = _tiny_dn_model(tmp_path / "dn.pt")
+    short, long = _pair(tmp_path)
+    other = tmp_path / "other.fits"
+    fits.PrimaryHDU(np.zeros((10, 10), np.int32), header=fits.Header({"EXPOSURE": 4e4})).writeto(other)
+    code = main(["evaluate-real", "--model", str(model), "--short", str(short), "--long", str(other),
+                 "--output", str(tmp_path / "x.csv")])
+    assert code == 2 and "NAXIS1/NAXIS2" in capsys.readouterr().err
+    code = main(["evaluate-real", "--model", str(model), "--short", str(long), "--long", str(short),
+                 "--output", str(tmp_path / "x.csv")])
+    assert code == 2 and "EXPOSURE" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_coverage_mask_is_the_common_footprint():
+    a = np.zeros((20, 20))
+    b = np.zeros((20, 20))
+    a[2:18, 2:18] = np.random.default_rng(1).poisson(2.0, (16, 16))
+    b[5:20, 0:15] = 3.0
+    mask = coverage_mask(a, b)
+    assert mask[10, 10] and not mask[1, 1] and not mask[19, 19] and not mask[3, 3]
+
+
+def test_real_pairs_in_the_config_add_the_rule(tmp_path):
+    short, long = _pair(tmp_path)
+    config = tmp_path / "real.yaml"
+    config.write_text(TINY.read_text() + f"evaluate:\n  real_pairs: [{{name: t, short: {short}, long: {long}}}]\n")
+    result = snakemake(tmp_path, "-n", "--configfile", str(config))
+    assert "evaluate_real" in result.stdout + result.stderr

@@ -1,0 +1,18 @@
+"""Rule evaluate_real: DN on real short exposures, scored against independent long exposures."""
+
+import sys
+from pathlib import Path
+
+sm = snakemake  # noqa: F821 (injected by snakemake)
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+
+from xmmsr.pipeline import logged_to
+
+with logged_to(sm.log[0]):
+    import json
+
+    from xmmsr.evaluate.real import evaluate_real_pairs
+
+    sigma = json.loads(Path(sm.input.simulated).read_text())["provenance"]["gaussian_sigma_px"]
+    evaluate_real_pairs(sm.input.model, sm.params.pairs, sm.params.instrument, sm.params.evaluate, sm.output[0],
+                        gaussian_sigma=sigma, base_dir=Path(sm.scriptdir).parents[1])

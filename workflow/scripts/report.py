@@ -1,0 +1,20 @@
+"""Rule report: the evaluation PDF and the figures of snakemake --report."""
+
+import sys
+from pathlib import Path
+
+sm = snakemake  # noqa: F821 (injected by snakemake)
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+
+from xmmsr.pipeline import logged_to
+
+with logged_to(sm.log[0]):
+    from xmmsr.evaluate.report import write_report
+    from xmmsr.pipeline import atomic_directory
+
+    tasks = [name.removeprefix("metrics_") for name in sm.input.keys() if name.startswith("metrics_")]
+    metric_dirs = {t: Path(sm.input[f"metrics_{t}"]).parent for t in tasks}
+    histories = {t: Path(sm.input[f"history_{t}"]) for t in tasks}
+    real = Path(sm.input.real) if "real" in sm.input.keys() else None
+    with atomic_directory(sm.output.figures) as figures:
+        write_report(metric_dirs, histories, sm.params.config, sm.output.pdf, figures, real)
