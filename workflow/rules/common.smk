@@ -141,5 +141,5 @@ def all_targets():
     masks = [f"{OUT}/masks/detmask_{r}x.fits" for r in RESOLUTIONS]
     models = [f"{OUT}/models/{task}/{name}" for task in config["train"]["tasks"]
               for name in ("model.pt", "model.onnx", "history.csv")]
-    report = [f"{OUT}/report/evaluation.pdf"]
-    return images + expected + masks + models + report
+    report_pdf = [f"{OUT}/report/evaluation.pdf"]
+    return images + expected + masks + models + report_pdf
