@@ -116,7 +116,9 @@ def report_inputs(wildcards):
 
 def report_config():
     """The config sections the report prints."""
-    return {k: config[k] for k in ("seed", "sources", "instrument", "simulate", "pack", "model", "train", "evaluate")}
+    shown = {k: config[k] for k in ("seed", "sources", "instrument", "simulate", "pack", "model", "evaluate")}
+    shown["train"] = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads")}
+    return shown
 
 
 def training_seed(task):
