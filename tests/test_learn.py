@@ -91,14 +91,15 @@ def test_poisson_loss_recovers_the_mean_where_l1_recovers_the_median():
 
 
 def test_poisson_loss_stays_finite_far_from_the_data():
-    from xmmsr.learn.losses import poisson_deviance, poisson_nll
+    from xmmsr.evaluate.metrics import poisson_deviance
+    from xmmsr.learn.losses import poisson_nll
 
     counts = torch.tensor([[[[0.0, 3.0, 50.0]]]])
     mu = torch.tensor([[[[-1e6, -1e3, 1e30]]]], requires_grad=True)
     loss = poisson_nll(mu, counts, torch.ones_like(counts))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(mu.grad).all()
-    assert torch.isfinite(poisson_deviance(mu.detach(), counts, torch.ones_like(counts)))
+    assert np.isfinite(poisson_deviance(mu.detach().numpy()[0, 0], counts.numpy()[0, 0], np.ones((1, 3))))
     values = torch.tensor([-1e4, 0.0, 1e4])
     assert torch.isfinite(Normalisation("asinh").inverse(values, 1e5)).all()
 

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
+from conftest import REPO, TINY, snakemake
 
 from xmmsr.config import ConfigError, check_config, default_config, load_config
 from xmmsr.pipeline import cube_wcs, read_cube
-
-from conftest import REPO, TINY, snakemake
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:

@@ -26,9 +26,9 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage, stats
 from scipy.signal import fftconvolve
-from scipy.special import xlogy
 
 from ..instrument.model import PnInstrument
+from .metrics import deviance_map
 
 REGULARISATION = 1e-5       # Wiener/Tikhonov term, relative to max |FT(PSF_2x)|^2
 MU_FLOOR = 1e-3             # floor of the forward-modelled mean (counts): a zero prediction under a
@@ -103,13 +103,6 @@ def forward_model(pred: np.ndarray, upscale: int, kernel: np.ndarray, exposure_p
     return binned * (float(exposure_input) / float(exposure_pred))
 
 
-def poisson_deviance(counts: np.ndarray, mu: np.ndarray) -> np.ndarray:
-    """Per-pixel Poisson deviance 2 [k ln(k / mu) - (k - mu)] (k ln k = 0 at k = 0)."""
-    k = np.asarray(counts, dtype=np.float64)
-    mu = np.asarray(mu, dtype=np.float64)
-    return np.maximum(2.0 * (xlogy(k, k) - xlogy(k, mu) - (k - mu)), 0.0)
-
-
 def consistency(pred: np.ndarray, input_counts: np.ndarray, mask_input: np.ndarray, upscale: int,
                 kernel: np.ndarray, exposure_pred: float,
                 exposure_input: float) -> tuple[dict[str, float], np.ndarray]:
@@ -142,13 +135,13 @@ def consistency(pred: np.ndarray, input_counts: np.ndarray, mask_input: np.ndarr
     if not m.any():
         return ({"consistency_deviance": nan, "consistency_deviance_expected": nan, "consistency_chi": nan,
                  "inconsistent_fraction": nan}, np.zeros_like(k))
-    dev = poisson_deviance(k, mu)
+    dev = deviance_map(mu, k)
     r = np.sign(k - mu) * np.sqrt(dev)
     k_block = ndimage.uniform_filter(np.where(m, k, 0.0), BLOCK_PX, mode="constant") * BLOCK_PX**2
     mu_block = ndimage.uniform_filter(np.where(m, mu, 0.0), BLOCK_PX, mode="constant") * BLOCK_PX**2
     k_block = np.maximum(np.rint(k_block), 0.0) if np.all(k[m] == np.rint(k[m])) else np.maximum(k_block, 0.0)
     mu_block = np.maximum(mu_block, MU_FLOOR)
-    big = np.sign(k_block - mu_block) * np.sqrt(poisson_deviance(k_block, mu_block))
+    big = np.sign(k_block - mu_block) * np.sqrt(deviance_map(mu_block, k_block))
     big = np.where(m, big, 0.0)
     summary = {
         "consistency_deviance": float(dev[m].mean()),
@@ -176,5 +169,5 @@ def _deviance_table() -> tuple[np.ndarray, np.ndarray]:
     for i, mu in enumerate(grid):
         kmax = int(mu + 12.0 * np.sqrt(mu) + 30)
         k = np.arange(kmax + 1, dtype=np.float64)
-        values[i] = float(np.sum(stats.poisson.pmf(k, mu) * poisson_deviance(k, mu)))
+        values[i] = float(np.sum(stats.poisson.pmf(k, mu) * deviance_map(mu, k)))
     return grid, values

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.special import xlogy
 from skimage.metrics import structural_similarity
 
 STRETCHES = ("linear", "asinh")
@@ -83,19 +84,21 @@ def masked_l1(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
     return float(np.mean(np.abs(p[m] - r[m])))
 
 
-def poisson_deviance(mu: np.ndarray, counts: np.ndarray, mask: np.ndarray) -> float:
-    """Mean over the mask of the Poisson deviance 2 [k log(k/mu) - (k - mu)] of counts k given means mu.
+def deviance_map(mu: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-pixel Poisson deviance 2 [k log(k/mu) - (k - mu)] of counts k given means mu.
 
-    k log k := 0 at k = 0; mu is floored at 1e-8. Lower is better; 0 when mu == k."""
+    k log k := 0 at k = 0; mu is floored at 1e-8; never negative."""
+    k = np.asarray(counts, dtype=np.float64)
+    mu = np.maximum(np.asarray(mu, dtype=np.float64), MU_FLOOR)
+    return np.maximum(2.0 * (xlogy(k, k) - xlogy(k, mu) - (k - mu)), 0.0)
+
+
+def poisson_deviance(mu: np.ndarray, counts: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over the mask of :func:`deviance_map`. Lower is better; 0 when mu == k."""
     m, mu, k = _prepare(mask, mu, counts)
     if not m.any():
         return float("nan")
-    mu = np.maximum(mu[m], MU_FLOOR)
-    k = k[m]
-    pos = k > 0
-    term = np.zeros_like(k)
-    term[pos] = k[pos] * np.log(k[pos] / mu[pos])
-    return float(np.mean(2.0 * (term - (k - mu))))
+    return float(np.mean(deviance_map(mu[m], k[m])))
 
 
 def image_metrics(pred: np.ndarray, target_counts: np.ndarray, expected: np.ndarray, mask: np.ndarray,

@@ -1,4 +1,4 @@
-"""Training losses and validation metrics, all over the detector mask only.
+"""Training losses, all over the detector mask only (validation metrics: :mod:`xmmsr.evaluate.metrics`).
 
 Network values live in normalised space (see :mod:`.normalise`); the Poisson term is evaluated on
 linear expected counts at the target exposure, where the Poisson likelihood of the target counts is
@@ -35,16 +35,6 @@ def poisson_nll(mu: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor) -> t
     return masked_mean(mu - counts * torch.log(mu.clamp(min=LOG_FLOOR)), mask)
 
 
-def poisson_deviance(mu: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean Poisson deviance 2 [k log(k/mu) - (k - mu)] of counts ``k`` given means ``mu``.
-
-    Lower is better; the true mean scores about 1 per pixel at high counts and less at low counts."""
-    mu = positive_counts(mu)
-    term = torch.where(counts > 0, counts * torch.log(counts.clamp(min=1e-12) / mu.clamp(min=LOG_FLOOR)),
-                       torch.zeros_like(mu))
-    return masked_mean(2.0 * (term - (counts - mu)), mask)
-
-
 def data_range(target: torch.Tensor) -> float:
     """Dynamic range of a batch of normalised targets (at least 1)."""
     return max(float(target.amax() - target.amin()), 1.0)
@@ -55,15 +45,6 @@ def ssim_value(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, mul
     mask = mask.to(pred.dtype)
     fn = ms_ssim if multiscale else ssim
     return fn(pred * mask, target * mask, data_range=data_range(target))
-
-
-def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PSNR per image over the mask, peak = max of the target over the mask; mean over the batch."""
-    mask = mask.to(pred.dtype).expand_as(pred)
-    n = mask.flatten(1).sum(1).clamp(min=1.0)
-    mse = (((pred - target) ** 2) * mask).flatten(1).sum(1) / n
-    peak = (target * mask).flatten(1).amax(1).clamp(min=1e-6)
-    return (10.0 * torch.log10(peak**2 / mse.clamp(min=1e-12))).mean()
 
 
 def loss_terms(weights: dict[str, float], pred: torch.Tensor, target: torch.Tensor, mu: torch.Tensor,

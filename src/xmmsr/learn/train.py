@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..evaluate import metrics
 from ..io import atomic_path
 from .checkpoint import TrainedModel, save_model
-from .device import auto_device_type
 from .data import EpochSampler, PairDataset, open_dataset
-from .losses import LOSS_TERMS, MS_SSIM_MIN_SIZE, loss_terms, masked_mean, masked_psnr, poisson_deviance
+from .device import auto_device_type
+from .losses import LOSS_TERMS, MS_SSIM_MIN_SIZE, loss_terms, masked_mean
 from .model import Architecture, build_generator, count_parameters
 from .normalise import Normalisation
 
@@ -40,6 +42,22 @@ def choose_precision(requested: str, accelerator: str) -> str:
     if accelerator == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
+
+
+def validation_metrics(pred: torch.Tensor, baseline_norm: torch.Tensor, target: torch.Tensor, mu: torch.Tensor,
+                       baseline: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Batch means of the evaluation metrics (:mod:`xmmsr.evaluate.metrics`) of the model and the input:
+    masked PSNR in normalised space (data range of the target) and Poisson deviance on counts."""
+    arrays = [t.detach().float().cpu().numpy()[:, 0] for t in (pred, baseline_norm, target, mu, baseline, counts, mask)]
+    rows = []
+    for p, b, t, m, bc, k, msk in zip(*arrays):
+        valid = msk > 0
+        rng = metrics.data_range(t, valid)
+        rows.append({"val_psnr": metrics.masked_psnr(p, t, valid, rng),
+                     "val_psnr_input": metrics.masked_psnr(b, t, valid, rng),
+                     "val_poisson_deviance": metrics.poisson_deviance(m, k, valid),
+                     "val_poisson_deviance_input": metrics.poisson_deviance(bc, k, valid)})
+    return {name: float(np.mean([r[name] for r in rows])) for name in rows[0]}
 
 
 class Restoration(pl.LightningModule):
@@ -102,13 +120,9 @@ class Restoration(pl.LightningModule):
         if s > 1:
             baseline = torch.repeat_interleave(torch.repeat_interleave(baseline, s, dim=-1), s, dim=-2)
         mu = self.norm.inverse(pred, batch["exposure_target"], s)
-        values = {
-            "val_loss": terms["loss"], "val_l1": masked_mean((pred - target).abs(), mask),
-            "val_psnr": masked_psnr(pred, target, mask),
-            "val_psnr_input": masked_psnr(self.norm.forward(baseline, batch["exposure_target"], s), target, mask),
-            "val_poisson_deviance": poisson_deviance(mu, batch["target"], mask),
-            "val_poisson_deviance_input": poisson_deviance(baseline, batch["target"], mask),
-        }
+        baseline_norm = self.norm.forward(baseline, batch["exposure_target"], s)
+        values = {"val_loss": float(terms["loss"]), "val_l1": float(masked_mean((pred - target).abs(), mask))}
+        values.update(validation_metrics(pred, baseline_norm, target, mu, baseline, batch["target"], mask))
         for name, value in values.items():
             self.log(name, value, prog_bar=name in ("val_loss", "val_psnr"), sync_dist=True, batch_size=len(pred))
 
