@@ -86,11 +86,11 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                         "n_samples": int(len(meta)),
                         **{f"n_{split}": int(len(h5[f"splits/{split}"])) for split in ("train", "val", "test")}}
 
-    val = PairDataset(dataset, task, "val")
+    val = PairDataset(dataset, task, "val", max_items=eval_cfg["max_images"])
     sigma = baselines.best_gaussian_sigma(
         ((f["input"], f["exposure_input"], f["exposure_target"], f["expected"], f["mask_target"])
          for f in _frames(val)), s, sigmas=tuple(eval_cfg["gaussian_sigmas"]))
-    test = PairDataset(dataset, task, eval_cfg["split"])
+    test = PairDataset(dataset, task, eval_cfg["split"], max_items=eval_cfg["max_images"])
     if len(test) == 0:
         raise ValueError(f"{dataset}: the {eval_cfg['split']} split is empty; raise pack.split.{eval_cfg['split']}")
 

@@ -45,11 +45,12 @@ class PairDataset(Dataset):
     scalars ``exposure_input`` / ``exposure_target`` [s], ``index`` (sample) and ``origin`` (crop corner). With ``crop`` the items are
     ``crop`` x ``crop`` 1x pixels centred on a random active detector pixel (targets aligned at 2x for
     SR); with ``augment`` a random flip and 90-degree rotation, the same for every array of the item.
-    Keys are sample positions, or ``(position, draw_seed)`` pairs from :class:`EpochSampler`.
+    Keys are sample positions, or ``(position, draw_seed)`` pairs from :class:`EpochSampler`. With
+    ``max_items`` only that many samples, evenly spread over the split, are used.
     """
 
     def __init__(self, path: str | Path, task: str, split: str, crop: int | None = None,
-                 augment: bool = False, with_expected: bool = True) -> None:
+                 augment: bool = False, with_expected: bool = True, max_items: int | None = None) -> None:
         if task not in TARGETS:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(TARGETS)}")
         self.path, self.task, self.crop, self.augment = Path(path), task, crop, augment
@@ -59,6 +60,8 @@ class PairDataset(Dataset):
             if f"splits/{split}" not in h5:
                 raise InputError(self.path, f"splits/{split}", "no such split", "use train, val or test")
             self.indices = np.asarray(h5[f"splits/{split}"][:], dtype=np.int64)
+            if max_items is not None and len(self.indices) > max_items:  # evenly spread over the split
+                self.indices = self.indices[np.linspace(0, len(self.indices) - 1, max_items).round().astype(int)]
             self.mask_1x = np.asarray(h5["mask_1x"][:], dtype=bool)
             self.masks = {1: self.mask_1x.astype(np.float32),
                           self.upscale: np.asarray(h5[TARGETS[task][2]][:], dtype=np.float32)}
