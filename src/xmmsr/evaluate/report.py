@@ -206,7 +206,8 @@ def curves_figure(histories: dict[str, pd.DataFrame]) -> plt.Figure:
         row[1].set_ylabel("validation PSNR [dB] (normalised space)")
         row[1].legend(fontsize=8)
     fig.subplots_adjust(bottom=0.14, top=0.9, hspace=0.45)
-    _caption(fig, "Loss: the configured weighted sum (L1 in normalised space, Poisson NLL on counts, …) over the "
+    _caption(fig, "Loss: the configured weighted sum (L1 in normalised space, Poisson NLL on counts without the "
+             "constant log k! term, so it can be negative, …) over the "
              "detector mask. Validation PSNR is measured against the noisy 100 ks target in the network's "
              "normalised (asinh) space, one point per epoch.")
     return fig
