@@ -70,6 +70,17 @@ def cmd_sky(args: argparse.Namespace) -> None:
     print(f"{args.output}: {args.kind} source {args.id}, total flux {model.total_flux:.3g} ph cm-2 s-1")
 
 
+def cmd_simput(args: argparse.Namespace) -> None:
+    from .sky.model import read_sky_model
+    from .sky.simput import write_simput
+
+    sky = read_sky_model(args.sky)
+    out = write_simput(sky, args.output)
+    n_ext = int(sky.image.sum(dtype="f8") > 0)
+    print(f"{out}: SIMPUT catalogue of {n_ext} extended and {len(sky.points)} point sources, "
+          f"total {sky.total_flux:.3g} ph cm-2 s-1 in 0.5-2 keV")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from astropy.io import fits
 
@@ -136,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
     p.add_argument("--output", required=True, help="sky-model FITS to write")
     p.set_defaults(func=cmd_sky)
+
+    p = sub.add_parser("simput", help="convert a sky model into a SIMPUT source catalogue (e.g. for SIXTE)")
+    p.add_argument("sky", help="sky-model FITS (photon flux image + point sources)")
+    p.add_argument("--output", required=True, help="SIMPUT FITS file to write")
+    p.set_defaults(func=cmd_simput)
 
     p = sub.add_parser("predict", help="de-noise or super-resolve a 1x pn count image with a trained model")
     p.add_argument("--model", required=True, help="model.pt written by the train rule")
