@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -129,13 +130,29 @@ def sky_files(sky_dir: str | Path) -> list[Path]:
 
 
 def simulate_shard(sky_dir: str | Path, instrument: PnInstrument, exposure_s: float, resolution: int,
-                   root_seed: int, out_dir: str | Path, background: bool = True, tstart: float = 0.0) -> None:
-    """Simulate one event list per sky model of the shard into ``out_dir`` (atomically)."""
+                   root_seed: int, out_dir: str | Path, background: bool = True, tstart: float = 0.0,
+                   backend: str = "builtin", sixte: dict[str, Any] | None = None) -> None:
+    """Simulate one event list per sky model of the shard into ``out_dir`` (atomically).
+
+    ``backend`` is ``builtin`` or ``sixte`` (``sixte`` holds the executable and 1x instrument XML settings;
+    SIXTE's output goes to stdout, i.e. the job's log)."""
+    if backend == "sixte":
+        from .instrument.sixte import find_sixte, instrument_xml, simulate_events_sixte
+
+        settings = sixte or {}
+        executable = str(find_sixte(settings.get("executable")))
+        xml = instrument_xml(settings.get("instrument_xml"))
     with atomic_directory(out_dir) as tmp:
         for path in _progress(sky_files(sky_dir), f"simulate {exposure_s / 1000:g} ks {resolution}x"):
             sky = read_sky_model(path)
             seed = simulation_seed(root_seed, sky.kind, sky.source_id, exposure_s, resolution)
-            events = simulate_events(sky, instrument, exposure_s, resolution, seed, background, tstart)
+            if backend == "sixte":
+                with tempfile.TemporaryDirectory(prefix=".sixte.", dir=tmp.parent) as work:
+                    sys.stdout.flush()
+                    events = simulate_events_sixte(sky, instrument, exposure_s, resolution, seed, tstart, xml,
+                                                   Path(work), sys.stdout, background, executable)
+            else:
+                events = simulate_events(sky, instrument, exposure_s, resolution, seed, background, tstart)
             write_events(events, tmp / path.name)
 
 

@@ -126,6 +126,12 @@ def training_seed(task):
     return _training_seed(config["seed"], task)
 
 
+def simulation_backend():
+    """The simulate rule's backend parameter: "builtin", or {"name": "sixte", executable, instrument_xml}."""
+    sim = config["simulate"]
+    return sim["backend"] if sim["backend"] == "builtin" else {"name": sim["backend"], **sim["sixte"]}
+
+
 def events_dir(kind, shard, exposure, res):
     path = f"{OUT}/events/{kind}/shard{shard}/{exposure}ks_{res}x"
     return directory(path) if config["simulate"]["keep_events"] else temp(directory(path))

@@ -1,4 +1,5 @@
-# Built-in EPIC-pn simulator: event lists per shard, exposure and resolution; expected images per shard.
+# EPIC-pn simulation (built-in simulator or SIXTE): event lists per shard, exposure and resolution;
+# expected images per shard (built-in model).
 
 
 rule simulate:
@@ -13,7 +14,8 @@ rule simulate:
         resolution=lambda w: int(w.res),
         seed=config["seed"],
         tstart=config["simulate"]["tstart"],
-        backend=config["simulate"]["backend"],
+        # "builtin", or the SIXTE settings (so builtin runs keep their params when SIXTE settings change)
+        backend=simulation_backend(),
     log:
         "logs/simulate/{kind}_shard{shard}_{exposure}ks_{res}x.log",
     conda:

@@ -1,4 +1,4 @@
-"""Rule simulate: event lists of one shard at one exposure and resolution (built-in simulator)."""
+"""Rule simulate: event lists of one shard at one exposure and resolution (built-in simulator or SIXTE)."""
 
 import sys
 from pathlib import Path
@@ -13,5 +13,6 @@ from xmmsr.pipeline import logged_to, simulate_shard
 with logged_to(sm.log[0]):
     cfg = check_config({"instrument": dict(sm.params.instrument, effective_area_file=sm.input.effective_area)})
     instrument = PnInstrument.from_config(cfg["instrument"])
+    backend, sixte = (sm.params.backend, None) if sm.params.backend == "builtin" else ("sixte", sm.params.backend)
     simulate_shard(sm.input.sky, instrument, sm.params.exposure_s, sm.params.resolution, sm.params.seed,
-                   sm.output[0], background=True, tstart=sm.params.tstart)
+                   sm.output[0], background=True, tstart=sm.params.tstart, backend=backend, sixte=sixte)
