@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -141,30 +142,25 @@ def derive_2x_instrument(xml_in: Path, xml_out: Path) -> Path:
     return xml_out
 
 
+def _rescale(elements: Iterable[ET.Element], keys: tuple[str, ...], transform: Callable[[str], str]) -> None:
+    """Replace the attributes ``keys`` (where present) of every element by ``transform`` of their value."""
+    for element in elements:
+        for key in keys:
+            if key in element.attrib:
+                element.set(key, transform(element.get(key, "0")))
+
+
 def _detector_2x(det: ET.Element) -> None:
-    rows = None
-    for dim in det.iter("dimensions"):
-        rows = int(dim.get("ywidth", "0"))
-        for key in ("xwidth", "ywidth"):
-            if key in dim.attrib:
-                dim.set(key, str(2 * int(dim.get(key, "0"))))
-    for wcs in det.iter("wcs"):
-        for key in ("xrpix", "yrpix"):
-            if key in wcs.attrib:
-                wcs.set(key, _fmt(2.0 * float(wcs.get(key, "0")) - 0.5))
-        for key in ("xdelt", "ydelt"):
-            if key in wcs.attrib:
-                wcs.set(key, _fmt(0.5 * float(wcs.get(key, "0"))))
-    for border in det.iter("pixelborder"):
-        for key in ("x", "y"):
-            if key in border.attrib:
-                border.set(key, _fmt(0.5 * float(border.get(key, "0"))))
+    rows = max((int(d.get("ywidth", "0")) for d in det.iter("dimensions")), default=None)
+    _rescale(det.iter("dimensions"), ("xwidth", "ywidth"), lambda v: str(2 * int(v)))
+    _rescale(det.iter("wcs"), ("xrpix", "yrpix"), lambda v: _fmt(2.0 * float(v) - 0.5))
+    _rescale(det.iter("wcs"), ("xdelt", "ydelt"), lambda v: _fmt(0.5 * float(v)))
+    _rescale(det.iter("pixelborder"), ("x", "y"), lambda v: _fmt(0.5 * float(v)))
     if rows:
         for loop in det.iter("loop"):
             if loop.get("end") == str(rows - 1) and loop.get("start", "0") == "0":
                 loop.set("end", str(2 * rows - 1))
-                for wait in loop.iter("wait"):
-                    wait.set("time", _fmt(0.5 * float(wait.get("time", "0"))))
+                _rescale(loop.iter("wait"), ("time",), lambda v: _fmt(0.5 * float(v)))
 
 
 def _scaled_psf(src: Path, dst: Path, factor: float) -> None:
