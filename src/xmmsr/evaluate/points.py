@@ -220,6 +220,13 @@ def point_source_metrics(pred: np.ndarray, truth_expected: np.ndarray, mask: np.
     match them within ``MATCH_FWHM`` x FWHM. Keys: ``n_true``, ``n_detected``, ``n_matched``,
     ``n_false``, ``completeness``, ``median_flux_ratio``, ``median_offset_arcsec``."""
     truth = detect_point_sources(truth_expected, mask, background, psf_fwhm_px, nsigma)
+    return score_against_truth(truth, pred, mask, background, psf_fwhm_px, pixel_arcsec, nsigma)
+
+
+def score_against_truth(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, background: np.ndarray | float,
+                        psf_fwhm_px: float, pixel_arcsec: float, nsigma: float = NSIGMA) -> dict[str, float]:
+    """:func:`point_source_metrics` with the truth's detections given (detect them once per image when
+    several predictions are scored against the same truth)."""
     detected = detect_point_sources(pred, mask, background, psf_fwhm_px, nsigma)
     out = match_sources(truth, detected, MATCH_FWHM * float(psf_fwhm_px))
     out["median_offset_arcsec"] = out.pop("median_offset_px") * float(pixel_arcsec)

@@ -104,12 +104,14 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                 "source_id": int(m["source_id"]), "model_kind": m["model"].decode(),
                 "source_counts": source_counts}
         preds = predictions(model, frame, sigma, psf_1x_out, psf_out, eval_cfg["rl_iterations"])
+        nsigma = eval_cfg["detection_nsigma"]
+        truth_sources = points.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm_px, nsigma)
         for method, pred in preds.items():
             row = {**info, "method": method}
             row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
                                              eval_cfg["asinh_scale_counts"]))
-            row.update(points.point_source_metrics(pred, frame["expected"], frame["mask_target"], bkg, fwhm_px,
-                                                   pixel_arcsec, nsigma=eval_cfg["detection_nsigma"]))
+            row.update(points.score_against_truth(truth_sources, pred, frame["mask_target"], bkg, fwhm_px,
+                                                  pixel_arcsec, nsigma))
             summary, residual = consistency.consistency(pred, frame["input"], frame["mask_input"], s, kernel,
                                                         frame["exposure_target"], frame["exposure_input"])
             row.update(summary)
