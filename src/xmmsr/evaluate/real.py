@@ -23,10 +23,10 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..instrument.model import PnInstrument
-from ..io import atomic_path
 from ..learn.checkpoint import load_model
 from ..learn.predict import predict_counts, read_count_image
 from . import baselines, metrics
+from .run import write_csv
 
 REAL_METHODS = ("input", "gaussian", "richardson_lucy", "model")
 
@@ -91,6 +91,5 @@ def evaluate_real_pairs(model_path: str | Path, pairs: list[dict[str, str]], ins
         table.insert(0, "pair", pair["name"])
         tables.append(table)
     result = pd.concat(tables, ignore_index=True)
-    with atomic_path(output) as tmp:
-        result.to_csv(tmp, index=False, float_format="%.6g")
+    write_csv(result, output)
     return result

@@ -136,8 +136,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                   "gaussian_sigma_px": float(sigma), "psf_fwhm_px": float(fwhm_px), "pixel_arcsec": pixel_arcsec,
                   "evaluate": eval_cfg}
     overall = summary[summary["group"] == "all"]
-    _write_csv(table, out / "per_image.csv")
-    _write_csv(summary, out / "summary.csv")
+    write_csv(table, out / "per_image.csv")
+    write_csv(summary, out / "summary.csv")
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps({"provenance": provenance, "overall": overall.to_dict(orient="records")},
                                   indent=1, sort_keys=True, default=float))
@@ -174,6 +174,7 @@ def _terciles(counts: pd.Series) -> pd.Series:
     return pd.cut(ranks, bins=[0, n / 3, 2 * n / 3, n], labels=["faint", "medium", "bright"]).astype(str)
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    """A metrics table as CSV, written atomically (6 significant digits)."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
