@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from . import __version__
 from .config import ConfigError, load_config
 from .errors import InputError
 from .instrument.model import PnInstrument
+from .sky.tng.client import TngApiError
 
 
 def _instrument(config_path: str | None) -> tuple[PnInstrument, dict]:
@@ -109,6 +111,52 @@ def cmd_evaluate_real(args: argparse.Namespace) -> None:
           f"({scores.at['model', 'psnr_gain_vs_input_percent']:+.1f} %)")
 
 
+def cmd_tng_project(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .sky.model import write_sky_model
+    from .sky.tng.cutout import read_cutout
+    from .sky.tng.sky import project_cutout, projection_sky_model
+
+    config = load_config(args.config)
+    tng, sky = config["sources"]["tng"], config["sources"]["sky"]
+    cutout = read_cutout(args.cutout)
+    center = None if args.center is None else np.asarray(args.center, dtype=np.float64)
+    projection = project_cutout(cutout, args.axis, args.width_kpc, args.redshift, args.npix or tng["npix"], center,
+                                tng["emissivity_table"], tng["min_temperature_k"])
+    named = re.search(r"(TNG\d+-\d)_snap(\d+)_sub(\d+)", Path(args.cutout).name)
+    provenance = {"TNGSIM": args.simulation or (named.group(1) if named else "unknown"),
+                  "TNGSNAP": args.snapshot if args.snapshot is not None else (int(named.group(2)) if named else -1),
+                  "TNGSUBID": args.subhalo_id if args.subhalo_id is not None else (int(named.group(3)) if named else -1)}
+    model = projection_sky_model(projection, sky["ra_deg"], sky["dec_deg"], config["sources"]["agn"]["nh"], provenance)
+    write_sky_model(model, args.output)
+    print(f"{args.output}: {projection.image.shape[1]} x {projection.image.shape[0]} pixels of "
+          f"{projection.pixel_arcsec:.3g}\", total {model.total_flux:.3g} ph cm-2 s-1 (0.5-2 keV), "
+          f"L = {projection.luminosity_erg_s:.3g} erg/s, kT = {projection.kt_keV:.3g} keV (observed)")
+
+
+def cmd_tng_download(args: argparse.Namespace) -> None:
+    from .sky.tng.client import download_selection, write_manifest
+
+    config = load_config(args.config)
+    tng = config["sources"]["tng"]
+    manifest = download_selection(tng)
+    out = args.manifest or str(Path(tng["local_dir"] or tng["cutout_dir"]) / "manifest.json")
+    write_manifest(out, manifest)
+    print(f"{out}: {len(manifest['cutouts'])} cutouts of {tng['simulation']} snapshot {tng['snapshot']} "
+          f"({manifest['source']})")
+
+
+def _center(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X,Y,Z in ckpc/h") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X,Y,Z in ckpc/h")
+    return values
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -169,6 +217,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaussian-sigma", type=float, default=1.0, help="width (pixels) of the Gaussian baseline")
     p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
     p.set_defaults(func=cmd_evaluate_real)
+
+    p = sub.add_parser("tng-project", help="project an IllustrisTNG gas cutout into a 0.5-2 keV sky model")
+    p.add_argument("cutout", help="cutout HDF5 (illustris_python layout: Header, PartType0)")
+    p.add_argument("--axis", required=True, choices=("x", "y", "z"), help="projection axis")
+    p.add_argument("--width-kpc", required=True, type=float, help="width of the image in physical kpc")
+    p.add_argument("--redshift", required=True, type=float, help="observation redshift (> 0)")
+    p.add_argument("--output", required=True, help="sky-model FITS to write (unaugmented, photon flux per pixel)")
+    p.add_argument("--npix", type=int, help="pixels per side (default sources.tng.npix, 2048)")
+    p.add_argument("--center", type=_center, help="centre X,Y,Z in ckpc/h (default: shrinking sphere of the emission)")
+    p.add_argument("--simulation", help="provenance: simulation name (default: from the file name)")
+    p.add_argument("--snapshot", type=int, help="provenance: snapshot number (default: from the file name)")
+    p.add_argument("--subhalo-id", type=int, help="provenance: subhalo id (default: from the file name)")
+    p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
+    p.set_defaults(func=cmd_tng_project)
+
+    p = sub.add_parser("tng-download", help="select IllustrisTNG subhalos and download their gas cutouts "
+                                            "(key in $TNG_API_KEY)")
+    p.add_argument("--config", help="pipeline config YAML with sources.tng (default: the embedded defaults)")
+    p.add_argument("--manifest", help="manifest JSON to write (default: CUTOUT_DIR/manifest.json)")
+    p.set_defaults(func=cmd_tng_download)
     return parser
 
 
@@ -176,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, ConfigError) as exc:
+    except (InputError, ConfigError, TngApiError) as exc:
         message = " ".join(str(exc).split())  # one line, even when a library message spans several
         print(f"xmmsr {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -107,13 +107,19 @@ def _progress(items: Sequence[Any], what: str) -> Any:
 
 
 def make_sky_shard(kind: str, source_ids: Sequence[int], sources_cfg: dict[str, Any], instrument: PnInstrument,
-                   root_seed: int, out_dir: str | Path) -> list[Path]:
-    """Generate the sky models of one shard into ``out_dir`` (atomically, all or nothing)."""
+                   root_seed: int, out_dir: str | Path, tng_manifest: str | Path | None = None) -> list[Path]:
+    """Generate the sky models of one shard into ``out_dir`` (atomically, all or nothing); ``tng_manifest``
+    lists the IllustrisTNG cutouts when ``sources.kind`` is tng or mixed."""
     brightness = brightness_reference(instrument)
+    cutouts = None
+    if tng_manifest is not None:
+        from .sky.tng.client import read_manifest
+
+        cutouts = read_manifest(tng_manifest)
     written = []
     with atomic_directory(out_dir) as tmp:
         for source_id in _progress(list(source_ids), f"sky {kind}"):
-            model = generate_source(kind, int(source_id), sources_cfg, brightness, root_seed)
+            model = generate_source(kind, int(source_id), sources_cfg, brightness, root_seed, cutouts)
             name = f"{kind}_{int(source_id):06d}.fits"
             write_sky_model(model, tmp / name)
             written.append(Path(out_dir) / name)

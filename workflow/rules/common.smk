@@ -58,12 +58,44 @@ def shard_ids(wildcards):
     return list(shard_source_ids(kind_cfg["n"], config["shards"]["size"], int(wildcards.shard)))
 
 
+TNG_SOURCES = config["sources"]["kind"] != "synthetic"
+TNG_MANIFEST = f"{OUT}/sky/tng_manifest.json"
+# sources.tng keys that only shape the download (the manifest), not the projection of a cutout
+TNG_DOWNLOAD_KEYS = ("api_url", "selection", "gas_fields", "cutout_dir", "local_dir", "max_concurrent_downloads",
+                     "retries", "backoff_s", "timeout_s")
+
+
 def source_params(wildcards):
-    """Only the parts of the sources config that shape this kind's sky models (not the counts n)."""
+    """Only the parts of the sources config that shape this kind's sky models (not the counts n).
+
+    The origin of extended sources (sources.kind, sources.tng) is added only when it is not synthetic, so
+    that synthetic runs keep their parameters (and outputs) whatever the TNG settings."""
     wanted = {"extended": ["sky", "extended", "agn"], "agn": ["sky", "agn"], "background": ["sky"]}
     if not config["sources"]["extended"]["include_agn"]:
         wanted["extended"] = ["sky", "extended"]
-    return {key: {k: v for k, v in config["sources"][key].items() if k != "n"} for key in wanted[wildcards.kind]}
+    params = {key: {k: v for k, v in config["sources"][key].items() if k != "n"} for key in wanted[wildcards.kind]}
+    if TNG_SOURCES and wildcards.kind == "extended":
+        params["kind"] = config["sources"]["kind"]
+        params["tng"] = {k: v for k, v in config["sources"]["tng"].items() if k not in TNG_DOWNLOAD_KEYS}
+    return params
+
+
+def tng_manifest_input(wildcards):
+    """The TNG cutout manifest, an input of the extended shards when sources.kind is tng or mixed."""
+    return [TNG_MANIFEST] if TNG_SOURCES and wildcards.kind == "extended" else []
+
+
+def tng_download_params():
+    """The sources.tng settings of the download (the key is read from TNG_API_KEY by the job, never a param)."""
+    tng = config["sources"]["tng"]
+    return {k: tng[k] for k in ("simulation", "snapshot", *TNG_DOWNLOAD_KEYS)}
+
+
+def sources_config():
+    """The sources section as it determines the data: without kind/tng for synthetic runs."""
+    if TNG_SOURCES:
+        return config["sources"]
+    return {k: v for k, v in config["sources"].items() if k not in ("kind", "tng")}
 
 
 def brightness_params():
@@ -96,7 +128,7 @@ def pack_inputs(wildcards):
 
 def dataset_config():
     """The config sections that determine the training set (hashed into the HDF5 attributes)."""
-    return {k: config[k] for k in ("seed", "sources", "instrument", "simulate", "pack")}
+    return {"sources": sources_config(), **{k: config[k] for k in ("seed", "instrument", "simulate", "pack")}}
 
 
 def real_pair_files():
@@ -116,7 +148,8 @@ def report_inputs(wildcards):
 
 def report_config():
     """The config sections the report prints."""
-    shown = {k: config[k] for k in ("seed", "sources", "instrument", "simulate", "pack", "model", "evaluate")}
+    shown = {k: config[k] for k in ("seed", "instrument", "simulate", "pack", "model", "evaluate")}
+    shown["sources"] = sources_config()
     shown["train"] = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads")}
     return shown
 

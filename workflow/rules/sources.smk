@@ -1,9 +1,10 @@
-# Sky models: synthetic extended sources, AGN fields and blank fields, one directory per shard.
+# Sky models: synthetic or IllustrisTNG extended sources, AGN fields and blank fields, one directory per shard.
 
 
 rule sources:
     input:
         effective_area=EFFECTIVE_AREA,
+        tng=tng_manifest_input,
     output:
         directory(f"{OUT}/sky/{{kind}}/shard{{shard}}"),
     params:
@@ -17,3 +18,21 @@ rule sources:
         CONDA_ENV
     script:
         "../scripts/sources.py"
+
+
+# IllustrisTNG cutouts (sources.kind tng or mixed): select the subhalos, download the missing or invalid cutouts
+# into sources.tng.cutout_dir (at most max_concurrent_downloads at once; the API key from the environment
+# variable TNG_API_KEY), or list the user's cutouts of sources.tng.local_dir; write the manifest. A localrule:
+# login nodes have network, compute nodes often don't.
+rule tng_download:
+    output:
+        TNG_MANIFEST,
+    params:
+        tng=tng_download_params(),
+    log:
+        "logs/sources/tng_download.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/tng_download.py"

@@ -239,8 +239,24 @@ def _choose_model(rng: np.random.Generator, probs: np.ndarray) -> str:
     return EXTENDED_MODELS[min(index, int(np.flatnonzero(probs > 0)[-1]))]
 
 
+SOURCE_ORIGINS = ("synthetic", "tng", "mixed")
+TNG_STREAM = 7  # seed key of the synthetic-or-TNG draw of sources.kind "mixed" (leaves the main stream untouched)
+
+
+def _from_tng(cfg: dict[str, Any], seed: int) -> bool:
+    """Whether this extended source comes from a TNG cutout (``sources.kind``; ``mixed`` draws it)."""
+    origin = cfg.get("kind", "synthetic")
+    if origin not in SOURCE_ORIGINS:
+        raise InputError(None, "sources.kind", f"{origin!r} is unknown", f"use one of {list(SOURCE_ORIGINS)}")
+    if origin == "mixed":
+        fraction = _number(_section(cfg, "tng", "sources"), "mixed_fraction", "sources.tng", low=0.0, high=1.0)
+        return bool(np.random.default_rng([seed, TNG_STREAM]).random() < fraction)
+    return origin == "tng"
+
+
 def _extended(rng: np.random.Generator, grid: _Grid, cfg: dict[str, Any], brightness: BrightnessReference,
-              wcs: Any) -> tuple[np.ndarray, float, float, float, np.ndarray, Meta]:
+              wcs: Any, tng_cutouts: list[dict[str, Any]] | None = None,
+              seed: int = 0) -> tuple[np.ndarray, float, float, float, np.ndarray, Meta]:
     where = "sources.extended"
     section = _section(cfg, "extended", "sources")
     probs = _mix(section)
@@ -252,9 +268,17 @@ def _extended(rng: np.random.Generator, grid: _Grid, cfg: dict[str, Any], bright
     if not isinstance(include_agn, bool):
         raise InputError(None, f"{where}.include_agn", f"{include_agn!r} is not a boolean", "give true or false")
     agn = _agn(cfg)
-    model = _choose_model(rng, probs)
+    if _from_tng(cfg, seed):
+        from .tng.sky import tng_extended_image
 
-    image, kt, meta = _BUILDERS[model](rng, grid, _section(section, model, where))
+        if tng_cutouts is None:
+            raise InputError(None, "sources.kind", f"is {cfg.get('kind')!r} but no TNG cutout manifest was given",
+                             "run the workflow (rule tng_download writes the manifest) or pass the manifest's cutouts")
+        image, kt, meta = tng_extended_image(rng, grid.npix, grid.pixel_arcsec, _section(cfg, "tng", "sources"),
+                                             tng_cutouts)
+    else:
+        model = _choose_model(rng, probs)
+        image, kt, meta = _BUILDERS[model](rng, grid, _section(section, model, where))
     zoom = _uniform(rng, zoom_range)
     image = zoom_image(image, zoom, grid.center_pix)
     sigma_b = float(np.exp(rng.uniform(np.log(sigma_b_range[0]), np.log(sigma_b_range[1]))))
@@ -272,11 +296,12 @@ def _extended(rng: np.random.Generator, grid: _Grid, cfg: dict[str, Any], bright
 # --------------------------------------------------------------------------- entry point
 
 def generate_source(kind: str, source_id: int, cfg: dict[str, Any], brightness: BrightnessReference,
-                    global_seed: int) -> SkyModel:
+                    global_seed: int, tng_cutouts: list[dict[str, Any]] | None = None) -> SkyModel:
     """Generate sky model ``source_id`` of ``kind`` ("extended", "agn" or "background") from ``cfg``
     (the ``sources`` config section); deterministic in all arguments.
 
-    * extended: a synthetic cluster / SNR / filament (picked by ``mix``) at the grid centre, zoomed,
+    * extended: a synthetic cluster / SNR / filament (picked by ``mix``), or with ``sources.kind`` tng /
+      mixed the projection of an IllustrisTNG cutout of ``tng_cutouts`` (manifest entries), at the grid centre, zoomed,
       scaled to sigma_b times the background, pointed at with a random boresight offset, plus the
       field AGN if ``include_agn``; bremsstrahlung spectrum.
     * agn: blank image with the AGN population (at least one source), pointing at the grid centre.
@@ -300,7 +325,7 @@ def generate_source(kind: str, source_id: int, cfg: dict[str, Any], brightness: 
         return SkyModel(image=blank, ra_pnt=grid.ra, dec_pnt=grid.dec, spectrum=("powerlaw", agn.gamma), nh=agn.nh,
                         points=points, meta={"MODEL": "none", "OFFX_AS": 0.0, "OFFY_AS": 0.0, "NAGN": len(points)},
                         **common)
-    image, kt, ra_pnt, dec_pnt, points, meta = _extended(rng, grid, cfg, brightness, wcs)
+    image, kt, ra_pnt, dec_pnt, points, meta = _extended(rng, grid, cfg, brightness, wcs, tng_cutouts, seed)
     meta["NAGN"] = len(points)
     meta = {k: (v if isinstance(v, str) else (int(v) if isinstance(v, (int, np.integer)) else float(v)))
             for k, v in meta.items()}
