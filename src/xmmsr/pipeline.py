@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import derive_seed
-from .errors import InputError
+from .errors import InputError, storage_error
 from .instrument.binning import bin_event_file, detector_image_wcs
 from .instrument.events import write_events
 from .instrument.model import PnInstrument
@@ -72,16 +72,20 @@ def brightness_reference(instrument: PnInstrument) -> BrightnessReference:
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a hidden temporary directory that replaces ``path`` only if the block succeeds."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 directories; outputs follow the umask
+    tmp: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 directories; outputs follow the umask
         yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, final) from exc
         raise
 
 
@@ -109,9 +113,11 @@ def _progress(items: Sequence[Any], what: str) -> Any:
 def make_sky_shard(kind: str, source_ids: Sequence[int], sources_cfg: dict[str, Any], instrument: PnInstrument,
                    root_seed: int, out_dir: str | Path, tng_manifest: str | Path | None = None) -> list[Path]:
     """Generate the sky models of one shard into ``out_dir`` (atomically, all or nothing); ``tng_manifest``
-    lists the IllustrisTNG cutouts when ``sources.kind`` is tng or mixed."""
+    (default: ``sources_cfg["tng_manifest"]``, set by the workflow) lists the IllustrisTNG cutouts when
+    ``sources.kind`` is tng or mixed."""
     brightness = brightness_reference(instrument)
     cutouts = None
+    tng_manifest = tng_manifest if tng_manifest is not None else sources_cfg.get("tng_manifest")
     if tng_manifest is not None:
         from .sky.tng.client import read_manifest
 

@@ -77,6 +77,7 @@ def source_params(wildcards):
     if TNG_SOURCES and wildcards.kind == "extended":
         params["kind"] = config["sources"]["kind"]
         params["tng"] = {k: v for k, v in config["sources"]["tng"].items() if k not in TNG_DOWNLOAD_KEYS}
+        params["tng_manifest"] = TNG_MANIFEST  # also an input (tng_manifest_input); the script is unchanged
     return params
 
 
@@ -128,7 +129,8 @@ def pack_inputs(wildcards):
 
 def dataset_config():
     """The config sections that determine the training set (hashed into the HDF5 attributes)."""
-    return {"sources": sources_config(), **{k: config[k] for k in ("seed", "instrument", "simulate", "pack")}}
+    return {k: sources_config() if k == "sources" else config[k]
+            for k in ("seed", "sources", "instrument", "simulate", "pack")}
 
 
 def real_pair_files():
@@ -148,8 +150,8 @@ def report_inputs(wildcards):
 
 def report_config():
     """The config sections the report prints."""
-    shown = {k: config[k] for k in ("seed", "instrument", "simulate", "pack", "model", "evaluate")}
-    shown["sources"] = sources_config()
+    shown = {k: sources_config() if k == "sources" else config[k]
+             for k in ("seed", "sources", "instrument", "simulate", "pack", "model", "evaluate")}
     shown["train"] = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads")}
     return shown
 

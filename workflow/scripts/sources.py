@@ -13,6 +13,4 @@ from xmmsr.pipeline import logged_to, make_sky_shard
 with logged_to(sm.log[0]):
     instrument_cfg = check_config({"instrument": dict(sm.params.instrument, effective_area_file=sm.input.effective_area)})
     instrument = PnInstrument.from_config(instrument_cfg["instrument"])
-    manifest = sm.input.tng[0] if len(sm.input.tng) else None  # the TNG cutouts when sources.kind is tng or mixed
-    make_sky_shard(sm.wildcards.kind, sm.params.ids, sm.params.sources, instrument, sm.params.seed, sm.output[0],
-                   manifest)
+    make_sky_shard(sm.wildcards.kind, sm.params.ids, sm.params.sources, instrument, sm.params.seed, sm.output[0])

@@ -27,7 +27,7 @@ MANIFEST_FORMAT = "xmmsr-tng-manifest-1"
 _KEY_FIX = (f"register at https://www.tng-project.org/users/register/ (the key is on your profile page), then "
             f"`export {API_KEY_ENV}=<your key>` before running; or set sources.tng.local_dir to a folder of "
             f"cutouts you already have")
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16  # bytes per read: a broken connection loses at most one chunk of the part file
 
 
 class TngApiError(RuntimeError):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import fft as sfft
+from scipy import ndimage
 from scipy.integrate import trapezoid
 
 from ...errors import InputError
@@ -192,6 +193,7 @@ def shrinking_sphere_center(coords: np.ndarray, weights: np.ndarray, box_size: f
     return ref + center
 
 
+SMALL_KERNEL_VAR = 4.0  # px^2: narrower footprint groups are convolved in real space, wider ones by FFT
 AXES = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}  # projection axis -> (image x, image y): right-handed, cyclic
 
 
@@ -200,10 +202,11 @@ def deposit(x_px: np.ndarray, y_px: np.ndarray, weights: np.ndarray, sigma_px: n
     """Sum of Gaussian footprints (one per cell, width ``sigma_px``) on an ``npix`` x ``npix`` grid.
 
     Pixel i covers [i - 0.5, i + 0.5). Cells are grouped by footprint width (bins of a factor sqrt(2));
-    each group is cloud-in-cell deposited and convolved in Fourier space with the Gaussian that, added
-    to the cloud-in-cell kernel (variance 1/6 px^2 per axis), gives the group's width. Every group's
-    transfer function is 1 at k = 0, so the deposit conserves the summed weight of the cells whose
-    footprints lie inside the grid; footprints are cut at the grid edge (a padded FFT, no wrap-around).
+    each group is cloud-in-cell deposited and convolved with the Gaussian that, added to the
+    cloud-in-cell kernel (variance 1/6 px^2 per axis), gives the group's width: a normalised sampled
+    kernel for narrow groups, in Fourier space for wide ones. Both conserve the sum, so the deposit
+    conserves the summed weight of the cells whose footprints lie inside the grid; footprints are cut at
+    the grid edge (padding, no wrap-around).
     """
     weights = np.asarray(weights, dtype=np.float64)
     sigma = np.asarray(sigma_px, dtype=np.float64)
@@ -236,6 +239,9 @@ def deposit(x_px: np.ndarray, y_px: np.ndarray, weights: np.ndarray, sigma_px: n
             continue
         sigma_group = 0.5 * 2.0 ** ((g + 0.5) / 2.0)
         var = max(sigma_group**2 - 1.0 / 6.0, 0.0)
+        if var < SMALL_KERNEL_VAR:   # narrow: a sampled, normalised (positive) kernel in real space
+            direct += ndimage.gaussian_filter(grid, np.sqrt(var), mode="constant", truncate=4.0)
+            continue
         term = sfft.rfft2(grid, workers=-1) * np.exp(-2.0 * np.pi**2 * var * k2)
         spectrum = term if spectrum is None else spectrum + term
     total = direct
