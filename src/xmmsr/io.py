@@ -12,7 +12,7 @@ from pathlib import Path
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .errors import InputError
+from .errors import InputError, storage_error
 
 
 @contextlib.contextmanager
@@ -23,16 +23,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     under the final name.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; outputs follow the umask
+    tmp: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; outputs follow the umask
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, final) from exc
         raise
 
 
@@ -49,10 +53,12 @@ def write_fits_atomic(hdulist: fits.HDUList, path: str | Path) -> None:
         hdulist.writeto(tmp, overwrite=True, checksum=True)
 
 
-def open_fits(path: str | Path, what: str) -> fits.HDUList:
+def open_fits(path: str | Path, what: str, verify_checksum: bool = True) -> fits.HDUList:
     """Open a FITS file fully into memory, turning any failure into an :class:`InputError`.
 
-    ``what`` says what the file should be (e.g. "sky model") for the message.
+    ``what`` says what the file should be (e.g. "sky model") for the message. With ``verify_checksum``
+    the ``CHECKSUM``/``DATASUM`` keywords (which every output of this pipeline carries) must match the
+    bytes, so a file damaged after it was written is refused; files without them are read as they are.
     """
     p = Path(path)
     if not p.is_file():
@@ -62,12 +68,19 @@ def open_fits(path: str | Path, what: str) -> fits.HDUList:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AstropyUserWarning)  # "File may have been truncated" must stop us
-            hdul = fits.open(p, memmap=False, lazy_load_hdus=False)
+            hdul = fits.open(p, memmap=False, lazy_load_hdus=False, checksum=verify_checksum)
             for hdu in hdul:
                 _ = hdu.data  # force reading so that truncation is detected here
             hdul.verify("exception")
     except InputError:
         raise
+    except AstropyUserWarning as exc:
+        if "Checksum verification failed" in str(exc) or "Datasum verification failed" in str(exc):
+            raise InputError(p, "CHECKSUM/DATASUM", f"the {what}'s bytes do not match the checksums written with "
+                             f"it ({exc}): it was damaged or changed after it was written",
+                             "delete it and rerun snakemake, which remakes it with the rule that wrote it") from exc
+        raise InputError(p, "FITS structure", f"the {what} cannot be read as FITS ({exc})",
+                         f"the file is corrupt or truncated; regenerate the {what}") from exc
     except Exception as exc:  # astropy raises OSError, ValueError, VerifyError, TypeError...
         raise InputError(
             p, "FITS structure", f"the {what} cannot be read as FITS ({exc.__class__.__name__}: {exc})",

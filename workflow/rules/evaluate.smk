@@ -41,6 +41,11 @@ rule evaluate_real:
         "../scripts/evaluate_real.py"
 
 
+# The report is cheap and runs where Snakemake itself runs (no cluster job).
+localrules:
+    report,
+
+
 rule report:
     input:
         unpack(report_inputs),

@@ -24,7 +24,7 @@ def read_effective_area(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """
     p = Path(path)
     if p.suffix.lower() in (".arf", ".fits", ".fit", ".rsp"):
-        with open_fits(p, "effective-area file (ARF)") as hdul:
+        with open_fits(p, "effective-area file (ARF)", verify_checksum=False) as hdul:
             if "SPECRESP" not in hdul:
                 raise InputError(p, "SPECRESP extension", "missing", "give an OGIP ARF made by SAS arfgen")
             t = hdul["SPECRESP"].data

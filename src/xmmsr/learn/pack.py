@@ -118,6 +118,16 @@ def _sky_meta(sky_dir: Path, kind: str, source_id: int) -> fits.Header:
     return fits.getheader(path)
 
 
+def _source_ids(path: Path) -> list[int]:
+    """The source ids of an image cube, from its SOURCES table only (the cube is checked when it is read)."""
+    try:
+        with fits.open(path) as hdul:
+            return [int(i) for i in hdul["SOURCES"].data["SRCID"]]
+    except Exception as exc:  # a missing, truncated or damaged header: astropy raises many kinds
+        raise InputError(path, "SOURCES.SRCID", f"the image cube's source table cannot be read "
+                         f"({exc.__class__.__name__}: {exc})", "delete the file and rerun snakemake to remake it") from exc
+
+
 def _check_rows(name: str, path: Path, table: fits.FITS_rec, ids: np.ndarray) -> None:
     if not np.array_equal(np.asarray(table["SRCID"]), ids):
         raise InputError(path, "SOURCES.SRCID", f"the {name} cube holds sources {list(table['SRCID'])}, "
@@ -164,8 +174,7 @@ def pack_dataset(shards: Sequence[ShardFiles], mask_1x: Path, mask_2x: Path, inp
 
     ids_by_kind: dict[str, list[int]] = {}
     for shard in shards:
-        with fits.open(shard.lr) as hdul:
-            ids_by_kind.setdefault(shard.kind, []).extend(int(i) for i in hdul["SOURCES"].data["SRCID"])
+        ids_by_kind.setdefault(shard.kind, []).extend(_source_ids(shard.lr))
     split_of = {kind: assign_splits(kind, ids, split_fractions, seed) for kind, ids in ids_by_kind.items()}
 
     meta_rows: list[tuple] = []

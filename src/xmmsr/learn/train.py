@@ -1,6 +1,6 @@
 """Training of the DN and SR generators with Lightning: AdamW + warm-up/cosine schedule, gradient
-clipping, AMP and ``torch.compile`` on CUDA, DDP over the GPUs of a node, Slurm requeue, resumable
-checkpoints every epoch (``steps_per_epoch`` optimizer steps), per-epoch validation history.
+clipping, AMP and ``torch.compile`` on CUDA, DDP over the GPUs of a node (also inside a one-task Slurm job),
+resumable checkpoints every epoch (``steps_per_epoch`` optimizer steps), per-epoch validation history.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -265,7 +266,7 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
         num_sanity_val_steps=0, deterministic=accelerator == "cpu", use_distributed_sampler=False,
         callbacks=[checkpointing, *callbacks], enable_progress_bar=interactive, enable_model_summary=False,
         logger=pl.loggers.CSVLogger(run.checkpoint_dir, name="logs", version=0), log_every_n_steps=1,
-        default_root_dir=run.checkpoint_dir)
+        default_root_dir=run.checkpoint_dir, plugins=cluster_plugins())
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
 
     generator = build_generator(run.arch)  # a plain copy: no torch.compile wrapper, no DDP, on the CPU
@@ -286,6 +287,25 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
 
             export_onnx(model, onnx_path)
     return model
+
+
+def cluster_plugins() -> list[Any]:
+    """Lightning's cluster environment for this process.
+
+    Snakemake runs a Slurm job as a single task (``srun -n1``); Lightning would take that task for the
+    whole world and never start the other DDP ranks of a multi-GPU job, and its auto-requeue would
+    resubmit the job behind Snakemake's back. In a one-task Slurm step Lightning therefore launches the
+    ranks itself, and a job that times out is resubmitted by Snakemake (``retries``) and resumes from
+    its last checkpoint. Multi-task steps (``srun -n N`` by hand) keep Slurm's environment, without
+    auto-requeue.
+    """
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return []
+    if os.environ.get("SLURM_NTASKS", "1") == "1":
+        return [LightningEnvironment()]
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def write_history(rows: list[dict[str, float]], path: Path) -> None:
