@@ -29,6 +29,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/bench_simulator.py
 	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_tng.py
 
 clean:
 	rm -rf results logs .snakemake
