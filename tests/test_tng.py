@@ -386,6 +386,38 @@ def test_local_cutouts_need_no_network(tmp_path):
         local_manifest(folder, "TNG50-1", 99)
 
 
+def test_mixed_sources_keep_the_synthetic_draws_and_are_deterministic(tmp_path):
+    from xmmsr.sky.generate import BrightnessReference, generate_source
+
+    path = tmp_path / "TNG100-1_snap099_sub5.hdf5"
+    write_cutout(path, blob(3000))
+    cutouts = [{"file": str(path), "simulation": "TNG100-1", "snapshot": 99, "subhalo_id": 5,
+                "center_ckpc_h": [5000.0, 5000.0, 5000.0]}]
+    brightness = BrightnessReference(background_rate_arcsec2=1e-6, effective_area_cm2=1000.0)
+
+    def sources(kind: str, fraction: float = 0.5) -> dict:
+        cfg = check_config({"sources": {"sky": {"npix": 128, "pixel_arcsec": 2.0}, "kind": kind,
+                                        "tng": {"npix": 128, "widths_kpc": [400.0], "mixed_fraction": fraction}}})
+        return cfg["sources"]
+
+    synthetic = [generate_source("extended", i, sources("synthetic"), brightness, 1) for i in range(6)]
+    mixed = [generate_source("extended", i, sources("mixed"), brightness, 1, cutouts) for i in range(6)]
+    origins = [m.meta["MODEL"] == "tng" for m in mixed]
+    assert any(origins) and not all(origins)
+    for syn, mix, from_tng in zip(synthetic, mixed, origins):
+        if not from_tng:   # a synthetic source of a mixed run is the source of the synthetic run
+            np.testing.assert_array_equal(syn.image, mix.image)
+            assert syn.meta == mix.meta
+        else:
+            assert mix.meta["TNGSUBID"] == 5 and mix.meta["TNGSIM"] == "TNG100-1"
+    again = generate_source("extended", 2, sources("mixed"), brightness, 1, cutouts)
+    np.testing.assert_array_equal(again.image, mixed[2].image)
+    assert all(generate_source("extended", i, sources("mixed", 1.0), brightness, 1, cutouts).meta["MODEL"] == "tng"
+               for i in range(2))
+    with pytest.raises(InputError, match="manifest"):
+        generate_source("extended", 0, sources("tng"), brightness, 1)
+
+
 # ----------------------------------------------------------------------------- workflow
 
 
