@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp: Path | None = None
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
         os.close(fd)
         tmp = Path(tmp_name)
@@ -40,6 +43,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temporaries(final: Path) -> None:
+    """Delete the hidden temporaries that a killed writer of ``final`` left beside it.
+
+    Snakemake's lock guarantees one writer per output, so any ``.{name}.*.tmp`` sibling is stale.
+    """
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def current_umask() -> int:
     """The process umask (read without changing it for long)."""
     mask = os.umask(0o022)
@@ -47,10 +62,19 @@ def current_umask() -> int:
     return mask
 
 
+CHECKSUM_COMMENT = "HDU checksum"
+
+
 def write_fits_atomic(hdulist: fits.HDUList, path: str | Path) -> None:
-    """Write ``hdulist`` to ``path`` atomically, with checksums."""
+    """Write ``hdulist`` to ``path`` atomically, with ``CHECKSUM``/``DATASUM`` in every HDU.
+
+    The checksum cards carry a fixed comment: astropy's default comment is the time of writing, which
+    would make the same data give different bytes.
+    """
     with atomic_path(path) as tmp:
-        hdulist.writeto(tmp, overwrite=True, checksum=True)
+        for hdu in hdulist:
+            hdu.add_checksum(when=CHECKSUM_COMMENT)
+        hdulist.writeto(tmp, overwrite=True, checksum=False)
 
 
 def open_fits(path: str | Path, what: str, verify_checksum: bool = True) -> fits.HDUList:

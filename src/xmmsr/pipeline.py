@@ -32,7 +32,7 @@ from .instrument.binning import bin_event_file, detector_image_wcs
 from .instrument.events import write_events
 from .instrument.model import PnInstrument
 from .instrument.simulator import expected_background, expected_image, simulate_events
-from .io import current_umask, open_fits, write_fits_atomic
+from .io import current_umask, open_fits, remove_stale_temporaries, write_fits_atomic
 from .learn import TASKS
 from .sky.generate import BrightnessReference, generate_source
 from .sky.model import SOURCE_KINDS, read_sky_model, write_sky_model
@@ -75,6 +75,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     tmp: Path | None = None
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 directories; outputs follow the umask
         yield tmp
