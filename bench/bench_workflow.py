@@ -52,7 +52,7 @@ def main() -> None:
 
     for cores in args.run_cores:
         with tempfile.TemporaryDirectory() as tmp:
-            seconds, output = snakemake(Path(tmp), "--cores", str(cores))
+            seconds, output = snakemake(Path(tmp), "--cores", str(cores), "--configfile", str(REPO / "config.yaml"))
         print(f"default run, --cores {cores}: {job_count(output)} jobs in {seconds / 60:.1f} min")
 
 
