@@ -30,6 +30,7 @@ bench: install
 	$(BIN)/python bench/bench_simulator.py
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_tng.py
+	$(BIN)/python bench/bench_workflow.py
 
 clean:
 	rm -rf results logs .snakemake
