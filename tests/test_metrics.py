@@ -94,8 +94,9 @@ def test_l1_deviance_stretch_range():
     np.testing.assert_allclose(stretch(x, "asinh", 2.0), [[0.0, np.arcsinh(1.0)], [-np.arcsinh(1.0), 3.0]],
                                rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(stretch(x, "linear", 2.0), x)
+    np.testing.assert_array_equal(stretch(x, "sqrt", 2.0), np.sqrt(np.maximum(x, 0.0)))
     with pytest.raises(ValueError):
-        stretch(x, "sqrt", 1.0)
+        stretch(x, "log", 1.0)
     r = np.arange(16.0).reshape(4, 4)
     m = np.zeros((4, 4))
     m[1:3, 1:3] = 1
@@ -111,8 +112,8 @@ def test_image_metrics_keys_and_values():
     mask = half_mask((48, 48))
     pred = expected * rng.uniform(0.8, 1.2, expected.shape)
     out = image_metrics(pred, target, expected, mask, asinh_scale=0.5)
-    keys = {f"{m}_{s}_vs_{r}" for m in ("psnr", "ssim") for s in ("linear", "asinh") for r in ("expected", "target")}
-    keys |= {"l1_vs_expected", "l1_vs_target", "deviance_vs_target", "flux_ratio"}
+    keys = {f"{m}_{s}_vs_{r}" for m in ("psnr", "ssim") for s in ("linear", "sqrt", "asinh") for r in ("expected", "target")}
+    keys |= {"l1_vs_expected", "l1_vs_target", "deviance_vs_target", "deviance_vs_expected", "flux_ratio"}
     assert set(out) == keys
     assert all(np.isfinite(v) for v in out.values())
     assert out["psnr_linear_vs_expected"] == pytest.approx(masked_psnr(pred, expected, mask, data_range(expected, mask)))
@@ -125,6 +126,10 @@ def test_image_metrics_keys_and_values():
     assert same["psnr_linear_vs_expected"] == np.inf and same["ssim_asinh_vs_expected"] == pytest.approx(1.0)
     # the true mean scores better against the noisy target than a 20%-scattered one
     assert same["deviance_vs_target"] < out["deviance_vs_target"]
+    assert same["deviance_vs_expected"] == pytest.approx(0.0, abs=1e-12)
+    assert out["deviance_vs_expected"] > 1e-3
+    assert out["psnr_sqrt_vs_expected"] == pytest.approx(
+        masked_psnr(np.sqrt(pred), np.sqrt(expected), mask, data_range(np.sqrt(expected), mask)))
 
 
 def test_summarise_statistics():

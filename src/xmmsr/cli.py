@@ -87,10 +87,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from astropy.io import fits
 
     from .learn.predict import predict_file
+    from .learn.release import shipped_model
+
+    if args.model is None and args.task is None:
+        raise InputError(None, "--model/--task", "neither is given",
+                         "give --task dn or --task sr for the pretrained models, or --model MODEL.pt")
+    if args.model is not None and args.task is not None:
+        raise InputError(None, "--model/--task", "both are given", "give one: --task picks a pretrained model")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        out = predict_file(args.model, args.input, args.output, args.device)
+        out = predict_file(args.model or shipped_model(args.task), args.input, args.output, args.device)
     for w in caught:
         print(f"xmmsr predict: warning: {w.message}", file=sys.stderr)
     h = fits.getheader(out)
@@ -202,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simput)
 
     p = sub.add_parser("predict", help="de-noise or super-resolve a 1x pn count image with a trained model")
-    p.add_argument("--model", required=True, help="model.pt written by the train rule")
+    p.add_argument("--task", choices=("dn", "sr"), help="use the pretrained model of this task (resources/models)")
+    p.add_argument("--model", help="model.pt written by the train rule (instead of --task)")
     p.add_argument("--input", required=True, help="0.5-2 keV count image FITS on the 1x grid, with EXPOSURE")
     p.add_argument("--output", required=True, help="FITS to write: expected counts at the model's target exposure")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),

@@ -186,3 +186,15 @@ def all_targets():
               for name in ("model.pt", "model.onnx", "history.csv")]
     report_pdf = [f"{OUT}/report/evaluation.pdf"]
     return images + expected + masks + models + report_pdf
+
+
+def release_config_name():
+    """The config files of this run as the model card names them (relative to the workflow, else by name)."""
+    names = []
+    for path in workflow.overwrite_configfiles or ["config.yaml"]:
+        p = Path(path).resolve()
+        try:
+            names.append(str(p.relative_to(Path(workflow.basedir).resolve())))
+        except ValueError:
+            names.append(p.name)
+    return " + ".join(["config.yaml", *[n for n in names if n != "config.yaml"]])

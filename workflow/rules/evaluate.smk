@@ -65,3 +65,30 @@ rule report:
         CONDA_ENV
     script:
         "../scripts/report.py"
+
+
+# The release of a run: its models as {task}.pt/.onnx and a MODEL_CARD.md written from its outputs (the
+# shipped models in resources/models are the release of config/pretrained.yaml). Not part of `all`:
+#   snakemake --cores all release --configfile config/pretrained.yaml
+rule release:
+    input:
+        dataset=DATASET,
+        models=expand(f"{OUT}/models/{{task}}/model.pt", task=config["train"]["tasks"]),
+        onnx=expand(f"{OUT}/models/{{task}}/model.onnx", task=config["train"]["tasks"]),
+        histories=expand(f"{OUT}/models/{{task}}/history.csv", task=config["train"]["tasks"]),
+        summaries=expand(f"{OUT}/metrics/{{task}}/summary.csv", task=config["train"]["tasks"]),
+    output:
+        directory(f"{OUT}/release"),
+    params:
+        tasks=config["train"]["tasks"],
+        # the training logs hold the measured throughput (the card's training time); not inputs, since
+        # logs are not products
+        train_logs=expand("logs/train/{task}.log", task=config["train"]["tasks"]),
+        config_name=release_config_name(),
+    log:
+        "logs/release.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/release.py"

@@ -11,7 +11,7 @@ import pandas as pd
 from scipy.special import xlogy
 from skimage.metrics import structural_similarity
 
-STRETCHES = ("linear", "asinh")
+STRETCHES = ("linear", "sqrt", "asinh")
 REFERENCES = ("expected", "target")
 MU_FLOOR = 1.0e-8  # counts: floor of the Poisson mean inside the deviance
 SUMMARY_COLUMNS = ["metric", "mean", "median", "p16", "p84", "n"]
@@ -28,12 +28,15 @@ def _prepare(mask: np.ndarray, *images: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def stretch(image: np.ndarray, kind: str, scale: float) -> np.ndarray:
-    """``image`` in display space ``kind``: "linear" (identity) or "asinh" (asinh(image / scale)).
+    """``image`` in display space ``kind``: "linear" (identity), "sqrt" (sqrt of the image clipped at 0)
+    or "asinh" (asinh(image / scale)).
 
     ``scale`` is in the units of the image (expected counts per pixel)."""
     image = np.asarray(image, dtype=np.float64)
     if kind == "linear":
         return image
+    if kind == "sqrt":
+        return np.sqrt(np.maximum(image, 0.0))
     if kind == "asinh":
         if not scale > 0:
             raise ValueError(f"asinh stretch: scale must be > 0, got {scale}")
@@ -107,9 +110,11 @@ def image_metrics(pred: np.ndarray, target_counts: np.ndarray, expected: np.ndar
 
     ``pred`` and ``expected``: expected counts per pixel at the target exposure; ``target_counts``: the
     noisy target counts. Keys: ``psnr_{space}_vs_{ref}`` and ``ssim_{space}_vs_{ref}`` for space in
-    ("linear", "asinh") and ref in ("expected", "target") (data range: that of the stretched reference
-    over the mask), ``l1_vs_expected``, ``l1_vs_target``, ``deviance_vs_target`` (Poisson deviance of the
-    target counts given ``pred`` as their mean) and ``flux_ratio`` (sum pred / sum expected over the mask).
+    ``STRETCHES`` and ref in ("expected", "target") (data range: that of the stretched reference over the
+    mask), ``l1_vs_expected``, ``l1_vs_target``, ``deviance_vs_target`` (Poisson deviance of the target
+    counts given ``pred`` as their mean), ``deviance_vs_expected`` (the same with the noise-free truth in
+    place of the counts: 0 for a perfect prediction) and ``flux_ratio`` (sum pred / sum expected over the
+    mask).
     """
     m, p, k, e = _prepare(mask, pred, target_counts, expected)
     refs = {"expected": e, "target": k}
@@ -124,6 +129,7 @@ def image_metrics(pred: np.ndarray, target_counts: np.ndarray, expected: np.ndar
     out["l1_vs_expected"] = masked_l1(p, e, m)
     out["l1_vs_target"] = masked_l1(p, k, m)
     out["deviance_vs_target"] = poisson_deviance(p, k, m)
+    out["deviance_vs_expected"] = poisson_deviance(p, e, m)
     total = float(e[m].sum())
     out["flux_ratio"] = float(p[m].sum()) / total if total > 0 else float("nan")
     return out

@@ -33,8 +33,10 @@ METHOD_LABELS = {"input": "input (scaled)", "bicubic": "bicubic", "gaussian": "G
 TABLE_COLUMNS = (
     ("psnr_asinh_vs_expected", "PSNR asinh\nvs truth [dB]", "high"),
     ("ssim_asinh_vs_expected", "SSIM asinh\nvs truth", "high"),
+    ("psnr_sqrt_vs_expected", "PSNR sqrt\nvs truth [dB]", "high"),
     ("psnr_linear_vs_expected", "PSNR linear\nvs truth [dB]", "high"),
     ("l1_vs_expected", "L1 vs truth\n[counts/px]", "low"),
+    ("deviance_vs_expected", "Poisson dev.\nvs truth", "low"),
     ("deviance_vs_target", "Poisson dev.\nvs 100 ks", "low"),
     ("flux_ratio", "flux ratio\n(pred/truth)", "one"),
     ("completeness", "point-source\ncompleteness", "high"),

@@ -1,0 +1,285 @@
+"""Released models: the DN and SR models shipped with the package and their model card.
+
+Rule ``release`` copies the trained models (``.pt`` and ``.onnx``) of a run into ``{outdir}/release/``
+with a ``MODEL_CARD.md`` written from the run's own outputs: the training history, the test-split
+metrics beside every baseline, the point-source (hallucination) figures and the provenance stored in
+the model files. ``config/pretrained.yaml`` is the run whose release is shipped in
+``resources/models/``; :func:`shipped_model` finds those files for ``xmmsr predict --task``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+
+from ..config import PACKAGE_DATA
+from ..errors import InputError
+from ..io import atomic_path
+from . import TASKS
+from .checkpoint import load_model
+from .model import build_generator, count_parameters
+
+SHIPPED_DIR = "resources/models"
+CARD_NAME = "MODEL_CARD.md"
+TASK_TITLES = {"dn": "DN (de-noising): 20 ks → 100 ks on the 1x grid (4\" pixels)",
+               "sr": "SR (2x super-resolution): 20 ks at 4\" → 100 ks at 2\""}
+METHOD_ORDER = ("input", "bicubic", "gaussian", "richardson_lucy", "model", "truth")
+METHOD_LABELS = {"input": "input (scaled)", "bicubic": "bicubic", "gaussian": "best Gaussian smoothing",
+                 "richardson_lucy": "Richardson–Lucy", "model": "**model**", "truth": "truth (noise-free)"}
+# (metric, column label, format)
+IMAGE_COLUMNS = (("psnr_sqrt_vs_expected", "PSNR sqrt [dB]", "{:.2f}"),
+                 ("psnr_asinh_vs_expected", "PSNR asinh [dB]", "{:.2f}"),
+                 ("ssim_sqrt_vs_expected", "SSIM sqrt", "{:.3f}"),
+                 ("ssim_linear_vs_expected", "SSIM linear", "{:.3f}"),
+                 ("deviance_vs_expected", "Poisson dev. vs truth", "{:.3f}"),
+                 ("deviance_vs_target", "Poisson dev. vs 100 ks", "{:.3f}"),
+                 ("flux_ratio", "flux ratio", "{:.3f}"))
+POINT_COLUMNS = (("completeness", "completeness", "{:.2f}"), ("n_false", "false sources per field", "{:.2f}"),
+                 ("median_flux_ratio", "flux ratio (matched)", "{:.2f}"),
+                 ("median_offset_arcsec", "position error [\"]", "{:.2f}"),
+                 ("consistency_deviance", "consistency deviance", "{:.3f}"))
+KIND_COLUMNS = (("psnr_sqrt_vs_expected", "PSNR sqrt [dB]", "{:.2f}"),
+                ("deviance_vs_expected", "Poisson dev. vs truth", "{:.3f}"),
+                ("ssim_sqrt_vs_expected", "SSIM sqrt", "{:.3f}"))
+EPOCH_LINE = re.compile(r"^epoch (\d+) step (\d+):.*?([0-9.]+) samples/s")
+
+
+def shipped_model(task: str, root: Path | None = None) -> Path:
+    """The model file shipped for ``task`` (``resources/models/{task}.pt`` of the package)."""
+    if task not in TASKS:
+        raise InputError(None, "--task", f"{task!r} is not a task", f"use one of {list(TASKS)}")
+    path = (root if root is not None else PACKAGE_DATA / SHIPPED_DIR) / f"{task}.pt"
+    if not path.is_file():
+        raise InputError(path, "file", f"no pretrained {task} model is installed",
+                         "reinstall xmmsr, or give --model with a model.pt written by the train rule")
+    return path
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """The outputs of one task of a run that enter a release."""
+
+    task: str
+    model: Path
+    onnx: Path
+    history: Path
+    summary_csv: Path
+    train_log: Path | None = None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _summary(path: Path) -> dict[tuple[str, str, str, str], dict[str, float]]:
+    """(group, value, method, metric) -> {median, p16, p84, mean, n} of a ``summary.csv``."""
+    table = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            table[(row["group"], row["value"], row["method"], row["metric"])] = {
+                k: float(row[k]) if row[k] not in ("", "nan") else float("nan") for k in ("mean", "median", "p16",
+                                                                                            "p84", "n")}
+    return table
+
+
+def _history(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def training_seconds(log: Path | None, batch_size: int, steps_per_epoch: int) -> float | None:
+    """Training time from the per-epoch throughput lines of a train log (None when there is no log).
+
+    A resumed run logs only the epochs it ran, so the figure covers the last attempt."""
+    if log is None or not Path(log).is_file():
+        return None
+    seconds = 0.0
+    for line in Path(log).read_text().splitlines():
+        m = EPOCH_LINE.match(line)
+        if m and float(m.group(3)) > 0:
+            seconds += steps_per_epoch * batch_size / float(m.group(3))
+    return seconds or None
+
+
+def _software(model_file: Path) -> str:
+    import torch
+
+    return str(torch.load(model_file, map_location="cpu", weights_only=True).get("software", ""))
+
+
+def _cell(stats: dict[str, float] | None, fmt: str) -> str:
+    if stats is None or stats["n"] == 0 or stats["median"] != stats["median"]:
+        return "–"
+    return fmt.format(stats["median"])
+
+
+def _table(summary: dict, group: str, value: str, columns: Sequence[tuple[str, str, str]],
+           methods: Sequence[str]) -> list[str]:
+    lines = ["| method | " + " | ".join(label for _, label, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for method in methods:
+        cells = [_cell(summary.get((group, value, method, metric)), fmt) for metric, _, fmt in columns]
+        if all(c == "–" for c in cells):
+            continue
+        lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _dataset_counts(dataset: Path) -> dict[str, int]:
+    with h5py.File(dataset, "r") as h5:
+        counts = {f"{split} samples": int(len(h5[f"splits/{split}"])) for split in ("train", "val", "test")}
+        kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in h5["meta"]["kind"][:]]
+    for kind in sorted(set(kinds)):
+        counts[f"{kind} sources"] = kinds.count(kind)
+    return counts
+
+
+def _median(summary: dict, method: str, metric: str) -> float:
+    return summary.get(("all", "all", method, metric), {}).get("median", float("nan"))
+
+
+def _measured_limits(task: str, summary: dict) -> list[str]:
+    """The weaknesses this run measured, in words (flux bias, lost point sources, hallucinations)."""
+    lines = [f"Measured limits of the {task.upper()} model on this test split:", ""]
+    flux = _median(summary, "model", "flux_ratio")
+    if abs(flux - 1.0) > 0.05:
+        lines.append(f"- The total flux is {'under' if flux < 1 else 'over'}estimated: median flux ratio "
+                     f"{flux:.2f} (truth 1). Do not use the output for flux measurements.")
+    model_c, input_c = _median(summary, "model", "completeness"), _median(summary, "input", "completeness")
+    if model_c < input_c:
+        lines.append(f"- Faint point sources are smoothed away: completeness {model_c:.2f}, against "
+                     f"{input_c:.2f} for the input itself at the same detection threshold.")
+    false = _median(summary, "model", "n_false")
+    lines.append(f"- {false:.1f} detections per field that are not in the truth (the input: "
+                 f"{_median(summary, 'input', 'n_false'):.0f}; Gaussian smoothing: "
+                 f"{_median(summary, 'gaussian', 'n_false'):.0f}): fewer than every baseline, but not zero.")
+    return lines
+
+
+def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release_dir: Path) -> str:
+    """The model card (Markdown) of the released models, from the run's outputs."""
+    counts = _dataset_counts(dataset)
+    out = ["# xmmsr pretrained models: model card", "",
+           "Written by the `release` rule of the xmmsr pipeline from the outputs of the run that trained the "
+           f"models (`{config_name}`); every figure below comes from that run's files. Metrics are medians "
+           "over the simulated **test split** (sources never seen in training); the 16th–84th percentiles are "
+           "in the run's `metrics/{task}/summary.csv`.", "",
+           "## Files", "", "| file | task | parameters | size | sha256 |", "|---|---|---|---|---|"]
+    models = {run.task: load_model(run.model) for run in runs}
+    for run in runs:
+        for suffix in ("pt", "onnx"):
+            f = release_dir / f"{run.task}.{suffix}"
+            params = count_parameters(build_generator(models[run.task].architecture))
+            out.append(f"| `{f.name}` | {run.task} | {params:,} | {f.stat().st_size / 1e6:.2f} MB | "
+                       f"`{_sha256(f)[:16]}…` |")
+    out += ["", "`xmmsr predict --task dn|sr --input IMAGE.fits --output OUT.fits` uses them when `--model` is "
+            "not given; `torch.load(path, weights_only=True)` reads the `.pt` files (a plain dict: weights, "
+            "architecture, normalisation, task, exposures, training config, provenance).", "",
+            "## Training data", "",
+            "Simulated with the built-in EPIC-pn simulator (full frame, thin filter, 0.5–2 keV, pattern ≤ 4): "
+            "synthetic extended sources (beta-model clusters with cool cores, cavities, shocks and clumps; "
+            "supernova-remnant shells; filaments) with their field AGN, AGN-only fields from the Moretti et "
+            "al. (2003) logN–logS, and blank fields (particle + cosmic background). Inputs (20 ks) and "
+            "targets (100 ks) are independent realizations. No IllustrisTNG cutouts were at hand.", "",
+            "| " + " | ".join(counts) + " |", "|---" * len(counts) + "|",
+            "| " + " | ".join(str(v) for v in counts.values()) + " |", ""]
+    for run in runs:
+        model = models[run.task]
+        train = model.train_config["train"]
+        prov = model.provenance
+        history = _history(run.history)
+        seconds = training_seconds(run.train_log, int(train["batch_size"]), int(train["steps_per_epoch"]))
+        best = max(history, key=lambda r: r["val_psnr"])
+        arch = model.architecture.to_dict()
+        out += [f"## {TASK_TITLES[run.task]}", "",
+                f"- Architecture: RRDB generator, {arch['features']} features, growth {arch['growth']}, "
+                f"{arch['blocks']} RRDB × {arch['dense_blocks']} dense blocks, residual scale "
+                f"{arch['residual_scale']}; {count_parameters(model.generator):,} parameters.",
+                f"- Normalisation: `{model.normalisation.to_dict()}` (stored in the file; inference uses it).",
+                f"- Exposures: {model.input_exposure_s:g} s → {model.target_exposure_s:g} s.",
+                f"- Training: {prov.get('steps', 0):,} steps of {train['batch_size']} crops of {train['crop']}² "
+                f"input pixels ({prov.get('samples_seen', 0):,} crops), loss {train['loss']}, AdamW lr "
+                f"{train['lr']:g} with warm-up and cosine decay; device {prov.get('accelerator')} "
+                f"({prov.get('devices')} device(s), precision {prov.get('precision')})"
+                + (f", about {seconds / 60:.1f} min of training (from the logged throughput, validation "
+                   "included)." if seconds else "."),
+                f"- Dataset config hash `{prov.get('dataset_config_hash', '')[:12]}`, software "
+                f"`{prov.get('dataset_software', '')}`; model file software `{_software(run.model)}`.",
+                "",
+                "Validation curve (masked PSNR in normalised space, Poisson deviance against the 100 ks counts; "
+                "the input's own scores beside them):", "",
+                "| epoch | step | train loss | val loss | val PSNR [dB] | input PSNR [dB] | val deviance | "
+                "input deviance |", "|---|---|---|---|---|---|---|---|"]
+        shown = sorted({0, len(history) // 4, len(history) // 2, 3 * len(history) // 4, len(history) - 1})
+        for i in shown:
+            r = history[i]
+            out.append(f"| {int(r['epoch'])} | {int(r['step'])} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | "
+                       f"{r['val_psnr']:.2f} | {r['val_psnr_input']:.2f} | {r['val_poisson_deviance']:.3f} | "
+                       f"{r['val_poisson_deviance_input']:.3f} |")
+        out += ["", f"Best validation PSNR at epoch {int(best['epoch'])} of {len(history)}"
+                + (" (the last)." if best is history[-1] else
+                   f"; the shipped weights are those of the last epoch ({history[-1]['val_psnr']:.2f} dB)."), ""]
+        summary = _summary(run.summary_csv)
+        methods = [m for m in METHOD_ORDER if any(key[2] == m for key in summary)]
+        out += ["Test split, all fields, against the noise-free truth (PSNR/SSIM over the detector mask; data "
+                "range that of the truth):", ""]
+        out += _table(summary, "all", "all", IMAGE_COLUMNS, methods)
+        out += ["", "Point sources (same detection settings on every image; false = detected where the truth "
+                "has none, i.e. hallucinated) and data consistency (the prediction forward-modelled to the 20 ks "
+                "input; the truth's value is the noise level):", ""]
+        out += _table(summary, "all", "all", POINT_COLUMNS, methods)
+        kinds = sorted({key[1] for key in summary if key[0] == "kind"})
+        for kind in kinds:
+            n = summary.get(("kind", kind, "model", "psnr_asinh_vs_expected"), {}).get("n", 0)
+            out += ["", f"{kind} fields ({int(n)} test images):", ""]
+            out += _table(summary, "kind", kind, KIND_COLUMNS, methods)
+        out += _measured_limits(run.task, summary) + [""]
+    out += ["## Intended use", "",
+            "EPIC-pn full-frame, thin-filter 0.5–2 keV count images binned like the simulations (DETX/DETY in "
+            "bins of 80 = 4\"; `xmmsr bin` on PPS event lists or SAS `evselect`), with an exposure near 20 ks "
+            "(the prediction warns beyond a factor 2). Outputs are expected counts at 100 ks; they are an "
+            "estimate, not data: check features against the input with the consistency map, and do not use "
+            "them for photometry of faint sources without the completeness and flux-ratio figures above.", "",
+            "## Known limits", "",
+            "- Trained on simulations only, with an approximate effective area, a single on-axis-scaled King "
+            "PSF with a coarse off-axis growth, and no spectral lines: real instrument details differ.",
+            "- Not trained on: piled-up sources, extended emission brighter than the brightest simulated "
+            "clusters (central surface brightness up to 50× the background), other pn modes (large/small "
+            "window, timing), the medium/thick filters, other bands, MOS, flaring background, out-of-FoV "
+            "stray light, or single-reflection arcs.",
+            "- A small CPU-trained model on a few dozen fields: it smooths faint point sources away "
+            "(completeness above) and the SR model cannot recover structure below the 1x PSF that the "
+            "20 ks counts do not constrain; `config/paper.yaml` on GPUs is the scale at which to judge "
+            "the method.",
+            "- Per-CCD exposure (ONTIMEnn) differences and chip gaps are not modelled inside an image: the "
+            "detector mask is applied to the metrics only."]
+    return "\n".join(out) + "\n"
+
+
+def write_release(runs: Sequence[TaskRun], dataset: Path, config_name: str, out_dir: str | Path) -> Path:
+    """Copy the models of ``runs`` into ``out_dir`` as ``{task}.pt``/``{task}.onnx`` and write the card."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        for src, suffix in ((run.model, "pt"), (run.onnx, "onnx")):
+            with atomic_path(out_dir / f"{run.task}.{suffix}") as tmp:
+                shutil.copyfile(src, tmp)
+    card = model_card(runs, dataset, config_name, out_dir)
+    with atomic_path(out_dir / CARD_NAME) as tmp:
+        tmp.write_text(card)
+    manifest = {run.task: {"pt": f"{run.task}.pt", "onnx": f"{run.task}.onnx"} for run in runs}
+    with atomic_path(out_dir / "release.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return out_dir / CARD_NAME

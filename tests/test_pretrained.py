@@ -1,0 +1,92 @@
+"""The pretrained models shipped in resources/models: they load with the current code, say what they
+are, give the right shapes, and the DN model improves on its input on a field simulated here."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from astropy.io import fits
+from conftest import REPO, beta_sky
+
+from xmmsr.cli import main
+from xmmsr.errors import InputError
+from xmmsr.evaluate.metrics import poisson_deviance
+from xmmsr.instrument.simulator import expected_image
+from xmmsr.learn import TASKS, UPSCALE
+from xmmsr.learn.checkpoint import load_model
+from xmmsr.learn.predict import predict_counts
+from xmmsr.learn.release import CARD_NAME, shipped_model
+from xmmsr.sky.model import write_sky_model
+
+SHIPPED = REPO / "resources" / "models"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_shipped_models_load_and_say_what_they_are(task):
+    path = shipped_model(task)
+    assert path.resolve() == (SHIPPED / f"{task}.pt").resolve() and path.stat().st_size < 10_000_000
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # a plain dict, no pickled code
+    assert raw["task"] == task and raw["software"].startswith("xmmsr ")
+    assert raw["input_exposure_s"] == 20_000 and raw["target_exposure_s"] == 100_000
+    assert raw["provenance"]["dataset_config_hash"] and raw["normalisation"]["method"]
+    model = load_model(path)  # strict: an architecture change in the code that breaks the weights fails here
+    assert model.task == task and model.normalisation.to_dict() == raw["normalisation"]
+    counts = np.random.default_rng(0).poisson(0.2, (40, 52)).astype(np.float32)
+    out = predict_counts(model, counts, 20_000.0)
+    assert out.shape == (40 * UPSCALE[task], 52 * UPSCALE[task]) and np.isfinite(out).all() and out.min() >= 0
+    onnx_model = onnx.load(str(SHIPPED / f"{task}.onnx"))
+    assert {p.key: p.value for p in onnx_model.metadata_props}.get("xmmsr.task") == task
+    card = (SHIPPED / CARD_NAME).read_text()
+    assert f"`{task}.pt`" in card and "Known limits" in card
+
+
+def test_predict_uses_the_shipped_model_by_default(tmp_path, capsys):
+    image = tmp_path / "in.fits"
+    header = fits.Header({"EXPOSURE": 20_000.0})
+    fits.PrimaryHDU(np.random.default_rng(1).poisson(0.3, (48, 40)).astype(np.int32), header).writeto(image)
+    assert main(["predict", "--task", "sr", "--input", str(image), "--output", str(tmp_path / "sr.fits")]) == 0
+    assert fits.getdata(tmp_path / "sr.fits").shape == (96, 80)
+    assert main(["predict", "--input", str(image), "--output", str(tmp_path / "x.fits")]) != 0
+    assert "--task dn or --task sr" in capsys.readouterr().err
+    with pytest.raises(InputError, match="no pretrained"):
+        shipped_model("dn", root=tmp_path)
+
+
+def test_shipped_dn_lowers_the_deviance_against_the_truth(instrument, tmp_path):
+    """A cluster with an AGN, simulated here at 20 ks: the DN prediction is closer (Poisson deviance) to the
+    noise-free 100 ks truth than the input scaled to 100 ks."""
+    sky_path, events, image = tmp_path / "sky.fits", tmp_path / "ev.fits", tmp_path / "img.fits"
+    sky = beta_sky(total_flux=1e-3, npix=600)
+    write_sky_model(sky, sky_path)
+    assert main(["simulate", "--sky", str(sky_path), "--exposure", "20000", "--resolution", "1", "--seed", "11",
+                 "--output", str(events)]) == 0
+    assert main(["bin", str(events), "--output", str(image)]) == 0
+    counts = fits.getdata(image).astype(np.float32)
+    truth = expected_image(sky, instrument, 100_000.0, 1)
+    mask = instrument.geometry.detector_mask(1) > 0
+    assert mask.shape == truth.shape == counts.shape
+    pred = predict_counts(load_model(shipped_model("dn")), counts, 20_000.0)
+    model_deviance = poisson_deviance(pred, truth, mask)
+    input_deviance = poisson_deviance(np.maximum(counts * 5.0, 1e-8), truth, mask)
+    assert model_deviance < 0.5 * input_deviance, (model_deviance, input_deviance)
+
+
+def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_path):
+    from xmmsr.learn.release import TaskRun, write_release
+
+    results = tiny_run / "results"
+    runs = [TaskRun(task, results / f"models/{task}/model.pt", results / f"models/{task}/model.onnx",
+                    results / f"models/{task}/history.csv", results / f"metrics/{task}/summary.csv",
+                    tiny_run / f"logs/train/{task}.log") for task in TASKS]
+    card = write_release(runs, results / "dataset/xmmsr_dataset.h5", "config.yaml + tests/data/tiny.yaml",
+                         tmp_path / "release")
+    for task in TASKS:
+        assert (tmp_path / "release" / f"{task}.pt").read_bytes() == (results / f"models/{task}/model.pt").read_bytes()
+        assert load_model(tmp_path / "release" / f"{task}.pt").task == task
+    text = card.read_text()
+    for fragment in ("| **model** |", "best Gaussian smoothing", "false sources per field", "Validation curve",
+                     "Known limits", "train samples", "PSNR sqrt [dB]"):
+        assert fragment in text, fragment
+    assert str(tiny_run) not in text  # no machine paths in a shipped file

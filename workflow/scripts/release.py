@@ -1,0 +1,21 @@
+"""Rule release: the run's models and their model card."""
+
+import sys
+from pathlib import Path
+
+sm = snakemake  # noqa: F821 (injected by snakemake)
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+
+from xmmsr.pipeline import logged_to
+
+with logged_to(sm.log[0]):
+    from xmmsr.learn.release import TaskRun, write_release
+    from xmmsr.pipeline import atomic_directory
+
+    runs = [TaskRun(task, Path(model), Path(onnx), Path(history), Path(summary), Path(log))
+            for task, model, onnx, history, summary, log in zip(sm.params.tasks, sm.input.models, sm.input.onnx,
+                                                               sm.input.histories, sm.input.summaries,
+                                                               sm.params.train_logs)]
+    with atomic_directory(sm.output[0]) as tmp:
+        card = write_release(runs, Path(sm.input.dataset), sm.params.config_name, tmp)
+    print(f"{sm.output[0]}: {', '.join(sm.params.tasks)} models and {card.name}")
