@@ -38,6 +38,8 @@ def test_shipped_models_load_and_say_what_they_are(task):
     assert out.shape == (40 * UPSCALE[task], 52 * UPSCALE[task]) and np.isfinite(out).all() and out.min() >= 0
     onnx_model = onnx.load(str(SHIPPED / f"{task}.onnx"))
     assert {p.key: p.value for p in onnx_model.metadata_props}.get("xmmsr.task") == task
+    assert not [p for n in onnx_model.graph.node for p in n.metadata_props if "stack_trace" in p.key]
+    assert str(REPO).encode() not in (SHIPPED / f"{task}.onnx").read_bytes()  # no machine paths shipped
     card = (SHIPPED / CARD_NAME).read_text()
     assert f"`{task}.pt`" in card and "Known limits" in card
 

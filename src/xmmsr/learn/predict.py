@@ -288,6 +288,7 @@ def export_onnx(model: TrainedModel, path: str | Path, example_size: int = 64) -
                                           verbose=False).model_proto
     finally:
         quiet.setLevel(level)
+    _drop_stack_traces(proto)
     onnx.helper.set_model_props(proto, {
         "xmmsr.software": f"xmmsr {__version__}", "xmmsr.task": model.task, "xmmsr.upscale": str(model.upscale),
         "xmmsr.normalisation": json.dumps(model.normalisation.to_dict()),
@@ -301,6 +302,19 @@ def export_onnx(model: TrainedModel, path: str | Path, example_size: int = 64) -
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
     return Path(path)
+
+
+def _drop_stack_traces(proto: onnx.ModelProto) -> None:
+    """Remove the exporter's per-node Python stack traces: they hold the paths of the machine that exported."""
+    nodes = [*proto.graph.node, *(node for function in proto.functions for node in function.node)]
+    while nodes:
+        node = nodes.pop()
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+        for attribute in node.attribute:  # subgraphs (If/Loop bodies)
+            nodes.extend(n for graph in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]
+                         for n in graph.node)
 
 
 def _symbolic_dims(proto: onnx.ModelProto, upscale: int) -> None:
