@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..io import atomic_path
 from . import TASKS
 from .checkpoint import load_model
-from .model import build_generator, count_parameters
+from .model import count_parameters
 
 SHIPPED_DIR = "resources/models"
 CARD_NAME = "MODEL_CARD.md"
@@ -181,7 +181,7 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
     for run in runs:
         for suffix in ("pt", "onnx"):
             f = release_dir / f"{run.task}.{suffix}"
-            params = count_parameters(build_generator(models[run.task].architecture))
+            params = count_parameters(models[run.task].generator)
             out.append(f"| `{f.name}` | {run.task} | {params:,} | {f.stat().st_size / 1e6:.2f} MB | "
                        f"`{_sha256(f)[:16]}…` |")
     out += ["", "`xmmsr predict --task dn|sr --input IMAGE.fits --output OUT.fits` uses them when `--model` is "
