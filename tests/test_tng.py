@@ -198,9 +198,12 @@ def test_tng_project_command_writes_an_unaugmented_sky_model(tmp_path, capsys):
 class FakeTng:
     """A TNG-API-shaped HTTP server on 127.0.0.1 with injected failures (one 503, one truncated body)."""
 
-    def __init__(self, cutout_bytes: bytes) -> None:
+    def __init__(self, cutout_bytes: bytes, require_key: bool = True) -> None:
         self.cutout = cutout_bytes
         self.requests: list[dict] = []
+        self.require_key = require_key  # False: a foreign host that serves anyone (and records what it got)
+        self.redirects: dict[str, str] = {}   # path -> Location of a 302 answer
+        self.search_fields: dict[str, object] = {}   # overrides of the search response's fields
         self.fail_503 = {"11"}          # the first cutout request of subhalo 11 gets a 503
         self.truncate = {"11"}          # the next one is cut in the middle
         self.down = False               # every request gets a 503
@@ -239,8 +242,15 @@ class FakeTng:
         query = parse_qs(url.query)
         with self.lock:
             self.requests.append({"path": url.path, "query": query, "range": handler.headers.get("Range"),
-                                  "key_ok": handler.headers.get("api-key") == KEY})
-        if handler.headers.get("api-key") != KEY:
+                                  "key_ok": handler.headers.get("api-key") == KEY,
+                                  "key": handler.headers.get("api-key")})
+        if url.path in self.redirects:
+            handler.send_response(302)
+            handler.send_header("Location", self.redirects[url.path])
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return None
+        if self.require_key and handler.headers.get("api-key") != KEY:
             return self._json(handler, 403, {"detail": "Invalid API key."})
         if self.down:
             return self._json(handler, 503, {"detail": "down"})
@@ -253,7 +263,8 @@ class FakeTng:
             subs = [{"id": 11, "mass_log_msun": 14.3, "url": f"{base}11/"},
                     {"id": 22, "mass_log_msun": 13.9, "url": f"{base}22/"}]
             limit = int(query.get("limit", ["100"])[0])
-            return self._json(handler, 200, {"count": 2, "next": None, "previous": None, "results": subs[:limit]})
+            body = {"count": 2, "next": None, "previous": None, "results": subs[:limit], **self.search_fields}
+            return self._json(handler, 200, body)
         sub = parts[5]
         if len(parts) == 6:
             return self._json(handler, 200, {"id": int(sub), "pos_x": 5000.0, "pos_y": 5000.0, "pos_z": 5000.0,
@@ -372,6 +383,58 @@ def test_persistent_server_errors_stop_after_the_configured_retries(tmp_path, cu
         server.truncate = set()
         dest = client.download(server.base + "TNG100-1/snapshots/99/subhalos/11/cutout.hdf5", tmp_path / "c.hdf5")
         assert dest.read_bytes() == cutout_bytes and waits == [1.0]       # one 503, then the file
+
+
+def test_the_key_never_leaves_the_api_host(tmp_path, cutout_bytes, monkeypatch):
+    """Redirects to another host are followed without the key; server-supplied URLs outside api_url, plain
+    http off the loopback and redirects to plain http are refused before anything is sent there."""
+    from xmmsr.sky.tng.client import TngApiError
+
+    monkeypatch.setenv("TNG_API_KEY", KEY)
+    messages: list[str] = []
+    with FakeTng(cutout_bytes) as api, FakeTng(cutout_bytes, require_key=False) as other:
+        other.fail_503, other.truncate = set(), set()
+        client = TngClient(api.base, policy=RetryPolicy(retries=0), log=messages.append, sleep=lambda s: None)
+        search = "TNG100-1/snapshots/99/subhalos/"
+        cutout = search + "11/cutout.hdf5"
+
+        # a same-host redirect keeps the key
+        api.redirects = {f"/api/moved/{search}": api.base + search}
+        assert len(client.get_json(f"{api.base}moved/{search}")["results"]) == 2
+        assert all(r["key_ok"] for r in api.requests)
+
+        # a search and a cutout answered by a 302 to another host: followed, without the key
+        api.redirects = {f"/api/{search}": other.base + search, f"/api/{cutout}": other.base + cutout}
+        assert len(client.get_json(api.base + search)["results"]) == 2
+        dest = client.download(api.base + cutout, tmp_path / "c.hdf5")
+        assert dest.read_bytes() == cutout_bytes
+        assert [r["path"] for r in other.requests] == [f"/api/{search}", f"/api/{cutout}"]
+        assert all(r["key"] is None for r in other.requests)
+        assert any("without the API key" in m for m in messages)
+
+        # server-supplied url / next fields outside api_url are not followed
+        api.redirects = {}
+        other.requests.clear()
+        api.search_fields = {"next": other.base + search + "?page=2", "results": []}
+        with pytest.raises(TngApiError, match="'next' that is not under"):
+            client.search_subhalos("TNG100-1", 99, 5, (13.0, 15.0))
+        api.search_fields = {"results": [{"id": 11, "url": other.base + search + "11/"}]}
+        with pytest.raises(TngApiError, match="'url' that is not under"):
+            download_selection(tng_section(api, tmp_path / "tng"))
+        assert other.requests == []
+
+        # a redirect to plain http off the loopback is refused without being sent
+        api.redirects = {f"/api/{search}": "http://tng.example.invalid/api/" + search}
+        with pytest.raises(TngApiError, match="non-https"):
+            client.get_json(api.base + search)
+
+    # plain http is accepted for the loopback only
+    with pytest.raises(InputError, match="sources.tng.api_url.*plain http"):
+        TngClient("http://www.tng-project.org/api/", api_key=KEY)
+    with pytest.raises(InputError, match="not an http"):
+        TngClient("ftp://www.tng-project.org/api/", api_key=KEY)
+    assert TngClient("https://www.tng-project.org/api", api_key=KEY).api_url == "https://www.tng-project.org/api/"
+    assert_no_key(tmp_path, *messages)
 
 
 def test_local_cutouts_need_no_network(tmp_path):

@@ -1,12 +1,17 @@
 """IllustrisTNG web-API client: subhalo selection, resumable cutout downloads, and the cutout manifest.
 
 The API key comes only from the environment variable ``TNG_API_KEY``; it is sent in the ``api-key``
-header and never logged, written to a file or put in an exception message.
+header to the configured API host only (same scheme, host and port as ``api_url``), and never logged,
+written to a file or put in an exception message. Redirects are followed by hand: the key is dropped as
+soon as a redirect leaves the API host, and a redirect to plain ``http`` off the loopback is refused.
+URLs that the server supplies (``url``, ``next``) are followed only when they lie under ``api_url``.
+``api_url`` itself must be ``https`` unless its host is the loopback (local test servers).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -16,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 from ...errors import InputError
 from ...io import atomic_path
@@ -28,10 +34,43 @@ _KEY_FIX = (f"register at https://www.tng-project.org/users/register/ (the key i
             f"`export {API_KEY_ENV}=<your key>` before running; or set sources.tng.local_dir to a folder of "
             f"cutouts you already have")
 _CHUNK = 1 << 16  # bytes per read: a broken connection loses at most one chunk of the part file
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REDIRECTS = 5
 
 
 class TngApiError(RuntimeError):
     """A request to the TNG API failed after all retries (the message names the URL, never the key)."""
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``, with the scheme's default port made explicit."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"https": 443, "http": 80}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def checked_api_url(api_url: str) -> str:
+    """``api_url`` with a trailing slash; an :class:`InputError` unless it is https (or http on the loopback)."""
+    parts = urlsplit(api_url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise InputError(None, "sources.tng.api_url", f"{api_url!r} is not an http(s) URL",
+                         "set it to https://www.tng-project.org/api/")
+    if parts.scheme != "https" and not _is_loopback(parts.hostname):
+        raise InputError(None, "sources.tng.api_url", f"{api_url!r} is plain http: the API key would travel "
+                         "unencrypted", "use https (plain http is accepted only for a server on the loopback)")
+    return api_url if api_url.endswith("/") else api_url + "/"
 
 
 def api_key_from_env() -> str:
@@ -60,16 +99,53 @@ class TngClient:
                  log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> None:
         import requests
 
-        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
+        self.api_url = checked_api_url(api_url)
         self.policy = policy or RetryPolicy()
         self._log = log
         self._sleep = sleep
-        self._session = requests.Session()
-        self._session.headers["api-key"] = api_key if api_key is not None else api_key_from_env()
+        self._origin = _origin(self.api_url)
+        self._key = api_key if api_key is not None else api_key_from_env()
+        self._session = requests.Session()       # no key in the session headers: it is added per request
         self._session.headers["Accept"] = "application/json"
 
     def __repr__(self) -> str:  # never show the key
         return f"TngClient({self.api_url!r})"
+
+    # ------------------------------------------------------------------ where the key may go
+
+    def _under_api(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return (_origin(url) == self._origin and not parts.username and not parts.password
+                and parts.path.startswith(urlsplit(self.api_url).path))
+
+    def check_server_url(self, url: str, field: str) -> str:
+        """``url`` (a ``url``/``next`` field the server sent) if it lies under ``api_url``; else refuse."""
+        if not isinstance(url, str) or not self._under_api(url):
+            raise TngApiError(f"the TNG API sent a {field!r} that is not under {self.api_url} ({url!r}); refusing "
+                              f"to follow it; check sources.tng.api_url")
+        return url
+
+    def _send(self, url: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+              stream: bool = False) -> Any:
+        """GET ``url`` following redirects by hand: the key goes only to the API's own origin."""
+        self.check_server_url(url, "request URL")
+        for _ in range(_MAX_REDIRECTS + 1):
+            send_headers = dict(headers or {})
+            if _origin(url) == self._origin:
+                send_headers["api-key"] = self._key
+            response = self._session.get(url, params=params, headers=send_headers, stream=stream,
+                                         timeout=self.policy.timeout_s, allow_redirects=False)
+            if response.status_code not in _REDIRECTS or "Location" not in response.headers:
+                return response
+            target = urljoin(response.url or url, response.headers["Location"])
+            response.close()
+            scheme, host, _ = _origin(target)
+            if scheme not in ("https", "http") or (scheme == "http" and not _is_loopback(host)):
+                raise TngApiError(f"{url}: redirected to a non-https URL ({scheme}://{host}); refusing to follow")
+            if _origin(target) != self._origin:
+                self._log(f"{url}: redirected to {scheme}://{host}; following without the API key")
+            url, params = target, None           # the Location carries its own query
+        raise TngApiError(f"{url}: more than {_MAX_REDIRECTS} redirects; check sources.tng.api_url")
 
     # ------------------------------------------------------------------ requests with retries
 
@@ -91,7 +167,7 @@ class TngClient:
         last = ""
         for attempt in range(self.policy.retries + 1):
             try:
-                response = self._session.get(url, params=params, timeout=self.policy.timeout_s)
+                response = self._send(url, params=params)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = f"{exc.__class__.__name__}"
             else:
@@ -136,6 +212,8 @@ class TngClient:
                 raise TngApiError(f"{page}: not a subhalo search response (no 'results'); check sources.tng.api_url")
             results.extend(data["results"])
             page = data.get("next")
+            if page:
+                page = self.check_server_url(page, "next")
         return results[:top_n]
 
     # ------------------------------------------------------------------ downloads
@@ -154,8 +232,7 @@ class TngClient:
             have = part.stat().st_size if part.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
-                with self._session.get(url, params=params, headers=headers, stream=True,
-                                       timeout=self.policy.timeout_s) as response:
+                with self._send(url, params=params, headers=headers, stream=True) as response:
                     self._check_auth(response, url)
                     status = response.status_code
                     if status == 416 and have:       # nothing left to send: the part file may be complete
@@ -284,7 +361,8 @@ def download_selection(tng: dict[str, Any], client: TngClient | None = None,
     log(f"selected {len(found)} subhalos of {simulation} snapshot {snapshot}")
 
     def fetch(item: dict[str, Any]) -> dict[str, Any]:
-        detail_url = item.get("url") or f"{client.api_url}{simulation}/snapshots/{snapshot}/subhalos/{item['id']}/"
+        detail_url = (client.check_server_url(item["url"], "url") if item.get("url")
+                      else f"{client.api_url}{simulation}/snapshots/{snapshot}/subhalos/{item['id']}/")
         subhalo_id = int(item["id"])
         dest = cutout_file(tng["cutout_dir"], simulation, snapshot, subhalo_id)
         sidecar = dest.with_suffix(".json")
