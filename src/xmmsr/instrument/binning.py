@@ -58,9 +58,10 @@ def _pixel_tables(grid: ImageGrid) -> tuple[np.ndarray, np.ndarray]:
     off-grid values map so that the flat index is at least nx * ny."""
     size = grid.bin_det_units
     overflow = grid.nx * grid.ny
-    values = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.int64)
-    ix = (values - int(round(grid.x0_arcsec / DET_UNIT_ARCSEC))) // size
-    iy = (values - int(round(grid.y0_arcsec / DET_UNIT_ARCSEC))) // size
+    values = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.float64)
+    # pixel edges may lie between integer DETX/DETY values (evselect: -18283.5 + 80 i)
+    ix = np.floor((values - round(grid.x0_arcsec / DET_UNIT_ARCSEC, 3)) / size).astype(np.int64)
+    iy = np.floor((values - round(grid.y0_arcsec / DET_UNIT_ARCSEC, 3)) / size).astype(np.int64)
     lut_x = np.where((ix >= 0) & (ix < grid.nx), ix, overflow).astype(np.int32)
     lut_y = np.where((iy >= 0) & (iy < grid.ny), iy * grid.nx, overflow).astype(np.int32)
     return lut_x, lut_y
@@ -98,6 +99,23 @@ def detector_image_wcs(grid: ImageGrid, ra_pnt: float, dec_pnt: float, roll_deg:
                    (aim_y_arcsec - grid.y0_arcsec) / grid.pixel_arcsec + 0.5]
     w.wcs.cd = grid.pixel_arcsec / 3600.0 * np.array([[-c, -s], [-s, c]])
     return w
+
+
+def physical_keywords(grid: ImageGrid) -> dict[str, tuple[object, str]]:
+    """The DETX/DETY physical coordinate keywords of SAS evselect images of ``grid`` (WCS 'L', LTV/LTM)."""
+    b = grid.bin_det_units
+    out: dict[str, tuple[object, str]] = {}
+    for axis, name, edge in ((1, "DETX", grid.x0_arcsec), (2, "DETY", grid.y0_arcsec)):
+        first = edge / DET_UNIT_ARCSEC + b / 2.0      # DETX/DETY of the centre of pixel 1
+        out[f"CTYPE{axis}L"] = (name, "physical coordinate")
+        out[f"CRPIX{axis}L"] = (1.0, "")
+        out[f"CRVAL{axis}L"] = (first, f"{name} of the centre of pixel 1")
+        out[f"CDELT{axis}L"] = (float(b), f"{name} units (0.05 arcsec) per pixel")
+        out[f"LTV{axis}"] = (1.0 - first / b, "image = LTM x physical + LTV")
+        out[f"LTM{axis}_{axis}"] = (1.0 / b, "")
+    out["WCSNAMEL"] = ("PHYSICAL", "")
+    out["LTM1_2"], out["LTM2_1"] = (0.0, ""), (0.0, "")
+    return out
 
 
 def image_wcs(data: fits.FITS_rec, header: fits.Header, grid: ImageGrid, path: str | Path | None = None) -> WCS:
@@ -152,6 +170,8 @@ def bin_event_file(path: str | Path, geometry: PnGeometry | None = None) -> tupl
     good = select_good(column(data, "PATTERN"), column(data, "FLAG"), column(data, "PI"))
     image = bin_counts(column(data, "DETX")[good], column(data, "DETY")[good], grid)
     out = image_wcs(data, header, grid, path).to_header()
+    for key, value in physical_keywords(grid).items():
+        out[key] = value
     out["BUNIT"] = ("count", "events per pixel")
     out["EXPOSURE"] = (exposure_of(header, path), "[s] exposure time")
     out["RESMULT"] = (resolution, "resolution multiplier")

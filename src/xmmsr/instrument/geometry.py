@@ -1,20 +1,56 @@
-"""EPIC-pn focal-plane geometry: 12 CCDs with gaps, raw pixels, flags, image grids and masks.
+"""EPIC-pn focal-plane geometry: 12 CCDs with gaps, raw pixels, flags, dead pixels, image grids and masks.
 
-Detector coordinates are offsets in arcsec from the centre of the CCD array (DETX/DETY in the
-event lists are the same in units of 0.05"). Image grids bin DETX/DETY by 80 units (4") at 1x
-and 40 units (2") at 2x onto 403 x 411 (806 x 822) pixels centred on the array.
+Detector coordinates are SAS DETX/DETY in arcsec (the event lists' DETX/DETY are the same in units
+of 0.05"). Image grids are the SAS ``evselect`` grid of DETX/DETY binned by 80 units (4") at 1x, 403 x
+411 pixels whose lower-left edge is DETX = -18283.5, DETY = -17527.5 (``CRVAL1L = -18243.5``,
+``CDELT1L = 80`` in the images), and the same area in 40-unit (2") bins at 2x (806 x 822). The CCD
+array, the optical axis (vignetting and PSF centre), the aim point (where the pointing direction
+lands) and the field-of-view circle are placed where they are on real pn images; the dead rows at
+the readout nodes, the gaps, bad columns and dead pixels come from a table measured on real SAS
+exposure maps and images (``resources/instrument/pn_dead_pixels_1x.csv``).
 """
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+from ..errors import InputError
 
 DET_UNIT_ARCSEC = 0.05
 FLAG_CCD_BORDER = 0x1
 FLAG_BAD_COLUMN = 0x2
+FLAG_DEAD_PIXEL = 0x4
+DeadRegion = tuple[int, int, int, int]   # row_min, row_max, col_min, col_max (1x image pixels, inclusive)
+
+
+def read_dead_pixels(path: str | Path) -> tuple[DeadRegion, ...]:
+    """Dead-pixel rectangles from a CSV with columns row_min,row_max,col_min,col_max (``#`` comments)."""
+    p = Path(path)
+    try:
+        lines = [line for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    except OSError as exc:
+        raise InputError(p, "file", f"cannot be read ({exc.strerror})",
+                         "point instrument.geometry.dead_pixels_file at a dead-pixel CSV, or set it to null") from exc
+    reader = csv.DictReader(lines)
+    need = ("row_min", "row_max", "col_min", "col_max")
+    if reader.fieldnames is None or any(k not in reader.fieldnames for k in need):
+        raise InputError(p, "header", f"needs the columns {list(need)}", "write a CSV header line with those names")
+    regions = []
+    for n, row in enumerate(reader, start=2):
+        try:
+            r0, r1, c0, c1 = (int(row[k]) for k in need)
+        except (TypeError, ValueError) as exc:
+            raise InputError(p, f"line {n}", "is not four integers", "fix or remove the line") from exc
+        if r0 > r1 or c0 > c1 or min(r0, c0) < 0:
+            raise InputError(p, f"line {n}", f"({r0}, {r1}, {c0}, {c1}) is not a valid rectangle",
+                             "give row_min <= row_max and col_min <= col_max, all >= 0")
+        regions.append((r0, r1, c0, c1))
+    return tuple(regions)
 
 
 @dataclass(frozen=True)
@@ -56,23 +92,31 @@ class ImageGrid:
 
 @dataclass(frozen=True)
 class PnGeometry:
-    """CCD layout of the pn camera (defaults: DESIGN.md section 2)."""
+    """CCD layout of the pn camera in DETX/DETY arcsec (defaults: measured on real SAS pn images)."""
 
     pixel_arcsec: float = 4.1
     ccd_columns: int = 64
     ccd_rows: int = 200
     ccds_x: int = 6
     ccds_y: int = 2
-    gap_x_arcsec: float = 7.5
-    gap_y_arcsec: float = 3.9
-    aim_x_arcsec: float = -60.0
-    aim_y_arcsec: float = 70.0
+    gap_x_arcsec: float = 7.6
+    gap_y_arcsec: float = 8.0
+    array_center_x_arcsec: float = -110.175
+    array_center_y_arcsec: float = -56.375
+    aim_x_arcsec: float = 5.6
+    aim_y_arcsec: float = -7.4
+    axis_x_arcsec: float = 61.2
+    axis_y_arcsec: float = 21.5
+    fov_center_x_arcsec: float = -112.2
+    fov_center_y_arcsec: float = -56.4
     fov_radius_arcmin: float = 15.0
     image_nx: int = 403
     image_ny: int = 411
     image_pixel_arcsec: float = 4.0
+    image_origin_det: tuple[float, float] = (-18283.5, -17527.5)
     bad_columns: tuple[tuple[int, int], ...] = ()
-    flag_ccd_border: bool = True
+    flag_ccd_border: bool = False
+    dead_pixels: tuple[DeadRegion, ...] = ()
 
     @property
     def ccd_width(self) -> float:
@@ -90,17 +134,43 @@ class PnGeometry:
     def array_height(self) -> float:
         return self.ccds_y * self.ccd_height + (self.ccds_y - 1) * self.gap_y_arcsec
 
+    @property
+    def array_x0(self) -> float:
+        """Left edge (arcsec) of the CCD array."""
+        return self.array_center_x_arcsec - self.array_width / 2
+
+    @property
+    def array_y0(self) -> float:
+        """Lower edge (arcsec) of the CCD array."""
+        return self.array_center_y_arcsec - self.array_height / 2
+
     def ccd_origin(self, ix: int, iy: int) -> tuple[float, float]:
         """Lower-left corner (arcsec) of CCD column ``ix``, row ``iy``."""
-        return (-self.array_width / 2 + ix * (self.ccd_width + self.gap_x_arcsec),
-                -self.array_height / 2 + iy * (self.ccd_height + self.gap_y_arcsec))
+        return (self.array_x0 + ix * (self.ccd_width + self.gap_x_arcsec),
+                self.array_y0 + iy * (self.ccd_height + self.gap_y_arcsec))
 
     def image_grid(self, resolution: int) -> ImageGrid:
-        """The binned-image grid at resolution multiplier 1 or 2."""
+        """The binned-image grid at resolution multiplier 1 or 2 (the evselect DETX/DETY grid)."""
         p = self.image_pixel_arcsec / resolution
         nx, ny = self.image_nx * resolution, self.image_ny * resolution
-        return ImageGrid(nx, ny, p, -self.image_nx * self.image_pixel_arcsec / 2,
-                         -self.image_ny * self.image_pixel_arcsec / 2)
+        return ImageGrid(nx, ny, p, self.image_origin_det[0] * DET_UNIT_ARCSEC,
+                         self.image_origin_det[1] * DET_UNIT_ARCSEC)
+
+    def dead_map(self) -> np.ndarray:
+        """1 where a pixel of the 1x image grid is dead (the dead-pixel table), uint8 (ny, nx), read-only."""
+        return _dead_map(self.dead_pixels, self.image_ny, self.image_nx)
+
+    def dead_at(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        """True for positions (arcsec) in a dead pixel of the 1x image grid."""
+        if not self.dead_pixels:
+            return np.zeros(np.shape(dx), dtype=bool)
+        g = self.image_grid(1)
+        inv = np.float32(1.0 / g.pixel_arcsec)
+        ix = np.floor((dx - np.float32(g.x0_arcsec)) * inv).astype(np.int32)
+        iy = np.floor((dy - np.float32(g.y0_arcsec)) * inv).astype(np.int32)
+        inside = (ix >= 0) & (ix < g.nx) & (iy >= 0) & (iy < g.ny)
+        flat = np.where(inside, iy * g.nx + ix, 0)
+        return inside & (self.dead_map().ravel()[flat] > 0)
 
     def locate(self, dx: np.ndarray, dy: np.ndarray, resolution: int) -> tuple[np.ndarray, ...]:
         """CCD number (1..12), RAWX, RAWY and FLAG of on-chip positions (arcsec, detector frame).
@@ -109,8 +179,8 @@ class PnGeometry:
         ``pixel_arcsec / resolution``; CCDs are numbered row by row from the lower left.
         """
         f32 = np.float32
-        ux = dx + f32(self.array_width / 2)
-        uy = dy + f32(self.array_height / 2)
+        ux = dx - f32(self.array_x0)
+        uy = dy - f32(self.array_y0)
         ix = (ux * f32(1.0 / (self.ccd_width + self.gap_x_arcsec))).astype(np.int16)
         iy = (uy * f32(1.0 / (self.ccd_height + self.gap_y_arcsec))).astype(np.int16)
         wx = ux - ix * f32(self.ccd_width + self.gap_x_arcsec)
@@ -127,14 +197,16 @@ class PnGeometry:
             column_1x = (wx * f32(1.0 / self.pixel_arcsec)).astype(np.int16)
             for ccd, column in self.bad_columns:
                 flag[(ccdnr == ccd) & (column_1x == column)] |= FLAG_BAD_COLUMN
+        if self.dead_pixels:
+            flag[self.dead_at(dx, dy)] |= FLAG_DEAD_PIXEL
         return ccdnr, rawx, rawy, flag
 
     def on_chip(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
         """True for positions (arcsec, detector frame) on a CCD (not in a gap or outside the array)."""
         pitch_x = np.float32(self.ccd_width + self.gap_x_arcsec)
         pitch_y = np.float32(self.ccd_height + self.gap_y_arcsec)
-        ux = dx + np.float32(self.array_width / 2)
-        uy = dy + np.float32(self.array_height / 2)
+        ux = dx - np.float32(self.array_x0)
+        uy = dy - np.float32(self.array_y0)
         on = (ux >= 0) & (ux < np.float32(self.array_width)) & (uy >= 0) & (uy < np.float32(self.array_height))
         on &= ux - np.floor(ux / pitch_x) * pitch_x < np.float32(self.ccd_width)
         on &= uy - np.floor(uy / pitch_y) * pitch_y < np.float32(self.ccd_height)
@@ -158,12 +230,18 @@ class PnGeometry:
                 start = None
         return intervals
 
-    def acceptance(self, grid: ImageGrid) -> np.ndarray:
-        """Fraction of each pixel of ``grid`` covered by unflagged active CCD area (exact, float64)."""
-        return _acceptance(self, grid)
+    def acceptance(self, grid: ImageGrid, dead: bool = True) -> np.ndarray:
+        """Fraction of each pixel of ``grid`` covered by unflagged active CCD area (exact for the CCD
+        layout), times :meth:`live` unless ``dead`` is False."""
+        ccd = _acceptance(self, grid)
+        return ccd * self.live(grid) if dead and self.dead_pixels else ccd
+
+    def live(self, grid: ImageGrid) -> np.ndarray:
+        """0 on the dead pixels of the 1x grid, 1 elsewhere, sampled at the pixel centres of ``grid``."""
+        return _live(self, grid)
 
     def fov_fraction(self, grid: ImageGrid, supersample: int = 4) -> np.ndarray:
-        """Fraction of each pixel of ``grid`` inside the telescope field of view (circle about the aim point)."""
+        """Fraction of each pixel of ``grid`` inside the telescope field of view (a circle on the array)."""
         return _fov_fraction(self, grid, supersample)
 
     def detector_mask(self, resolution: int) -> np.ndarray:
@@ -182,6 +260,15 @@ def coverage_1d(edges: np.ndarray, intervals: list[tuple[float, float]]) -> np.n
     return cover / (hi - lo)
 
 
+@lru_cache(maxsize=4)
+def _dead_map(regions: tuple[DeadRegion, ...], ny: int, nx: int) -> np.ndarray:
+    dead = np.zeros((ny, nx), dtype=np.uint8)
+    for r0, r1, c0, c1 in regions:
+        dead[r0:r1 + 1, c0:c1 + 1] = 1
+    dead.setflags(write=False)
+    return dead
+
+
 @lru_cache(maxsize=16)
 def _acceptance(geom: PnGeometry, grid: ImageGrid) -> np.ndarray:
     ex, ey = grid.edges()
@@ -198,15 +285,24 @@ def _acceptance(geom: PnGeometry, grid: ImageGrid) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
+def _live(geom: PnGeometry, grid: ImageGrid) -> np.ndarray:
+    cx, cy = grid.centers()
+    gx, gy = np.meshgrid(cx, cy)
+    live = (~geom.dead_at(gx, gy)).astype(np.float64)
+    live.setflags(write=False)
+    return live
+
+
+@lru_cache(maxsize=16)
 def _fov_fraction(geom: PnGeometry, grid: ImageGrid, supersample: int) -> np.ndarray:
     offsets = (np.arange(supersample) + 0.5) / supersample * grid.pixel_arcsec
     ex, ey = grid.edges()
     r2max = (geom.fov_radius_arcmin * 60.0) ** 2
     frac = np.zeros(grid.shape)
     for oy in offsets:
-        y2 = (ey[:-1] + oy - geom.aim_y_arcsec) ** 2
+        y2 = (ey[:-1] + oy - geom.fov_center_y_arcsec) ** 2
         for ox in offsets:
-            x2 = (ex[:-1] + ox - geom.aim_x_arcsec) ** 2
+            x2 = (ex[:-1] + ox - geom.fov_center_x_arcsec) ** 2
             frac += (y2[:, None] + x2[None, :]) <= r2max
     frac /= supersample**2
     frac.setflags(write=False)

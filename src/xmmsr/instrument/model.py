@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import resolve_resource
 from ..errors import InputError
-from .geometry import PnGeometry
+from .geometry import PnGeometry, read_dead_pixels
 from .psf import KingPsf
 from .response import Response, read_effective_area
 
@@ -19,30 +19,61 @@ PATTERN_GOOD_MAX = 4
 
 @dataclass(frozen=True)
 class Vignetting:
-    """Fraction of on-axis effective area at off-axis angle theta: 1 - (1 - v_ref) (theta/theta_ref)^power."""
+    """Fraction of the on-axis effective area at off-axis angle theta and energy E: a table of theta
+    (arcmin) x energy (keV), bilinear (by default the XRT3_XAREAEF CCF of the pn telescope)."""
 
-    reference_offaxis_arcmin: float = 12.0
-    value_at_reference: float = 0.65
-    power: float = 1.6
+    theta_arcmin: tuple[float, ...] = (0.0, 15.6)
+    energy_kev: tuple[float, ...] = (1.0,)
+    factors: tuple[tuple[float, ...], ...] = ((1.0, 1.0),)   # one row per energy
 
-    def __call__(self, offaxis_arcmin: np.ndarray) -> np.ndarray:
-        return self.of_squared(np.square(offaxis_arcmin))
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Vignetting":
+        """Read ``theta_arcmin,v_<E>keV,...`` (``#`` comments), e.g. resources/instrument/pn_vignetting_*.csv."""
+        p = Path(path)
+        try:
+            lines = [line for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+            header = [h.strip() for h in lines[0].split(",")]
+            table = np.loadtxt(lines[1:], delimiter=",", ndmin=2)
+            energies = [float(h.removeprefix("v_").removesuffix("keV")) for h in header[1:]]
+        except (OSError, IndexError, ValueError) as exc:
+            raise InputError(p, "instrument.vignetting.file", f"cannot be read as a vignetting table ({exc})",
+                             "give a CSV with a header theta_arcmin,v_0.5keV,v_1.0keV,... and one row per angle") from exc
+        if header[0] != "theta_arcmin" or table.shape[1] != len(header) or np.any(np.diff(table[:, 0]) <= 0) \
+                or np.any(np.diff(energies) <= 0) or np.any((table[:, 1:] < 0) | (table[:, 1:] > 1.0 + 1e-6)):
+            raise InputError(p, "vignetting table", "needs increasing theta_arcmin and energies and factors in [0, 1]",
+                             "check the header (theta_arcmin,v_<E>keV,...) and the values")
+        return cls(tuple(table[:, 0]), tuple(energies), tuple(tuple(col) for col in table[:, 1:].T))
 
-    def of_squared(self, offaxis2_arcmin2: np.ndarray) -> np.ndarray:
-        """Vignetting as a function of the squared off-axis angle (arcmin^2), in its precision."""
+    def __call__(self, offaxis_arcmin: np.ndarray, energy_kev: float | np.ndarray = 1.0) -> np.ndarray:
+        return self.of_squared(np.square(offaxis_arcmin), energy_kev)
+
+    def of_squared(self, offaxis2_arcmin2: np.ndarray, energy_kev: float | np.ndarray = 1.0) -> np.ndarray:
+        """Vignetting as a function of the squared off-axis angle (arcmin^2) and energy, in the precision
+        of the angles; beyond the table the last value holds."""
         x2 = np.asarray(offaxis2_arcmin2)
         t = x2.dtype.type if x2.dtype.kind == "f" else np.float64
-        v = np.power(x2 * t(1.0 / self.reference_offaxis_arcmin**2), t(self.power / 2.0))
-        v *= t(-(1.0 - self.value_at_reference))
-        v += t(1.0)
-        return np.clip(v, t(0.0), t(1.0))
+        theta = np.sqrt(x2)
+        grid = np.asarray(self.theta_arcmin, dtype=t)
+        rows = [np.interp(theta, grid, np.asarray(f, dtype=t)).astype(t, copy=False) for f in self.factors]
+        if len(rows) == 1:
+            return rows[0]
+        e = np.clip(np.asarray(energy_kev, dtype=t), self.energy_kev[0], self.energy_kev[-1])
+        k = np.clip(np.searchsorted(np.asarray(self.energy_kev, dtype=t), e) - 1, 0, len(rows) - 2)
+        lo = np.asarray(self.energy_kev, dtype=t)[k]
+        hi = np.asarray(self.energy_kev, dtype=t)[k + 1]
+        w = (e - lo) / (hi - lo)
+        stacked = np.stack(rows)
+        if np.ndim(k) == 0:
+            return stacked[int(k)] * (t(1) - w) + stacked[int(k) + 1] * w
+        idx = np.arange(theta.size)
+        return stacked[k, idx] * (t(1) - w) + stacked[k + 1, idx] * w
 
 
 @dataclass(frozen=True)
 class Background:
     """Particle (flat, not vignetted) and unresolved cosmic X-ray background (vignetted)."""
 
-    particle_rate_arcmin2: float = 5.0e-4   # counts s-1 arcmin-2 over the detector, 0.5-2 keV, all patterns
+    particle_rate_arcmin2: float = 2.0e-3   # counts s-1 arcmin-2 over the detector, 0.5-2 keV, all patterns
     cxb_flux_arcmin2: float = 1.2e-6       # ph cm-2 s-1 arcmin-2, 0.5-2 keV
     cxb_gamma: float = 1.4
     cxb_nh: float = 3e20
@@ -81,25 +112,31 @@ class PnInstrument:
     def from_config(cls, cfg: dict[str, Any], base_dir: str | Path | None = None) -> "PnInstrument":
         """Build from the ``instrument`` config section (see workflow/schemas/config.schema.yaml)."""
         g = cfg["geometry"]
+        dead = read_dead_pixels(resolve_resource(g["dead_pixels_file"], base_dir)) if g["dead_pixels_file"] else ()
         geometry = PnGeometry(
             pixel_arcsec=g["pixel_arcsec"], ccd_columns=g["ccd_columns"], ccd_rows=g["ccd_rows"],
             ccds_x=g["ccds_x"], ccds_y=g["ccds_y"], gap_x_arcsec=g["gap_x_arcsec"], gap_y_arcsec=g["gap_y_arcsec"],
+            array_center_x_arcsec=g["array_center_arcsec"][0], array_center_y_arcsec=g["array_center_arcsec"][1],
             aim_x_arcsec=g["aim_point_arcsec"][0], aim_y_arcsec=g["aim_point_arcsec"][1],
+            axis_x_arcsec=g["optical_axis_arcsec"][0], axis_y_arcsec=g["optical_axis_arcsec"][1],
+            fov_center_x_arcsec=g["fov_center_arcsec"][0], fov_center_y_arcsec=g["fov_center_arcsec"][1],
             fov_radius_arcmin=g["fov_radius_arcmin"],
+            image_origin_det=(float(g["image_origin_det"][0]), float(g["image_origin_det"][1])),
             bad_columns=tuple((int(c), int(x)) for c, x in g["bad_columns"]),
             flag_ccd_border=g["flag_ccd_border"],
+            dead_pixels=dead,
         )
         aim = np.array([[geometry.aim_x_arcsec], [geometry.aim_y_arcsec]], dtype=np.float32)
         if not geometry.on_chip(aim[0], aim[1])[0] or geometry.locate(aim[0], aim[1], 1)[3][0] != 0:
             raise InputError(None, "instrument.geometry.aim_point_arcsec", f"{list(g['aim_point_arcsec'])} is not on an "
                              "active, unflagged CCD pixel", "put the optical axis on a CCD, clear of gaps and borders "
-                             "(the default is [-60.0, 70.0])")
+                             "(the default is [5.6, -7.4], where SAS pn images have their targets)")
         energy, area = read_effective_area(resolve_resource(cfg["effective_area_file"], base_dir))
         return cls(
             geometry=geometry,
             psf=KingPsf(**cfg["psf"]),
             response=Response(energy, area, cfg["energy_resolution_fwhm_ev"]),
-            vignetting=Vignetting(**cfg["vignetting"]),
+            vignetting=Vignetting.from_file(resolve_resource(cfg["vignetting"]["file"], base_dir)),
             background=Background(**cfg["background"]),
             patterns=PatternFractions(**cfg["pattern_fractions"]),
             roll_deg=cfg["roll_deg"],

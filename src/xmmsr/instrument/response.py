@@ -79,6 +79,7 @@ class SpectralResponse:
     pi_fraction: float            # fraction of detected photons with PI in [500, 2000] eV
     quantiles_kev: np.ndarray     # energy at CDF = k / 4096, k = 0..4096 (float32), plus a copy of the last
     quantile_slopes: np.ndarray   # differences of consecutive quantiles (float32)
+    mean_energy_kev: float = 1.0  # mean true energy of the detected photons
 
     def sample_energies(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Draw true energies (keV) of ``n`` detected photons: inverse CDF tabulated on a uniform
@@ -143,4 +144,6 @@ def _spectral(response: Response, model: str, parameter: float, nh: float) -> Sp
     quantiles = np.interp(np.linspace(0.0, 1.0, _QUANTILE_STEPS + 1), cdf, e)
     quantiles = np.append(quantiles, quantiles[-1]).astype(np.float32)
     pi_fraction = np.trapezoid(detected * response.pi_fraction(e), e) / np.trapezoid(detected, e)
-    return SpectralResponse(float(mean_area), float(pi_fraction), quantiles, np.diff(quantiles).astype(np.float32))
+    mean_energy = np.trapezoid(detected * e, e) / np.trapezoid(detected, e)
+    return SpectralResponse(float(mean_area), float(pi_fraction), quantiles, np.diff(quantiles).astype(np.float32),
+                            float(mean_energy))
