@@ -131,7 +131,7 @@ def test_aim_point_in_a_chip_gap_is_rejected(tmp_path, capsys):
     import yaml
 
     config = tmp_path / "gap.yaml"
-    config.write_text(yaml.safe_dump({"instrument": {"geometry": {"aim_point_arcsec": [0.0, 0.0]}}}))
+    config.write_text(yaml.safe_dump({"instrument": {"geometry": {"aim_point_arcsec": [-110.2, -56.4]}}}))
     out = tmp_path / "cluster.fits"
     _assert_clean_failure(["sky", "--kind", "agn", "--config", config, "--output", out], out, capsys,
                           "instrument.geometry.aim_point_arcsec", "gaps")
