@@ -4,8 +4,9 @@ Reads the real SAS evselect DETX/DETY images (403 x 411, bin 80) of REAL_DIR, si
 configured kind (extended with field AGN, AGN, blank background) with the built-in simulator at the
 real images' median exposure, bins them like the real ones, and prints one table of what a network
 sees: background by off-axis annulus (about the aim point) and in the out-of-FOV corners, zero
-fraction, total counts per 20 ks, the brightest 20" box over the background, the detector-mask
-agreement and where the targets sit. Images on other grids (sky X/Y, 1" pixels) are listed as skipped.
+fraction, total counts per 20 ks, the brightest 20" box over the background, point sources per field,
+the PSF of bright isolated point sources by off-axis bin (HEW and tangential/radial axis ratio), the
+detector-mask agreement and where the targets sit. Images on other grids (sky X/Y, 1" pixels) are listed as skipped.
 
     python bench/realism.py REAL_DIR [--config CONFIG.yaml] [--fields 3] [--seed 1]
 """
@@ -79,7 +80,73 @@ def measure(image: np.ndarray, exposure_ks: float, regions: Regions) -> dict[str
         "brightest 20\" box / bkg": float(box.max()) / (bkg * exposure_ks * 25) if bkg > 0 else float("nan"),
         "counts outside mask": float(image[~m].sum()) / max(float(image.sum()), 1.0),
     })
+    sources = point_sources(image, m)
+    disc = regions.annuli[0] | regions.annuli[1] | regions.annuli[2] | regions.annuli[3]
+    in_disc = [s for s in sources if disc[int(s["y"]), int(s["x"])]]
+    scale = 20.0 / exposure_ks
+    row["sources >= 20 counts / 20 ks"] = float(sum(s["net"] * scale >= 20 for s in in_disc))
+    row["sources >= 100 counts / 20 ks"] = float(sum(s["net"] * scale >= 100 for s in in_disc))
+    row["_sources"] = sources
     return row
+
+
+OFFAXIS_BINS = ((0.0, 6.0), (6.0, 10.0), (10.0, 12.5), (12.5, 15.0))
+
+
+def point_sources(image: np.ndarray, mask: np.ndarray, pixel_arcsec: float = 4.0) -> list[dict[str, float]]:
+    """Isolated point-like peaks: local maxima of the 1-pixel-smoothed image with no brighter peak within
+    60", net counts within 60" (local level from the 60-90" annulus median), half-energy width (of the
+    counts within 60") and second moments within 30" (background subtracted)."""
+    smooth = ndimage.gaussian_filter(image.astype(float), 1.0)
+    peaks = (smooth == ndimage.maximum_filter(smooth, size=int(2 * 60 / pixel_arcsec) + 1)) & mask & (smooth > 1.0)
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    out = []
+    for y, x in np.argwhere(peaks):
+        r = np.hypot(xx - x, yy - y) * pixel_arcsec
+        ring = mask & (r >= 60) & (r < 90)
+        if ring.sum() < 50:
+            continue
+        level = float(np.median(image[ring])) if np.median(image[ring]) > 0 else float(image[ring].mean())
+        inner = mask & (r < 60)
+        if inner.sum() < 0.9 * np.pi * (60 / pixel_arcsec) ** 2:   # cut by the mask: skip
+            continue
+        net = float(image[inner].sum() - level * inner.sum())
+        if net < 20:
+            continue
+        order = np.argsort(r[inner])
+        cum = np.cumsum(image[inner][order] - level)
+        hew = 2.0 * float(r[inner][order][np.searchsorted(cum, 0.5 * net)]) if net >= 200 else float("nan")
+        core = mask & (r < 30)
+        w = np.clip(image[core] - level, 0.0, None)
+        dx, dy = (xx[core] - x) * pixel_arcsec, (yy[core] - y) * pixel_arcsec
+        out.append({"x": float(x), "y": float(y), "net": net, "hew": hew,
+                    "mxx": float((w * dx * dx).sum() / w.sum()), "myy": float((w * dy * dy).sum() / w.sum()),
+                    "mxy": float((w * dx * dy).sum() / w.sum())})
+    return out
+
+
+def psf_by_offaxis(sources: list[dict[str, float]], instrument: PnInstrument,
+                   min_net: float = 200.0) -> dict[str, tuple[float, float, int]]:
+    """Median HEW and tangential/radial axis ratio (from the second moments) of sources with at least
+    ``min_net`` counts, per off-axis bin (angle from the optical axis)."""
+    g = instrument.geometry
+    grid = g.image_grid(1)
+    rows: dict[str, list[tuple[float, float]]] = {f"{a:g}-{b:g}'": [] for a, b in OFFAXIS_BINS}
+    for src in sources:
+        if src["net"] < min_net:
+            continue
+        px = grid.x0_arcsec + (src["x"] + 0.5) * grid.pixel_arcsec - g.axis_x_arcsec
+        py = grid.y0_arcsec + (src["y"] + 0.5) * grid.pixel_arcsec - g.axis_y_arcsec
+        theta = float(np.hypot(px, py)) / 60.0
+        ur = np.array([px, py]) / max(np.hypot(px, py), 1e-9)
+        m = np.array([[src["mxx"], src["mxy"]], [src["mxy"], src["myy"]]])
+        radial = float(ur @ m @ ur)
+        tangential = float(np.array([-ur[1], ur[0]]) @ m @ np.array([-ur[1], ur[0]]))
+        for a, b in OFFAXIS_BINS:
+            if a <= theta < b and radial > 0:
+                rows[f"{a:g}-{b:g}'"].append((src["hew"], float(np.sqrt(tangential / radial))))
+    return {k: (float(np.nanmedian([h for h, _ in v])) if v and np.isfinite([h for h, _ in v]).any() else float("nan"),
+                float(np.median([q for _, q in v])) if v else float("nan"), len(v)) for k, v in rows.items()}
 
 
 def target_position(image: np.ndarray) -> tuple[float, float]:
@@ -154,7 +221,10 @@ def main() -> None:
 
     real_rows = {name: measure(im, e, regions) for name, (im, e) in real.items()}
     sim_rows = {kind: [measure(im, exposure_s / 1000.0, regions) for im in ims] for kind, ims in sims.items()}
-    keys = list(next(iter(real_rows.values())))
+    groups = {"real": list(real_rows.values()), **{f"sim {k}": v for k, v in sim_rows.items()}}
+    psf = {name: psf_by_offaxis([s for row in rows for s in row.pop("_sources")], instrument)
+           for name, rows in groups.items()}
+    keys = [k for k in next(iter(real_rows.values())) if not k.startswith("_")]
     names = list(real_rows)
     print(f"\nReal: {len(real)} SAS images ({', '.join(names)}); simulated: {args.fields} fields per kind at "
           f"{exposure_s / 1000:.1f} ks. Background in counts / 4\" pixel / ks (annuli about the aim point).\n")
@@ -164,6 +234,14 @@ def main() -> None:
         cells = [fmt(real_rows[n][k]) for n in names] + [span([r[k] for r in sim_rows[kind]])
                                                        for kind in ("extended", "agn", "background")]
         print(f"| {k} | " + " | ".join(cells) + " |")
+
+    print("\nPSF of isolated point sources with >= 200 net counts (HEW of the counts within 60\", arcsec; "
+          "tangential/radial axis ratio from the second moments within 30\"; medians; n sources), by angle "
+          "from the optical axis:\n")
+    print("| off axis | " + " | ".join(f"{g} HEW | {g} ratio | n" for g in psf) + " |")
+    print("|---" * (1 + 3 * len(psf)) + "|")
+    for k in next(iter(psf.values())):
+        print(f"| {k} | " + " | ".join(f"{fmt(psf[g][k][0])} | {fmt(psf[g][k][1])} | {psf[g][k][2]}" for g in psf) + " |")
 
     stack = np.sum([im for im, _ in real.values()], axis=0)
     positions = [target_position(real[n][0]) for n in names]

@@ -22,16 +22,16 @@ def bin_image(a: np.ndarray, n: int) -> np.ndarray:
     return a.reshape(a.shape[0] // n, n, a.shape[1] // n, n).sum(axis=(1, 3))
 
 
-def source_image(psf, rc: float, pixel: float, shape: tuple[int, int], sources, sub: int) -> np.ndarray:
+def source_image(psf, at: tuple[float, int], pixel: float, shape: tuple[int, int], sources, sub: int) -> np.ndarray:
     """Expected counts of point sources (x, y, counts) on a grid of ``pixel`` arcsec: the pixel-integrated
-    King PSF is drawn on a ``sub`` times finer grid and binned, so sources may sit between pixel centres
+    PSF at ``at`` = (off-axis angle, resolution) is drawn on a ``sub`` times finer grid and binned, so sources may sit between pixel centres
     (x must be a fine-pixel centre, (x + 0.5) sub - 0.5 an integer)."""
     sky = np.zeros((shape[0] * sub, shape[1] * sub))
     for x, y, f in sources:
         fx, fy = (x + 0.5) * sub - 0.5, (y + 0.5) * sub - 0.5
         assert abs(fx - round(fx)) < 1e-9 and abs(fy - round(fy)) < 1e-9
         sky[int(round(fy)), int(round(fx))] += f
-    kernel = psf.kernel(rc, pixel / sub, psf.max_radius_arcsec)
+    kernel = psf.kernel(pixel / sub, at[0], resolution=at[1])
     return bin_image(fftconvolve(sky, kernel, mode="same"), sub)
 
 
@@ -39,24 +39,24 @@ def source_image(psf, rc: float, pixel: float, shape: tuple[int, int], sources, 
 def field(instrument):
     """1x truth at the target exposure: flat background plus the BRIGHT and FAINT sources."""
     psf = instrument.psf
-    rc = float(psf.core_radius(0, 1))
+    rc = (instrument.aim_offaxis_arcmin, 1)
     b = instrument.background_rate_arcsec2() * 4.0**2 * EXP_TARGET
     src = source_image(psf, rc, 4.0, SHAPE, BRIGHT + [FAINT], sub=5)
     return {"b": b, "image": b + src, "fwhm": points.psf_fwhm_px(instrument, 1), "rc": rc, "psf": psf}
 
 
-def expected_aperture_flux(psf, rc: float, fwhm_px: float, flux: float, pixel: float = 4.0) -> float:
+def expected_aperture_flux(psf, rc: tuple[float, int], fwhm_px: float, flux: float, pixel: float = 4.0) -> float:
     """Aperture counts minus the annulus level for a King source of ``flux`` counts (truncated PSF)."""
-    f = lambda r_px: psf.enclosed_fraction(r_px * pixel, rc)  # noqa: E731
+    f = lambda r_px: psf.enclosed_fraction(r_px * pixel, rc[0], resolution=rc[1])  # noqa: E731
     r_ap = points.APERTURE_FWHM * fwhm_px
     r_in, r_out = (a * fwhm_px for a in points.ANNULUS_FWHM)
     ann = (f(r_out) - f(r_in)) * r_ap**2 / (r_out**2 - r_in**2)
-    return float(flux * (f(r_ap) - ann) / psf.enclosed_fraction(psf.max_radius_arcsec, rc))
+    return float(flux * (f(r_ap) - ann) / f(psf.max_radius_arcsec / pixel))
 
 
 def test_detects_known_sources_with_positions_and_fluxes(field):
     mask = np.ones(SHAPE, bool)
-    assert 1.5 < field["fwhm"] < 1.7  # 6.3" King FWHM on 4" pixels
+    assert 1.6 < field["fwhm"] < 2.0  # ~7" FWHM on 4" pixels
     det = points.detect_point_sources(field["image"], mask, field["b"], field["fwhm"])
     assert list(det.columns[:4]) == ["x", "y", "flux", "significance"]
     truth = pd.DataFrame({"x": [s[0] for s in BRIGHT], "y": [s[1] for s in BRIGHT],
@@ -71,8 +71,8 @@ def test_detects_known_sources_with_positions_and_fluxes(field):
     # local level: the background plus the source's own PSF wings in the annulus
     psf, rc, fw = field["psf"], field["rc"], field["fwhm"]
     r_in, r_out = (a * fw * 4.0 for a in points.ANNULUS_FWHM)
-    wings = (psf.enclosed_fraction(r_out, rc) - psf.enclosed_fraction(r_in, rc)) / (
-        np.pi * (r_out**2 - r_in**2) / 16.0 * psf.enclosed_fraction(psf.max_radius_arcsec, rc))
+    ee = lambda r: psf.enclosed_fraction(r, rc[0], resolution=rc[1])  # noqa: E731
+    wings = (ee(r_out) - ee(r_in)) / (np.pi * (r_out**2 - r_in**2) / 16.0 * ee(psf.max_radius_arcsec))
     level = field["b"] + wings * np.array([BRIGHT[i][2] for i in pairs.truth_index])
     assert np.allclose(det["level"].to_numpy()[pairs.detected_index], level, rtol=0.05)
     summary = points.match_sources(truth, det, field["fwhm"])
@@ -139,8 +139,8 @@ def test_degradation_kernel_turns_the_2x_psf_into_the_1x_psf(instrument):
     assert np.array_equal(cons.degradation_kernel(instrument, 1), np.ones((1, 1)))
     k = cons.degradation_kernel(instrument, 2)
     psf = instrument.psf
-    p1 = np.asarray(psf.kernel(float(psf.core_radius(0, 1)), 2.0, psf.max_radius_arcsec))
-    p2 = np.asarray(psf.kernel(float(psf.core_radius(0, 2)), 2.0, psf.max_radius_arcsec))
+    p1 = np.asarray(psf.kernel(2.0, instrument.aim_offaxis_arcmin, resolution=1))
+    p2 = np.asarray(psf.kernel(2.0, instrument.aim_offaxis_arcmin, resolution=2))
     assert k.shape == p1.shape and k.min() >= 0 and k.sum() == pytest.approx(1.0)
     assert np.unravel_index(k.argmax(), k.shape) == (k.shape[0] // 2, k.shape[1] // 2)
     p = fftconvolve(p2, k, mode="same")
@@ -163,8 +163,8 @@ def sr_pair(instrument):
     shape1 = (48, 48)
     srcs = [(11.625, 12.375, 4000.0), (30.125, 14.875, 800.0), (20.375, 33.625, 150.0), (36.875, 36.125, 2000.0)]
     b1 = instrument.background_rate_arcsec2() * 16.0 * EXP_TARGET
-    src1 = source_image(psf, float(psf.core_radius(0, 1)), 4.0, shape1, srcs, sub=4)
-    src2 = source_image(psf, float(psf.core_radius(0, 2)), 2.0, (96, 96),
+    src1 = source_image(psf, (instrument.aim_offaxis_arcmin, 1), 4.0, shape1, srcs, sub=4)
+    src2 = source_image(psf, (instrument.aim_offaxis_arcmin, 2), 2.0, (96, 96),
                         [(2 * x + 0.5, 2 * y + 0.5, f) for x, y, f in srcs], sub=2)
     return {"truth1": b1 + src1, "truth2": b1 / 4 + src2, "src1": src1, "b1": b1,
             "kernel": cons.degradation_kernel(instrument, 2)}
@@ -216,7 +216,7 @@ def test_consistency_of_truth_and_of_an_invented_source(instrument, sr_pair):
 
     # a prediction with an invented source of 1500 counts at 100 ks (300 at 20 ks) at 1x (10.375, 35.375)
     psf = instrument.psf
-    invented = source_image(psf, float(psf.core_radius(0, 2)), 2.0, truth2.shape, [(21.25, 71.25, 1500.0)], sub=2)
+    invented = source_image(psf, (instrument.aim_offaxis_arcmin, 2), 2.0, truth2.shape, [(21.25, 71.25, 1500.0)], sub=2)
     bad, rmap = cons.consistency(truth2 + invented, counts, mask, 2, k, EXP_TARGET, EXP_INPUT)
     assert bad["consistency_deviance"] > ok["consistency_deviance"] + 0.1
     assert bad["consistency_chi"] < ok["consistency_chi"]

@@ -51,7 +51,8 @@ def test_embedded_config_is_the_schema_defaults():
         ({"simulate": {"backend": "foo"}}, ["simulate.backend", "builtin"]),
         ({"sources": {"agn": {"n": -2}}}, ["sources.agn.n", ">= 0"]),
         ({"simluate": {}}, ["simluate", "allowed keys", "simulate"]),
-        ({"instrument": {"psf": {"alfa": 1.5}}}, ["alfa", "instrument.psf", "alpha"]),
+        ({"instrument": {"psf": {"king": {"alfa": 1.5}}}}, ["alfa", "instrument.psf.king", "alpha"]),
+        ({"instrument": {"psf": {"model": "gauss"}}}, ["instrument.psf.model", "ellbeta"]),
         ({"simulate": {"resolutions": [3]}}, ["simulate.resolutions.0", "[1, 2]"]),
         ({"sources": {"agn": {"flux_min": 1e-12, "flux_max": 1e-14}}}, ["flux_min", "flux_max"]),
     ],
@@ -64,11 +65,11 @@ def test_bad_config_names_the_key_and_the_allowed_values(bad, fragments):
 
 
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):
-    config = write_config(tmp_path / "bad.yaml", {"instrument": {"psf": {"alpha": 0.5}}})
+    config = write_config(tmp_path / "bad.yaml", {"instrument": {"psf": {"king": {"alpha": 0.5}}}})
     result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
     assert result.returncode != 0
     message = result.stdout + result.stderr
-    assert "instrument.psf.alpha" in message and "> 1.0" in message
+    assert "instrument.psf.king.alpha" in message and "> 1.0" in message
     assert not (tmp_path / "results").exists()
 
 
@@ -132,7 +133,7 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
     nothing = snakemake(tiny_run, "-n", "--configfile", str(TINY))
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
 
-    psf = write_config(tmp_path / "psf.yaml", {"instrument": {"psf": {"alpha": 1.5}}})
+    psf = write_config(tmp_path / "psf.yaml", {"instrument": {"psf": {"model": "king"}}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(psf)))
     assert "sources" not in jobs and "detector_mask" not in jobs
     assert jobs["simulate"] == 3 * 4 and jobs["expected"] == 3 * 2 and jobs["bin"] == 3 * 4

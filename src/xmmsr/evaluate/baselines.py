@@ -22,13 +22,14 @@ RL_FILTER_EPSILON = 1.0e-12  # relative to the mean of the input: model values b
 
 def psf_kernel(instrument: PnInstrument, resolution: int, r_max_arcsec: float = 60.0,
                grid_resolution: int | None = None) -> np.ndarray:
-    """On-axis King PSF of ``resolution`` (1 or 2), pixel-integrated on the image grid of
-    ``grid_resolution`` (default: the same), truncated at ``r_max_arcsec`` and normalised to sum 1.
+    """The PSF of ``resolution`` (1 or 2) at the aim point (where targets sit), at the reference energy,
+    pixel-integrated on the image grid of ``grid_resolution`` (default: the same), truncated at
+    ``r_max_arcsec`` and normalised to sum 1.
 
     ``psf_kernel(instrument, 1, grid_resolution=2)`` is the 1x PSF sampled on the 2x grid (for SR)."""
     grid = instrument.geometry.image_grid(resolution if grid_resolution is None else grid_resolution)
-    rc = float(instrument.psf.core_radius(0, resolution))
-    return np.array(instrument.psf.kernel(rc, grid.pixel_arcsec, r_max_arcsec), dtype=np.float64)
+    return np.array(instrument.psf.kernel(grid.pixel_arcsec, instrument.aim_offaxis_arcmin, 0.0,
+                                          resolution=resolution, r_max_arcsec=r_max_arcsec), dtype=np.float64)
 
 
 def _check_upscale(upscale: int) -> int:

@@ -28,6 +28,7 @@ from scipy import ndimage, stats
 from scipy.signal import fftconvolve
 
 from ..instrument.model import PnInstrument
+from ..instrument.psf import PsfModel
 from .metrics import deviance_map
 
 REGULARISATION = 1e-5       # Wiener/Tikhonov term, relative to max |FT(PSF_2x)|^2
@@ -57,18 +58,14 @@ def degradation_kernel(instrument: PnInstrument, upscale: int, r_max_arcsec: flo
     psf = instrument.psf
     r_max = float(psf.max_radius_arcsec if r_max_arcsec is None else r_max_arcsec)
     pixel = float(instrument.geometry.image_grid(s).pixel_arcsec)
-    k = _wiener_kernel(psf.alpha, float(psf.core_radius(0, 1)), float(psf.core_radius(0, s)), pixel, r_max,
-                       float(regularisation))
+    k = _wiener_kernel(psf, instrument.aim_offaxis_arcmin, s, pixel, r_max, float(regularisation))
     return k.copy()
 
 
 @lru_cache(maxsize=8)
-def _wiener_kernel(alpha: float, rc_lo: float, rc_hi: float, pixel: float, r_max: float, eps: float) -> np.ndarray:
-    from ..instrument.psf import KingPsf
-
-    king = KingPsf(alpha=alpha)
-    p_lo = np.asarray(king.kernel(rc_lo, pixel, r_max))
-    p_hi = np.asarray(king.kernel(rc_hi, pixel, r_max))
+def _wiener_kernel(psf: PsfModel, theta: float, upscale: int, pixel: float, r_max: float, eps: float) -> np.ndarray:
+    p_lo = np.asarray(psf.kernel(pixel, theta, resolution=1, r_max_arcsec=r_max))
+    p_hi = np.asarray(psf.kernel(pixel, theta, resolution=upscale, r_max_arcsec=r_max))
     n = int(2 ** np.ceil(np.log2(2 * p_lo.shape[0])))
     f_lo = np.fft.rfft2(p_lo, (n, n))
     f_hi = np.fft.rfft2(p_hi, (n, n))

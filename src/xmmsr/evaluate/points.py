@@ -234,12 +234,10 @@ def score_against_truth(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray,
 
 
 def psf_fwhm_px(instrument, upscale: int) -> float:
-    """FWHM (pixels of the ``upscale`` grid) of the on-axis King profile at resolution ``upscale``:
-    2 r_c sqrt(2^(1/alpha) - 1) / pixel (pixel integration not included)."""
-    psf = instrument.psf
-    rc = float(psf.core_radius(0, upscale))
+    """FWHM (pixels of the ``upscale`` grid) of the PSF at the aim point at resolution ``upscale``
+    (pixel integration not included)."""
     pixel = instrument.geometry.image_grid(upscale).pixel_arcsec
-    return 2.0 * rc * float(np.sqrt(2.0 ** (1.0 / psf.alpha) - 1.0)) / pixel
+    return instrument.psf.fwhm_arcsec(instrument.aim_offaxis_arcmin, resolution=upscale) / pixel
 
 
 def _disk(radius: float) -> np.ndarray:

@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from .. import __version__  # noqa: E402
+from ..instrument.psf import describe_psf  # noqa: E402
 from ..io import atomic_path  # noqa: E402
 
 TASK_TITLES = {"dn": "De-noising (DN): 20 ks → 100 ks, 4\" pixels",
@@ -77,8 +78,8 @@ def _provenance_page(pdf: PdfPages, summaries: dict[str, dict[str, Any]], config
     sim = config["simulate"]
     lines += ["", f"Simulation: exposures {sim['exposures_ks']} ks, resolutions {sim['resolutions']}x; sources: "
               f"{config['sources']['extended']['n']} extended, {config['sources']['agn']['n']} AGN fields, "
-              f"{config['sources']['background']['n']} blank fields; PSF King r_c = "
-              f"{config['instrument']['psf']['core_radius_arcsec']}\", α = {config['instrument']['psf']['alpha']}.",
+              f"{config['sources']['background']['n']} blank fields;",
+              f"PSF: {describe_psf(config['instrument']['psf'])}.",
               "Wall-clock training time is not part of this report (outputs are reproducible); it is in the "
               "training logs (logs/train/*.log)."]
     fig.text(0.04, 0.9, "\n".join(lines), fontsize=9, va="top", family="monospace")

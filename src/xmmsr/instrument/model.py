@@ -11,7 +11,7 @@ import numpy as np
 from ..config import resolve_resource
 from ..errors import InputError
 from .geometry import PnGeometry, read_dead_pixels
-from .psf import KingPsf
+from .psf import EllbetaPsf, PsfModel, psf_from_config
 from .response import Response, read_effective_area
 
 PATTERN_GOOD_MAX = 4
@@ -98,7 +98,7 @@ class PnInstrument:
     """Everything the built-in simulator needs to know about EPIC-pn."""
 
     geometry: PnGeometry = field(default_factory=PnGeometry)
-    psf: KingPsf = field(default_factory=KingPsf)
+    psf: PsfModel = field(default_factory=EllbetaPsf)
     response: Response | None = None
     vignetting: Vignetting = field(default_factory=Vignetting)
     background: Background = field(default_factory=Background)
@@ -134,7 +134,7 @@ class PnInstrument:
         energy, area = read_effective_area(resolve_resource(cfg["effective_area_file"], base_dir))
         return cls(
             geometry=geometry,
-            psf=KingPsf(**cfg["psf"]),
+            psf=psf_from_config(cfg["psf"]),
             response=Response(energy, area, cfg["energy_resolution_fwhm_ev"]),
             vignetting=Vignetting.from_file(resolve_resource(cfg["vignetting"]["file"], base_dir)),
             background=Background(**cfg["background"]),
@@ -152,6 +152,12 @@ class PnInstrument:
         rate_arcmin2 = (self.background.particle_rate_arcmin2 * particle_pi_fraction(r)
                         + self.background.cxb_flux_arcmin2 * cxb.mean_area_cm2 * cxb.pi_fraction)
         return rate_arcmin2 * self.patterns.good / 3600.0
+
+    @property
+    def aim_offaxis_arcmin(self) -> float:
+        """Off-axis angle (arcmin) of the aim point, where targets sit."""
+        g = self.geometry
+        return float(np.hypot(g.aim_x_arcsec - g.axis_x_arcsec, g.aim_y_arcsec - g.axis_y_arcsec) / 60.0)
 
     def require_response(self) -> Response:
         if self.response is None:

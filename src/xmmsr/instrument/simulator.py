@@ -1,11 +1,13 @@
 """Built-in EPIC-pn event simulator and the matching noise-free expected image.
 
 The Monte-Carlo path draws photons (vectorized numpy, no per-photon Python): Poisson counts from
-sky flux x band-averaged effective area x exposure, vignetting by thinning, King-profile PSF offsets
-(inverse CDF) with r_c scaled by 1/resolution, field-of-view and CCD geometry, energies with a
+sky flux x band-averaged effective area x exposure, vignetting by thinning (per photon energy), PSF
+offsets drawn at each photon's off-axis angle, azimuth and energy (elliptical King profile by inverse
+CDF, r_c scaled by 1/resolution), field-of-view and CCD geometry, energies with a
 Gaussian energy resolution, PATTERN and FLAG. The expected image is the Poisson mean of the binned
 counts (PATTERN <= 4, FLAG == 0, PI 500-2000 eV) computed analytically with the same model:
-cloud-in-cell deposit on a fine detector grid, FFT convolution with the PSF per off-axis band,
+cloud-in-cell deposit on a fine detector grid, FFT convolution with the PSF per group of deposits that
+share one kernel (1' of off-axis angle, 50 eV of mean energy, an azimuth sector where it is elongated),
 detector acceptance and field of view, and block-summing onto the image grid.
 """
 
@@ -16,13 +18,14 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import fft as sfft
+from scipy import signal
 
 from .. import __version__
 from ..errors import InputError
 from ..sky.model import SkyModel
 from .geometry import DET_UNIT_ARCSEC, ImageGrid, coverage_1d
 from .model import PATTERN_GOOD_MAX, PnInstrument
-from .psf import KingPsf
+from .psf import PsfModel
 from .response import SpectralResponse
 
 SKY_REF_PIXEL = 25920.5  # sky X/Y reference pixel (0.05" units), as in pn event lists
@@ -281,12 +284,15 @@ def _focus_and_detect(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, en
     keep = rng.random(x.size, dtype=np.float32) < instrument.vignetting.of_squared(theta2, energy)
     n_focused = int(np.count_nonzero(keep[:n_focused]))
     x, y, energy = x[keep], y[keep], energy[keep]
-    # PSF offsets of the focused photons (a prefix of the arrays), r_c by off-axis band.
-    bands = psf.band_index(np.sqrt(theta2[keep][:n_focused]))
-    radius = psf.sample_radii(rng, bands, resolution)
-    phi = rng.random(n_focused, dtype=np.float32) * np.float32(2 * np.pi)
-    x[:n_focused] += radius * np.cos(phi)
-    y[:n_focused] += radius * np.sin(phi)
+    # PSF offsets of the focused photons (a prefix of the arrays), at their own angle, azimuth and energy.
+    fx, fy = x[:n_focused] - ax, y[:n_focused] - ay
+    theta_as = np.hypot(fx, fy)
+    safe = np.maximum(theta_as, np.float32(1e-6))
+    ux = np.where(theta_as > 0, fx / safe, np.float32(1.0))
+    uy = fy / safe
+    ox, oy = psf.sample_offsets(rng, ux, uy, theta_as * np.float32(1.0 / 60.0), energy[:n_focused], resolution)
+    x[:n_focused] += ox
+    y[:n_focused] += oy
     fov_r2 = np.float32((geom.fov_radius_arcmin * 60.0) ** 2)
     fx, fy = np.float32(geom.fov_center_x_arcsec), np.float32(geom.fov_center_y_arcsec)
     detected = (np.square(x - fx) + np.square(y - fy) <= fov_r2) & geom.on_chip(x, y)
@@ -453,26 +459,82 @@ def _expected_fine_sources(sky: SkyModel, instrument: PnInstrument, exposure_s: 
     w = np.concatenate(weights)
     dx, dy = np.concatenate(dxs), np.concatenate(dys)
     theta = _offaxis_arcmin(instrument, dx, dy)
+    energy = np.concatenate(energies)
     # vignetting at the spectrum's mean detected energy (the pn CCF varies by < 0.3 % over 0.5-2 keV)
-    w = w * instrument.vignetting(theta, np.concatenate(energies))
-    bands = psf.band_index(theta)
-    # Circular FFT convolution on the padded grid: with a margin of r_max, wrap-around only reaches
-    # the margin, which is cropped. Per band: one forward FFT; one inverse FFT for the sum.
-    spectrum_sum = None
-    for band in np.unique(bands):
-        sel = bands == band
-        deposit = _cloud_in_cell(fine, dx[sel], dy[sel], w[sel])
-        if not deposit.any():
-            continue
-        rc = float(psf.core_radius(int(band), resolution))
-        term = sfft.rfft2(deposit, workers=-1) * _kernel_fft(psf, rc, fine_pixel, fine.shape)
-        spectrum_sum = term if spectrum_sum is None else spectrum_sum + term
+    w = w * instrument.vignetting(theta, energy)
+    azimuth = np.arctan2(dy - geom.axis_y_arcsec, dx - geom.axis_x_arcsec)
+    focused = np.zeros(fine.shape)
+    for (band, e_key, sector, n_sectors), sel in _psf_groups(psf, theta, azimuth, energy).items():
+        theta_c = (band + 0.5) * PSF_BAND_ARCMIN
+        az_c = -np.pi + (sector + 0.5) * 2.0 * np.pi / n_sectors
+        kernel = _compensated_kernel(psf, fine_pixel, theta_c, az_c, e_key * PSF_ENERGY_STEP_KEV, resolution)
+        _add_convolved(focused, fine, dx[sel], dy[sel], w[sel], kernel)
     core = grid.refine(s)
-    if spectrum_sum is None:
-        return np.zeros(core.shape)
-    focused = np.clip(sfft.irfft2(spectrum_sum, s=fine.shape, workers=-1), 0.0, None)
+    np.clip(focused, 0.0, None, out=focused)
     inner = (slice(margin, margin + core.ny), slice(margin, margin + core.nx))
     return focused[inner] * geom.acceptance(core, dead=False) * geom.fov_fraction(core)
+
+
+PSF_BAND_ARCMIN = 1.0        # the expected image uses one PSF per 1' of off-axis angle ...
+PSF_ENERGY_STEP_KEV = 0.05   # ... per 50 eV of mean energy, and per azimuth sector where the PSF is elongated
+
+
+def _psf_groups(psf: PsfModel, theta: np.ndarray, azimuth: np.ndarray,
+                energy: np.ndarray) -> dict[tuple[int, int, int, int], np.ndarray]:
+    """Indices of deposits sharing one PSF kernel: (off-axis band, energy step, azimuth sector, sectors)."""
+    band = np.floor(theta / PSF_BAND_ARCMIN).astype(np.int64)
+    e_key = np.rint(energy / PSF_ENERGY_STEP_KEV).astype(np.int64)
+    groups: dict[tuple[int, int, int, int], np.ndarray] = {}
+    key = band * 1000 + e_key
+    order = np.argsort(key, kind="stable")
+    uniq, starts = np.unique(key[order], return_index=True)
+    for k, idx in zip(uniq, np.split(order, starts[1:])):
+        b, e = int(k // 1000), int(k % 1000)
+        q = float(psf.parameters((b + 0.5) * PSF_BAND_ARCMIN, e * PSF_ENERGY_STEP_KEV, 1)[2])
+        n_sectors = 1 if q <= 1.01 else (6 if q < 1.05 else (12 if q < 1.3 else 24))
+        if n_sectors == 1:
+            groups[(b, e, 0, 1)] = idx
+            continue
+        sector = np.floor((azimuth[idx] + np.pi) / (2.0 * np.pi / n_sectors)).astype(np.int64) % n_sectors
+        for sec in np.unique(sector):
+            groups[(b, e, int(sec), n_sectors)] = idx[sector == sec]
+    return groups
+
+
+def _add_convolved(out: np.ndarray, grid: ImageGrid, x: np.ndarray, y: np.ndarray, w: np.ndarray,
+                   kernel: np.ndarray) -> None:
+    """Add the cloud-in-cell deposit of (x, y, w) convolved with ``kernel`` to ``out`` (the pixels of
+    ``grid``), working on the deposit's bounding box only; what falls off the grid is dropped."""
+    fx = (x - grid.x0_arcsec) / grid.pixel_arcsec - 0.5
+    fy = (y - grid.y0_arcsec) / grid.pixel_arcsec - 0.5
+    i0, j0 = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
+    ilo, jlo = int(i0.min()), int(j0.min())
+    nx, ny = int(i0.max()) - ilo + 2, int(j0.max()) - jlo + 2
+    tx, ty = fx - i0, fy - j0
+    box = np.zeros(nx * ny)
+    for di, wx in ((0, 1.0 - tx), (1, tx)):
+        for dj, wy in ((0, 1.0 - ty), (1, ty)):
+            box += np.bincount((j0 - jlo + dj) * nx + (i0 - ilo + di), weights=w * wx * wy, minlength=box.size)
+    conv = signal.fftconvolve(box.reshape(ny, nx), kernel, mode="full")
+    h = kernel.shape[0] // 2
+    r0, c0 = jlo - h, ilo - h                      # position of conv[0, 0] on the grid
+    rs, cs = max(r0, 0), max(c0, 0)
+    re, ce = min(r0 + conv.shape[0], grid.ny), min(c0 + conv.shape[1], grid.nx)
+    if rs < re and cs < ce:
+        out[rs:re, cs:ce] += conv[rs - r0: re - r0, cs - c0: ce - c0]
+
+
+@lru_cache(maxsize=1024)
+def _compensated_kernel(psf: PsfModel, pixel: float, theta: float, azimuth: float, energy: float,
+                        resolution: int) -> np.ndarray:
+    """The PSF kernel divided (in Fourier space, on a grid padded by 8 pixels) by the transfer function
+    of the cloud-in-cell deposit, so that deposited positions act as exact sub-pixel positions."""
+    padded = np.pad(psf.kernel(pixel, theta, azimuth, energy, resolution), 8)
+    m = padded.shape[0]
+    cic = (np.sinc(sfft.fftfreq(m))[:, None] * np.sinc(sfft.rfftfreq(m))[None, :]) ** 2
+    out = sfft.fftshift(sfft.irfft2(sfft.rfft2(sfft.ifftshift(padded)) / cic, s=(m, m)))
+    out.setflags(write=False)
+    return out
 
 
 def _expected_fine_background(instrument: PnInstrument, exposure_s: float, resolution: int) -> np.ndarray:
@@ -490,22 +552,6 @@ def _expected_fine_background(instrument: PnInstrument, exposure_s: float, resol
                   * instrument.vignetting(theta, cxb.mean_energy_kev) * accept * geom.fov_fraction(core))
     particle_counts = bkg.particle_rate_arcmin2 * response.flat_pi_fraction() * area_arcmin2 * accept
     return cxb_counts + particle_counts
-
-
-@lru_cache(maxsize=32)
-def _kernel_fft(psf: KingPsf, rc: float, pixel: float, shape: tuple[int, int]) -> np.ndarray:
-    """rfft2 of the PSF kernel embedded in ``shape`` with its centre at pixel (0, 0), divided by the
-    transfer function of the cloud-in-cell deposit (compensated CIC), so that deposited positions act
-    as exact sub-pixel positions."""
-    kernel = psf.kernel(rc, pixel, psf.max_radius_arcsec)
-    half = kernel.shape[0] // 2
-    embedded = np.zeros(shape)
-    embedded[: kernel.shape[0], : kernel.shape[1]] = kernel
-    embedded = np.roll(embedded, (-half, -half), axis=(0, 1))
-    cic = (np.sinc(sfft.fftfreq(shape[0]))[:, None] * np.sinc(sfft.rfftfreq(shape[1]))[None, :]) ** 2
-    out = sfft.rfft2(embedded, workers=-1) / cic
-    out.setflags(write=False)
-    return out
 
 
 def _count_factor(response, spectrum: tuple[str, float], nh: float) -> float:

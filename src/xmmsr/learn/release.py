@@ -22,6 +22,7 @@ import h5py
 
 from ..config import PACKAGE_DATA
 from ..errors import InputError
+from ..instrument.psf import describe_psf
 from ..io import atomic_path
 from . import TASKS
 from .checkpoint import load_model
@@ -135,6 +136,20 @@ def _table(summary: dict, group: str, value: str, columns: Sequence[tuple[str, s
             continue
         lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _simulated_instrument(dataset: Path) -> str:
+    """The PSF and effective area the training set was simulated with, from its recorded config."""
+    with h5py.File(dataset, "r") as h5:
+        cfg = json.loads(h5.attrs["config"]).get("instrument", {})
+    parts = []
+    if "psf" in cfg and "model" in cfg["psf"]:
+        parts.append(describe_psf(cfg["psf"]))
+    else:
+        parts.append("a round King PSF")
+    if cfg.get("effective_area_file"):
+        parts.append(f"effective area from `{Path(cfg['effective_area_file']).name}`")
+    return "; ".join(parts)
 
 
 def _dataset_counts(dataset: Path) -> dict[str, int]:
@@ -253,8 +268,8 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             "estimate, not data: check features against the input with the consistency map, and do not use "
             "them for photometry of faint sources without the completeness and flux-ratio figures above.", "",
             "## Known limits", "",
-            "- Trained on simulations only, with an approximate effective area, a single on-axis-scaled King "
-            "PSF with a coarse off-axis growth, and no spectral lines: real instrument details differ.",
+            f"- Trained on simulations only ({_simulated_instrument(dataset)}; no spectral lines): real instrument "
+            "details differ.",
             "- Not trained on: piled-up sources, extended emission brighter than the brightest simulated "
             "clusters (central surface brightness up to 50× the background), other pn modes (large/small "
             "window, timing), the medium/thick filters, other bands, MOS, flaring background, out-of-FoV "
