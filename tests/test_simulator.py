@@ -132,7 +132,9 @@ def test_2x_psf_has_half_the_half_energy_width():
 
 def test_vignetting_thins_counts_off_axis():
     # A nearly delta-like PSF isolates the vignetting (the XRT3_XAREAEF CCF, about the optical axis).
-    inst = make_instrument(psf={"core_radius_arcsec": 0.02, "max_radius_arcsec": 0.5}, out_of_time_fraction=0.0)
+    inst = make_instrument(psf={"model": "king", "max_radius_arcsec": 0.5,
+                                "king": {"core_radius_arcsec": 0.02, "alpha": 1.45, "offaxis_growth": 0.0}},
+                           out_of_time_fraction=0.0)
     g = inst.geometry
     offset = (0.0, -600.0)   # 10.5' south of the pointing: on a CCD, clear of dead columns, inside the field
     on = len(simulate_events(point_sky(2e-3), inst, 20_000, 1, seed=1, background=False))
@@ -267,3 +269,55 @@ def test_out_of_time_events_form_a_readout_streak(instrument):
     assert exp > 0.3 * instrument.out_of_time_fraction * expected.sum()
     assert no_streak[strip].sum() < 0.1 * exp
     assert counts.sum() == pytest.approx(expected.sum(), abs=4 * np.sqrt(expected.sum()))
+
+
+def test_field_background_scales_reach_events_and_expected_image_alike(instrument):
+    from xmmsr.sky.model import FieldBackground
+
+    field = FieldBackground(particle=1.2, cxb=0.8, galactic=1.9, soft_protons=0.7)
+    blank = SkyModel(np.zeros((8, 8), np.float32), point_sky(1.0).wcs, 150.0, 2.0, "background",
+                     meta=field.as_meta())
+    counts = binned(simulate_events(blank, instrument, 20_000, 1, seed=14), instrument, 1)
+    expected = expected_image(blank, instrument, 20_000, 1)
+    np.testing.assert_allclose(expected, expected_background(instrument, 20_000, 1, field))
+    nominal = expected_background(instrument, 20_000, 1)
+    assert expected.sum() > 1.3 * nominal.sum()                      # soft protons and a bright foreground
+    assert abs(counts.sum() - expected.sum()) < 4 * np.sqrt(expected.sum())
+    obs, exp = block_sums(counts, 32), block_sums(expected, 32)
+    ok = exp > 50
+    z = (obs[ok] - exp[ok]) / np.sqrt(exp[ok])
+    assert ok.sum() > 80 and abs(z.mean()) < 0.35 and 0.75 < z.std() < 1.3
+    # the corners (particles, plus the out-of-time share of the sky) scale with the particle factor
+    g = instrument.geometry
+    cx, cy = g.image_grid(1).centers()
+    x, y = np.meshgrid(cx, cy)
+    corners = (g.detector_mask(1) > 0) & (np.hypot(x - g.fov_center_x_arcsec, y - g.fov_center_y_arcsec) > 960)
+    assert expected[corners].sum() / nominal[corners].sum() == pytest.approx(1.2, rel=0.015)
+
+
+def test_a_ccd_with_less_exposure_has_fewer_events_its_ontime_and_the_expected_image_agree(instrument):
+    live = np.ones(12)
+    live[3] = 0.4                                               # CCD 4
+    sky = beta_sky()
+    sky.meta["CCDLIVE"] = ",".join(f"{v:g}" for v in live)
+    events = simulate_events(sky, instrument, 20_000, 1, seed=16)
+    assert events.header["ONTIME04"][0] == pytest.approx(8_000.0) and events.header["ONTIME03"][0] == 20_000.0
+    c = events.columns
+    full = simulate_events(beta_sky(), instrument, 20_000, 1, seed=16).columns
+    n4, n4_full = np.sum(c["CCDNR"] == 4), np.sum(full["CCDNR"] == 4)
+    assert n4 == pytest.approx(0.4 * n4_full, rel=0.1)
+    counts = binned(events, instrument, 1)
+    expected = expected_image(sky, instrument, 20_000, 1)
+    assert abs(counts.sum() - expected.sum()) < 4 * np.sqrt(expected.sum())
+    ratio = expected / np.maximum(expected_image(beta_sky(), instrument, 20_000, 1), 1e-12)
+    assert set(np.round(np.unique(ratio[ratio > 0]), 6)) <= {0.4, 1.0}
+
+
+def test_submode_sets_frame_time_and_out_of_time_fraction():
+    full = make_instrument()
+    extended = make_instrument(submode="PrimeFullWindowExtended")
+    assert (full.frame_time_s, full.out_of_time_fraction) == (0.0734, 0.063)
+    assert (extended.frame_time_s, extended.out_of_time_fraction) == (0.1991, 0.023)
+    assert make_instrument(submode="PrimeFullWindowExtended", out_of_time_fraction=0.0).out_of_time_fraction == 0.0
+    header = simulate_events(point_sky(1e-4), extended, 1000.0, 1, seed=1).header
+    assert header["SUBMODE"][0] == "PrimeFullWindowExtended" and header["FRMTIME"][0] == pytest.approx(199.1)

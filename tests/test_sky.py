@@ -228,7 +228,8 @@ def test_generated_extended_population():
         models.append(m.meta["MODEL"])
         offsets.append((m.meta["OFFX_AS"], m.meta["OFFY_AS"]))
         assert m.image.dtype == np.float32 and m.image.shape == (200, 200) and m.image.min() >= 0
-        assert 1.0 <= m.meta["ZOOM"] <= 2.0 and 5.0 <= m.meta["SIGMA_B"] <= 50.0
+        lo, hi = cfg["extended"]["sigma_b"]
+        assert 1.0 <= m.meta["ZOOM"] <= 2.0 and lo <= m.meta["SIGMA_B"] <= hi
         assert m.spectrum[0] == "bremss" and len(m.points) == 0
         if i < 20:
             # Brightness: the central 30" mean is sigma_b times the background (as photon flux).
@@ -295,3 +296,32 @@ def test_bad_config_names_the_key(path, value, key):
         generate_source("extended", 0, cfg, BRIGHTNESS, 1)
     assert err.value.field == key
     assert key in str(err.value)
+
+
+def test_field_background_and_agn_field_draws_are_seeded_ranged_and_leave_the_sources_alone():
+    from xmmsr.sky.model import FieldBackground
+
+    cfg = copy.deepcopy(default_config()["sources"])
+    cfg["agn"]["target_fraction"] = 1.0
+    first = [generate_source("agn", i, cfg, BRIGHTNESS, 5) for i in range(6)]
+    again = [generate_source("agn", i, cfg, BRIGHTNESS, 5) for i in range(6)]
+    for a, b in zip(first, again):
+        assert a.meta == b.meta and np.array_equal(a.points, b.points)
+    fb = cfg["field_background"]
+    for m in first:
+        f = FieldBackground.of(m.meta)
+        assert fb["particle"][0] <= f.particle <= fb["particle"][1] and fb["cxb"][0] <= f.cxb <= fb["cxb"][1]
+        assert fb["galactic"][0] <= f.galactic <= fb["galactic"][1]
+        assert f.soft_protons == 0 or fb["soft_protons"][0] <= f.soft_protons <= fb["soft_protons"][1]
+        # a target AGN at the pointing, every AGN of the field with the field's absorption
+        assert m.points["RA"][-1] == m.ra_pnt and m.points["DEC"][-1] == m.dec_pnt
+        assert np.all(m.points["NH"] == m.meta["AGNNH"]) and m.meta["AGNTGT"] > 0
+    assert len({FieldBackground.of(m.meta) for m in first}) == len(first)
+    # the scales come from their own stream: without them the field AGN are the same, up to the field scale
+    plain = copy.deepcopy(cfg)
+    plain["field_background"] = {}
+    plain["agn"].update(field_flux_scale=[1.0, 1.0], target_fraction=0.0)
+    bare = generate_source("agn", 0, plain, BRIGHTNESS, 5)
+    n = len(bare.points)
+    np.testing.assert_allclose(first[0].points["FLUX"][:n], bare.points["FLUX"] * first[0].meta["AGNSCALE"])
+    assert FieldBackground.of(bare.meta) == FieldBackground()

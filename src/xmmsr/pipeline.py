@@ -35,7 +35,7 @@ from .instrument.simulator import expected_background, expected_image, simulate_
 from .io import current_umask, open_fits, remove_stale_temporaries, write_fits_atomic
 from .learn import TASKS
 from .sky.generate import BrightnessReference, generate_source
-from .sky.model import SOURCE_KINDS, read_sky_model, write_sky_model
+from .sky.model import SOURCE_KINDS, FieldBackground, ccd_live_fractions, read_sky_model, write_sky_model
 
 SIMULATION_STREAM = 1  # seed-derivation key separating simulation seeds from source seeds
 TRAINING_STREAM = 3  # seed-derivation key of the training seeds (2 is the split assignment)
@@ -229,20 +229,24 @@ def bin_shard(events_dir: str | Path, output: str | Path) -> None:
 
 
 def expected_shard(sky_dir: str | Path, instrument: PnInstrument, resolution: int, output: str | Path) -> None:
-    """Noise-free expected count rate (counts/s, background included) per source, plus the background alone."""
-    planes, rows = [], []
+    """Noise-free expected count rate (counts/s, background included) per source, plus the background alone
+    (per source: every field has its own background scales)."""
+    planes, backgrounds, rows = [], [], []
     kind = "background"
     for path in _progress(sky_files(sky_dir), f"expected {resolution}x"):
         sky = read_sky_model(path)
         kind = sky.kind
         planes.append(expected_image(sky, instrument, 1.0, resolution).astype(np.float32))
         g = instrument.geometry
+        backgrounds.append(expected_background(instrument, 1.0, resolution, FieldBackground.of(sky.meta),
+                                               ccd_live_fractions(sky.meta, g.ccds_x * g.ccds_y)).astype(np.float32))
+        g = instrument.geometry
         w = detector_image_wcs(g.image_grid(resolution), sky.ra_pnt, sky.dec_pnt, instrument.roll_deg,
                                g.aim_x_arcsec, g.aim_y_arcsec)
         rows.append({"SRCID": sky.source_id, "SRCKIND": sky.kind, "SEED": 0, "SRCSEED": sky.seed, "NEVENTS": 0,
                      "EXPOSURE": 1.0, "RA_PNT": sky.ra_pnt, "DEC_PNT": sky.dec_pnt, "PA_PNT": instrument.roll_deg,
                      **_wcs_row(w)})
-    bkg = expected_background(instrument, 1.0, resolution).astype(np.float32)
+    bkg = np.stack(backgrounds)
     primary = fits.PrimaryHDU(np.stack(planes), header=_cube_header(kind, resolution, "count s-1", None))
     primary.header["EXTNAME"] = "EXPECTED"
     primary.header["COMMENT"] = "Multiply by an exposure (s) for expected counts; subtract BACKGROUND for the sources alone."

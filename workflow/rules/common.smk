@@ -58,7 +58,8 @@ def shard_ids(wildcards):
     return list(shard_source_ids(kind_cfg["n"], config["shards"]["size"], int(wildcards.shard)))
 
 
-TNG_SOURCES = config["sources"]["kind"] != "synthetic"
+TNG_SOURCES = config["sources"]["kind"] in ("tng", "mixed")
+IMAGE_SOURCES = config["sources"]["kind"] == "images"
 TNG_MANIFEST = f"{OUT}/sky/tng_manifest.json"
 # sources.tng keys that only shape the download (the manifest), not the projection of a cutout
 TNG_DOWNLOAD_KEYS = ("api_url", "selection", "gas_fields", "cutout_dir", "local_dir", "max_concurrent_downloads",
@@ -74,11 +75,37 @@ def source_params(wildcards):
     if not config["sources"]["extended"]["include_agn"]:
         wanted["extended"] = ["sky", "extended"]
     params = {key: {k: v for k, v in config["sources"][key].items() if k != "n"} for key in wanted[wildcards.kind]}
+    for key in ("field_background", "field_exposure"):   # observing conditions of every field
+        params[key] = config["sources"][key]
+    if IMAGE_SOURCES and wildcards.kind == "extended":
+        params["kind"] = "images"
+        params["images"] = {**config["sources"]["images"], "dir": str(Path(config["sources"]["images"]["dir"]).resolve())}
+        params["image_files"] = [p.name for p in image_truth_files()]   # a new or removed file reruns the shards
     if TNG_SOURCES and wildcards.kind == "extended":
         params["kind"] = config["sources"]["kind"]
         params["tng"] = {k: v for k, v in config["sources"]["tng"].items() if k not in TNG_DOWNLOAD_KEYS}
         params["tng_manifest"] = TNG_MANIFEST  # also an input (tng_manifest_input); the script is unchanged
     return params
+
+
+def image_truth_files():
+    """The real-sky truth files of sources.images.dir (sources.kind images)."""
+    from xmmsr.errors import InputError
+    from xmmsr.sky.images import image_files
+
+    folder = config["sources"]["images"]["dir"]
+    if not folder:
+        raise WorkflowError("sources.kind is images but sources.images.dir is not set: point it at a folder of "
+                            "FITS images with a celestial WCS")
+    try:
+        return image_files(folder)
+    except InputError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+def image_truth_input(wildcards):
+    """The truth images, inputs of the extended shards when sources.kind is images (changes rerun them)."""
+    return [str(p) for p in image_truth_files()] if IMAGE_SOURCES and wildcards.kind == "extended" else []
 
 
 def tng_manifest_input(wildcards):
@@ -95,8 +122,10 @@ def tng_download_params():
 def sources_config():
     """The sources section as it determines the data: without kind/tng for synthetic runs."""
     if TNG_SOURCES:
-        return config["sources"]
-    return {k: v for k, v in config["sources"].items() if k not in ("kind", "tng")}
+        return {k: v for k, v in config["sources"].items() if k != "images"}
+    if IMAGE_SOURCES:
+        return {k: v for k, v in config["sources"].items() if k != "tng"}
+    return {k: v for k, v in config["sources"].items() if k not in ("kind", "tng", "images")}
 
 
 def brightness_params():

@@ -5,6 +5,7 @@ rule sources:
     input:
         effective_area=EFFECTIVE_AREA,
         tng=tng_manifest_input,
+        images=image_truth_input,
     output:
         directory(f"{OUT}/sky/{{kind}}/shard{{shard}}"),
     params:

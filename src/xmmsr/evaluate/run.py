@@ -68,6 +68,15 @@ def predictions(model: TrainedModel, frame: dict[str, Any], sigma: float, psf_1x
     return out
 
 
+def _background_rate(dataset: str | Path, upscale: int, frame: dict[str, Any]) -> np.ndarray:
+    """The background rate (counts/s per output pixel) of one evaluation frame, cropped like the frame."""
+    with open_dataset(dataset) as h5:
+        plane = np.asarray(h5[f"background_rate_{upscale}x"][frame["index"]], dtype=np.float64)
+    if plane.shape != frame["expected"].shape:
+        plane = plane[tuple(slice(0, n) for n in frame["expected"].shape)]
+    return plane
+
+
 def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: dict[str, Any],
                   eval_cfg: dict[str, Any], out_dir: str | Path, base_dir: str | Path | None = None) -> pd.DataFrame:
     """Score the model and the baselines on the evaluation split; write the task's metric files."""
@@ -81,7 +90,6 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     kernel = consistency.degradation_kernel(instrument, s)
     with open_dataset(dataset) as h5:
         meta = h5["meta"][:]
-        background = np.asarray(h5[f"background_rate_{s}x"][:], dtype=np.float64)
         dataset_info = {"config_hash": str(h5.attrs["config_hash"]), "software": str(h5.attrs["software"]),
                         "n_samples": int(len(meta)),
                         **{f"n_{split}": int(len(h5[f"splits/{split}"])) for split in ("train", "val", "test")}}
@@ -98,7 +106,7 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     gallery: dict[str, np.ndarray] = {}
     for n, frame in enumerate(_frames(test)):
         m = meta[frame["index"]]
-        bkg = background * frame["exposure_target"]
+        bkg = _background_rate(dataset, s, frame) * frame["exposure_target"]
         source_counts = float(((frame["expected"] - bkg) * frame["mask_target"]).sum())
         info = {"task": task, "sample": frame["index"], "kind": KIND_LABELS[m["kind"].decode()],
                 "source_id": int(m["source_id"]), "model_kind": m["model"].decode(),

@@ -15,6 +15,8 @@ from .psf import EllbetaPsf, PsfModel, psf_from_config
 from .response import Response, read_effective_area
 
 PATTERN_GOOD_MAX = 4
+# pn imaging modes: frame time (s) and out-of-time event fraction (XMM-Newton Users Handbook, EPIC-pn modes)
+SUBMODES = {"PrimeFullWindow": (0.0734, 0.063), "PrimeFullWindowExtended": (0.1991, 0.023)}
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,22 @@ class Vignetting:
 
 @dataclass(frozen=True)
 class Background:
-    """Particle (flat, not vignetted) and unresolved cosmic X-ray background (vignetted)."""
+    """Background components at field scale 1: particle (flat over the CCDs, not vignetted), unresolved
+    cosmic X-ray background and Galactic foreground (vignetted), soft-proton residual (inside the field
+    of view, flatter than the photon vignetting; level 1 gives ``soft_proton_rate_arcmin2`` on axis)."""
 
     particle_rate_arcmin2: float = 2.0e-3   # counts s-1 arcmin-2 over the detector, 0.5-2 keV, all patterns
-    cxb_flux_arcmin2: float = 1.2e-6       # ph cm-2 s-1 arcmin-2, 0.5-2 keV
+    cxb_flux_arcmin2: float = 0.9e-6       # ph cm-2 s-1 arcmin-2, 0.5-2 keV
     cxb_gamma: float = 1.4
     cxb_nh: float = 3e20
+    galactic_flux_arcmin2: float = 0.5e-6  # ph cm-2 s-1 arcmin-2, 0.5-2 keV
+    galactic_kt_kev: float = 0.2
+    soft_proton_rate_arcmin2: float = 1.0e-3   # counts s-1 arcmin-2 on axis at level 1, all patterns
+    soft_proton_vignetting_15arcmin: float = 0.6   # relative rate at 15' (linear in angle)
+
+    def soft_proton_profile(self, offaxis_arcmin: np.ndarray) -> np.ndarray:
+        """Relative soft-proton rate with off-axis angle."""
+        return 1.0 - (1.0 - self.soft_proton_vignetting_15arcmin) * np.clip(np.asarray(offaxis_arcmin) / 15.0, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class PnInstrument:
     background: Background = field(default_factory=Background)
     patterns: PatternFractions = field(default_factory=PatternFractions)
     roll_deg: float = 0.0
+    submode: str = "PrimeFullWindow"
     frame_time_s: float = 0.0734
     out_of_time_fraction: float = 0.063
     oversample: int = 2   # fine-grid factor of the expected image
@@ -140,17 +153,22 @@ class PnInstrument:
             background=Background(**cfg["background"]),
             patterns=PatternFractions(**cfg["pattern_fractions"]),
             roll_deg=cfg["roll_deg"],
-            frame_time_s=cfg["frame_time_s"],
-            out_of_time_fraction=cfg["out_of_time_fraction"],
+            submode=cfg["submode"],
+            frame_time_s=SUBMODES[cfg["submode"]][0] if cfg["frame_time_s"] is None else cfg["frame_time_s"],
+            out_of_time_fraction=(SUBMODES[cfg["submode"]][1] if cfg["out_of_time_fraction"] is None
+                                  else cfg["out_of_time_fraction"]),
             oversample=cfg["expected_oversample"],
         )
 
     def background_rate_arcsec2(self) -> float:
         """On-axis background count rate per arcsec^2 after the standard filters (PATTERN<=4, PI 0.5-2 keV)."""
         r = self.require_response()
-        cxb = r.spectral("powerlaw", self.background.cxb_gamma, self.background.cxb_nh)
-        rate_arcmin2 = (self.background.particle_rate_arcmin2 * particle_pi_fraction(r)
-                        + self.background.cxb_flux_arcmin2 * cxb.mean_area_cm2 * cxb.pi_fraction)
+        b = self.background
+        cxb = r.spectral("powerlaw", b.cxb_gamma, b.cxb_nh)
+        gal = r.spectral("bremss", b.galactic_kt_kev, 0.0)
+        rate_arcmin2 = (b.particle_rate_arcmin2 * particle_pi_fraction(r)
+                        + b.cxb_flux_arcmin2 * cxb.mean_area_cm2 * cxb.pi_fraction
+                        + b.galactic_flux_arcmin2 * gal.mean_area_cm2 * gal.pi_fraction)
         return rate_arcmin2 * self.patterns.good / 3600.0
 
     @property

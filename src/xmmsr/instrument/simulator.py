@@ -22,7 +22,7 @@ from scipy import signal
 
 from .. import __version__
 from ..errors import InputError
-from ..sky.model import SkyModel
+from ..sky.model import FieldBackground, SkyModel, ccd_live_fractions
 from .geometry import DET_UNIT_ARCSEC, ImageGrid, coverage_1d
 from .model import PATTERN_GOOD_MAX, PnInstrument
 from .psf import PsfModel
@@ -180,15 +180,23 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
     grid = instrument.geometry.image_grid(resolution)
     reach = grid.refine(1, int(np.ceil(instrument.psf.max_radius_arcsec / grid.pixel_arcsec)))
     pixels = _sky_pixels(sky, frame, reach)
-    x, y, energy, n_sky_photons = detect_photons(rng, sky, pixels, instrument, exposure_s, resolution, background)
+    x, y, energy, n_sky_photons = detect_photons(rng, sky, pixels, instrument, exposure_s, resolution, background,
+                                                 FieldBackground.of(sky.meta))
+    live = _ccd_live(sky, instrument)
+    if np.any(live < 1.0):   # CCDs that saw part of the exposure: their events thinned (registered position)
+        keep = rng.random(x.size, dtype=np.float32) < live[_ccd_index(instrument, x, y)].astype(np.float32)
+        x, y, energy = x[keep], y[keep], energy[keep]
     columns = _event_columns(rng, x, y, energy, instrument, frame, exposure_s, resolution, tstart)
     header = _event_header(sky, instrument, frame, exposure_s, resolution, seed, background, tstart)
+    for ccd, fraction in enumerate(live, start=1):
+        header[f"ONTIME{ccd:02d}"] = (float(exposure_s * fraction), f"[s] on time of CCD {ccd}")
     header["NSKYPHOT"] = (n_sky_photons, "sky photons before vignetting and geometry")
     return EventList(columns, header)
 
 
 def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels", instrument: PnInstrument,
-                   exposure_s: float, resolution: int, background: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                   exposure_s: float, resolution: int, background: bool,
+                   field: FieldBackground = FieldBackground()) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The per-photon core: draw photons and background events and keep those detected.
 
     Returns detector positions (arcsec), true energies (keV) and the number of sky photons drawn.
@@ -232,27 +240,60 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
 
     bkg = instrument.background
     if background:
-        # Unresolved cosmic X-ray background: uniform over the field-of-view disc (a uniform sky stays
-        # uniform through the PSF, so no PSF is applied), vignetted.
-        cxb = response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)
-        n = int(rng.poisson(bkg.cxb_flux_arcmin2 * np.pi * geom.fov_radius_arcmin**2 * cxb.mean_area_cm2 * exposure_s))
-        r = np.float32(geom.fov_radius_arcmin * 60.0) * np.sqrt(rng.random(n, dtype=np.float32))
-        phi = rng.random(n, dtype=np.float32) * np.float32(2 * np.pi)
-        detect(np.float32(geom.fov_center_x_arcsec) + r * np.cos(phi),
-               np.float32(geom.fov_center_y_arcsec) + r * np.sin(phi), cxb, False)
+        # Unresolved cosmic X-ray background and Galactic foreground: uniform over the field-of-view disc
+        # (a uniform sky stays uniform through the PSF, so no PSF is applied), vignetted.
+        fov_area = np.pi * geom.fov_radius_arcmin**2
+        for flux, spec in ((bkg.cxb_flux_arcmin2 * field.cxb, response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)),
+                           (bkg.galactic_flux_arcmin2 * field.galactic,
+                            response.spectral("bremss", bkg.galactic_kt_kev, 0.0))):
+            n = int(rng.poisson(flux * fov_area * spec.mean_area_cm2 * exposure_s))
+            cx, cy = _uniform_disc(rng, n, geom)
+            detect(cx, cy, spec, False)
         # Particle background: flat over the CCD array, not vignetted, not focused.
-        n = int(rng.poisson(bkg.particle_rate_arcmin2 * geom.array_width * geom.array_height / 3600.0 * exposure_s))
+        n = int(rng.poisson(bkg.particle_rate_arcmin2 * field.particle * geom.array_width * geom.array_height
+                            / 3600.0 * exposure_s))
         px = np.float32(geom.array_x0) + rng.random(n, dtype=np.float32) * np.float32(geom.array_width)
         py = np.float32(geom.array_y0) + rng.random(n, dtype=np.float32) * np.float32(geom.array_height)
         pe = np.float32(0.5) + np.float32(1.5) * rng.random(n, dtype=np.float32)
         on = geom.on_chip(px, py)
         kept.append((px[on], py[on], pe[on]))
+        # Soft-proton residual: inside the field of view, a flat energy spectrum, thinned by its own profile.
+        if field.soft_protons > 0:
+            n = int(rng.poisson(bkg.soft_proton_rate_arcmin2 * field.soft_protons * fov_area * exposure_s))
+            sx, sy = _uniform_disc(rng, n, geom)
+            theta = _offaxis_arcmin(instrument, sx, sy)
+            keep = (rng.random(n, dtype=np.float32) < bkg.soft_proton_profile(theta)) & geom.on_chip(sx, sy)
+            se = np.float32(0.5) + np.float32(1.5) * rng.random(n, dtype=np.float32)
+            kept.append((sx[keep], sy[keep], se[keep]))
     if not kept:
         return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), n_sky_photons
     xs_, ys_, es_ = zip(*kept)
     x, y = np.concatenate(xs_), np.concatenate(ys_)
     _out_of_time(rng, y, instrument)
     return x, y, np.concatenate(es_), n_sky_photons
+
+
+def _ccd_live(sky: SkyModel, instrument: PnInstrument) -> np.ndarray:
+    g = instrument.geometry
+    try:
+        return ccd_live_fractions(sky.meta, g.ccds_x * g.ccds_y)
+    except ValueError as exc:
+        raise InputError(None, "CCDLIVE", str(exc), "regenerate the sky model") from exc
+
+
+def _ccd_index(instrument: PnInstrument, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """0-based CCD index of on-chip positions (arcsec)."""
+    g = instrument.geometry
+    ix = np.clip(np.floor((x - g.array_x0) / (g.ccd_width + g.gap_x_arcsec)), 0, g.ccds_x - 1).astype(np.int64)
+    iy = np.clip(np.floor((y - g.array_y0) / (g.ccd_height + g.gap_y_arcsec)), 0, g.ccds_y - 1).astype(np.int64)
+    return iy * g.ccds_x + ix
+
+
+def _uniform_disc(rng: np.random.Generator, n: int, geom) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` positions (arcsec, float32) uniform over the field-of-view disc."""
+    r = np.float32(geom.fov_radius_arcmin * 60.0) * np.sqrt(rng.random(n, dtype=np.float32))
+    phi = rng.random(n, dtype=np.float32) * np.float32(2 * np.pi)
+    return np.float32(geom.fov_center_x_arcsec) + r * np.cos(phi), np.float32(geom.fov_center_y_arcsec) + r * np.sin(phi)
 
 
 def _out_of_time(rng: np.random.Generator, y: np.ndarray, instrument: PnInstrument) -> None:
@@ -352,7 +393,7 @@ def _event_header(sky: SkyModel, instrument: PnInstrument, frame: _Frame, exposu
         "TELESCOP": ("XMM", "mission"),
         "INSTRUME": ("EPN", "instrument"),
         "DATAMODE": ("IMAGING", "instrument mode"),
-        "SUBMODE": ("PrimeFullWindow", "pn full frame"),
+        "SUBMODE": (instrument.submode, "pn imaging mode"),
         "FILTER": ("Thin1", "filter"),
         "OBJECT": (f"{sky.kind} {sky.source_id}", "simulated source"),
         "RA_PNT": (float(frame.ra_pnt), "[deg] pointing RA (optical axis)"),
@@ -391,23 +432,31 @@ def expected_image(sky: SkyModel, instrument: PnInstrument, exposure_s: float, r
     _check_exposure(exposure_s, resolution)
     image = _expected_fine_sources(sky, instrument, exposure_s, resolution)
     if background:
-        image += _expected_fine_background(instrument, exposure_s, resolution)
-    return _finish(image, instrument, resolution)
+        image += _expected_fine_background(instrument, exposure_s, resolution, FieldBackground.of(sky.meta))
+    return _finish(image, instrument, resolution, _ccd_live(sky, instrument))
 
 
-def expected_background(instrument: PnInstrument, exposure_s: float, resolution: int) -> np.ndarray:
-    """Poisson mean of the binned particle + cosmic background counts alone (image-grid shape)."""
+def expected_background(instrument: PnInstrument, exposure_s: float, resolution: int,
+                        field: FieldBackground = FieldBackground(), ccd_live: np.ndarray | None = None) -> np.ndarray:
+    """Poisson mean of the binned background counts alone (image-grid shape), with the field's scales and
+    the CCDs' live fractions."""
     _check_exposure(exposure_s, resolution)
-    fine = _expected_fine_background(instrument, exposure_s, resolution)
-    return _finish(fine, instrument, resolution)
+    fine = _expected_fine_background(instrument, exposure_s, resolution, field)
+    return _finish(fine, instrument, resolution, ccd_live)
 
 
-def _finish(fine: np.ndarray, instrument: PnInstrument, resolution: int) -> np.ndarray:
-    """Out-of-time events, then the dead pixels (flagged where the event is registered), then binning."""
+def _finish(fine: np.ndarray, instrument: PnInstrument, resolution: int,
+            ccd_live: np.ndarray | None = None) -> np.ndarray:
+    """Out-of-time events, then the dead pixels and the CCDs' live fractions (both where the event is
+    registered), then binning."""
     core = instrument.geometry.image_grid(resolution).refine(instrument.oversample)
     moved = _with_out_of_time(fine, instrument, resolution)
     if instrument.geometry.dead_pixels:
         moved = moved * instrument.geometry.live(core)
+    if ccd_live is not None and np.any(ccd_live < 1.0):
+        cx, cy = core.centers()
+        gx, gy = np.meshgrid(cx, cy)
+        moved = moved * ccd_live[_ccd_index(instrument, gx, gy)]
     return _block_sum(moved, instrument.oversample)
 
 
@@ -537,21 +586,29 @@ def _compensated_kernel(psf: PsfModel, pixel: float, theta: float, azimuth: floa
     return out
 
 
-def _expected_fine_background(instrument: PnInstrument, exposure_s: float, resolution: int) -> np.ndarray:
-    """Expected particle + cosmic background counts on the fine image grid."""
+def _expected_fine_background(instrument: PnInstrument, exposure_s: float, resolution: int,
+                               field: FieldBackground = FieldBackground()) -> np.ndarray:
+    """Expected background counts (all components, with the field's scales) on the fine image grid."""
     response = instrument.require_response()
     geom, bkg = instrument.geometry, instrument.background
     core = geom.image_grid(resolution).refine(instrument.oversample)
     good = instrument.patterns.good
-    cxb = response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)
     cx, cy = core.centers()
     theta = _offaxis_arcmin(instrument, cx[None, :], cy[:, None])
     area_arcmin2 = core.pixel_arcsec**2 / 3600.0 * exposure_s * good
     accept = geom.acceptance(core, dead=False)
-    cxb_counts = (bkg.cxb_flux_arcmin2 * cxb.mean_area_cm2 * cxb.pi_fraction * area_arcmin2
-                  * instrument.vignetting(theta, cxb.mean_energy_kev) * accept * geom.fov_fraction(core))
-    particle_counts = bkg.particle_rate_arcmin2 * response.flat_pi_fraction() * area_arcmin2 * accept
-    return cxb_counts + particle_counts
+    in_fov = accept * geom.fov_fraction(core)
+    sky = np.zeros(core.shape)
+    for flux, spec in ((bkg.cxb_flux_arcmin2 * field.cxb, response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)),
+                       (bkg.galactic_flux_arcmin2 * field.galactic, response.spectral("bremss", bkg.galactic_kt_kev, 0.0))):
+        sky += flux * spec.mean_area_cm2 * spec.pi_fraction * instrument.vignetting(theta, spec.mean_energy_kev)
+    flat = response.flat_pi_fraction()
+    counts = sky * area_arcmin2 * in_fov
+    counts += bkg.particle_rate_arcmin2 * field.particle * flat * area_arcmin2 * accept
+    if field.soft_protons > 0:
+        counts += (bkg.soft_proton_rate_arcmin2 * field.soft_protons * flat * area_arcmin2
+                   * bkg.soft_proton_profile(theta) * in_fov)
+    return counts
 
 
 def _count_factor(response, spectrum: tuple[str, float], nh: float) -> float:

@@ -6,7 +6,8 @@ Layout of the file (``N`` samples, 1x frames ``H x W`` after padding, 2x frames 
 * ``dn_target`` (N, H, W) int32 and ``sr_target`` (N, 2H, 2W) int32: counts at the target exposure
 * ``expected_rate_1x`` (N, H, W), ``expected_rate_2x`` (N, 2H, 2W) float32: noise-free count rate
   (counts/s per pixel, background included); multiply by an exposure for expected counts
-* ``background_rate_1x`` (H, W), ``background_rate_2x`` (2H, 2W) float32: the background alone
+* ``background_rate_1x`` (N, H, W), ``background_rate_2x`` (N, 2H, 2W) float32: the background alone of each
+  sample (fields differ by their background scales)
 * ``mask_1x`` (H, W), ``mask_2x`` (2H, 2W) uint8: detector masks (1 = active pixel); the same for every
   sample (one instrument geometry), so stored once
 * ``exposure_lr``, ``exposure_target`` (N,) float64 [s]
@@ -40,7 +41,7 @@ from ..sky.model import SOURCE_KINDS
 
 SPLITS = ("train", "val", "test")
 SPLIT_STREAM = 2  # seed-derivation key of the split assignment
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: the background planes are per sample (per-field background scales)
 META_DTYPE = np.dtype([
     ("source_id", "i4"), ("kind", "S12"), ("model", "S12"), ("split", "S5"),
     ("source_seed", "i8"), ("seed_lr", "i8"), ("seed_dn", "i8"), ("seed_sr", "i8"),
@@ -143,7 +144,8 @@ class _Writer:
         if compression:
             opts.update(compression="gzip", compression_opts=compression, shuffle=True)
         spec = {"lr": ("i4", lr_shape), "dn_target": ("i4", lr_shape), "sr_target": ("i4", hr_shape),
-                "expected_rate_1x": ("f4", lr_shape), "expected_rate_2x": ("f4", hr_shape)}
+                "expected_rate_1x": ("f4", lr_shape), "expected_rate_2x": ("f4", hr_shape),
+                "background_rate_1x": ("f4", lr_shape), "background_rate_2x": ("f4", hr_shape)}
         self.images = {name: h5.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                                chunks=(1, *shape), **opts) for name, (dtype, shape) in spec.items()}
         self.vectors = {name: h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(1024,),
@@ -178,7 +180,6 @@ def pack_dataset(shards: Sequence[ShardFiles], mask_1x: Path, mask_2x: Path, inp
     split_of = {kind: assign_splits(kind, ids, split_fractions, seed) for kind, ids in ids_by_kind.items()}
 
     meta_rows: list[tuple] = []
-    background: dict[int, np.ndarray] = {}
     with atomic_path(output) as tmp, h5py.File(tmp, "w", track_order=True) as h5:
         writer = _Writer(h5, lr_shape, compression)
         for shard in shards:
@@ -189,12 +190,15 @@ def pack_dataset(shards: Sequence[ShardFiles], mask_1x: Path, mask_2x: Path, inp
                 cube, rows, _ = read_cube(path)
                 _check_rows(name, path, rows, ids)
                 cubes[name] = (cube, rows)
-            expected = {}
+            expected, background = {}, {}
             for res, path in ((1, shard.expected_1x), (2, shard.expected_2x)):
                 with open_fits(path, "expected-image cube") as hdul:
                     _check_rows(f"expected {res}x", path, hdul["SOURCES"].data, ids)
                     expected[res] = np.asarray(hdul["EXPECTED"].data, dtype=np.float32)
-                    background.setdefault(res, np.asarray(hdul["BACKGROUND"].data, dtype=np.float32))
+                    background[res] = np.asarray(hdul["BACKGROUND"].data, dtype=np.float32)
+                if background[res].shape != expected[res].shape:
+                    raise InputError(path, "BACKGROUND", f"has shape {background[res].shape}, the EXPECTED cube "
+                                     f"{expected[res].shape}", "rerun the expected rule (one background plane per source)")
             for name, (cube, _) in cubes.items():
                 want = (h, w) if name != "sr_target" else (2 * h, 2 * w)
                 if cube.shape[1:] != want:
@@ -209,7 +213,9 @@ def pack_dataset(shards: Sequence[ShardFiles], mask_1x: Path, mask_2x: Path, inp
             images = {"lr": _pad(lr, lr_shape, lr_off), "dn_target": _pad(cubes["dn_target"][0], lr_shape, lr_off),
                       "sr_target": _pad(cubes["sr_target"][0], hr_shape, hr_off),
                       "expected_rate_1x": _pad(expected[1], lr_shape, lr_off),
-                      "expected_rate_2x": _pad(expected[2], hr_shape, hr_off)}
+                      "expected_rate_2x": _pad(expected[2], hr_shape, hr_off),
+                      "background_rate_1x": _pad(background[1], lr_shape, lr_off),
+                      "background_rate_2x": _pad(background[2], hr_shape, hr_off)}
             writer.append(images, {"exposure_lr": np.asarray(lr_rows["EXPOSURE"], float),
                                    "exposure_target": np.asarray(cubes["dn_target"][1]["EXPOSURE"], float)})
             for i, source_id in enumerate(ids):
@@ -228,7 +234,6 @@ def pack_dataset(shards: Sequence[ShardFiles], mask_1x: Path, mask_2x: Path, inp
         h5.create_dataset("meta", data=meta, track_times=False)
         for res, shape, off in ((1, lr_shape, lr_off), (2, hr_shape, hr_off)):
             h5.create_dataset(f"mask_{res}x", data=_pad(masks[res], shape, off), track_times=False)
-            h5.create_dataset(f"background_rate_{res}x", data=_pad(background[res], shape, off), track_times=False)
         counts = {}
         for split in SPLITS:
             idx = np.flatnonzero(meta["split"] == split.encode()).astype(np.int64)

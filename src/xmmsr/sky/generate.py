@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .agn import sample_agn
+from .agn import energy_to_photon_flux, sample_agn
 from .augment import boresight_offset, normalise_brightness, zoom_image
-from .model import SOURCE_KINDS, SkyModel, empty_point_table, make_wcs
+from .model import SOURCE_KINDS, FieldBackground, SkyModel, empty_point_table, make_wcs
 from .synthetic import CavityPair, Clump, CoolCore, Shock, beta_cluster, filament, snr_shell
 
 EXTENDED_MODELS = ("cluster", "snr", "filament")
@@ -239,8 +239,12 @@ def _choose_model(rng: np.random.Generator, probs: np.ndarray) -> str:
     return EXTENDED_MODELS[min(index, int(np.flatnonzero(probs > 0)[-1]))]
 
 
-SOURCE_ORIGINS = ("synthetic", "tng", "mixed")
+SOURCE_ORIGINS = ("synthetic", "tng", "mixed", "images")
 TNG_STREAM = 7  # seed key of the synthetic-or-TNG draw of sources.kind "mixed" (leaves the main stream untouched)
+FIELD_BACKGROUND_STREAM = 11  # seed key of the per-field background scales (same: the main stream is untouched)
+AGN_FIELD_STREAM = 13  # seed key of the per-field AGN flux scale, absorption and target (same)
+CCD_EXPOSURE_STREAM = 17  # seed key of the per-field CCD exposure losses (same)
+N_CCDS = 12
 
 
 def _from_tng(cfg: dict[str, Any], seed: int) -> bool:
@@ -252,6 +256,74 @@ def _from_tng(cfg: dict[str, Any], seed: int) -> bool:
         fraction = _number(_section(cfg, "tng", "sources"), "mixed_fraction", "sources.tng", low=0.0, high=1.0)
         return bool(np.random.default_rng([seed, TNG_STREAM]).random() < fraction)
     return origin == "tng"
+
+
+def field_background(cfg: dict[str, Any], seed: int) -> FieldBackground:
+    """The background scales of one field (``sources.field_background``), from their own random stream so
+    that the source draws do not depend on them."""
+    where = "sources.field_background"
+    section = cfg.get("field_background") or {}
+    if not section:
+        return FieldBackground()
+    rng = np.random.default_rng([seed, FIELD_BACKGROUND_STREAM])
+    particle = _uniform(rng, _range(section, "particle", where, low=0.0, strict_low=True))
+    cxb = _uniform(rng, _range(section, "cxb", where, low=0.0, strict_low=True))
+    lo, hi = _range(section, "galactic", where, low=0.0, strict_low=True)
+    galactic = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    fraction = _number(section, "soft_proton_fraction", where, low=0.0, high=1.0)
+    lo, hi = _range(section, "soft_protons", where, low=0.0, strict_low=True)
+    level = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    soft = level if rng.random() < fraction else 0.0
+    return FieldBackground(particle=particle, cxb=cxb, galactic=galactic, soft_protons=soft)
+
+
+def field_ccd_exposure(cfg: dict[str, Any], seed: int) -> dict[str, str]:
+    """In a fraction ``sources.field_exposure.fraction`` of the fields, 1 to ``max_ccds`` random CCDs lose a
+    fraction (uniform in ``loss``) of the exposure, as when a CCD is switched off or flagged for part of
+    an observation; returns the ``CCDLIVE`` keyword (empty when every CCD saw the whole exposure)."""
+    where = "sources.field_exposure"
+    section = cfg.get("field_exposure") or {}
+    fraction = _number(section, "fraction", where, low=0.0, high=1.0) if "fraction" in section else 0.0
+    rng = np.random.default_rng([seed, CCD_EXPOSURE_STREAM])
+    if not rng.random() < fraction:
+        return {}
+    max_ccds = int(section.get("max_ccds", 1))
+    lo, hi = _range(section, "loss", where, low=0.0, high=1.0)
+    live = np.ones(N_CCDS)
+    ccds = rng.choice(N_CCDS, size=int(rng.integers(1, max(1, max_ccds) + 1)), replace=False)
+    live[ccds] = 1.0 - rng.uniform(lo, hi, ccds.size)
+    return {"CCDLIVE": ",".join(f"{v:.4f}" for v in live)}
+
+
+def field_agn(points: np.ndarray, cfg: dict[str, Any], seed: int, grid: _Grid,
+              with_target: bool) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-field AGN properties (``sources.agn``): every flux times a field scale (log-uniform
+    ``field_flux_scale``), one absorbing column for the field (log-uniform ``field_nh``) and, in a fraction
+    ``target_fraction`` of the fields that may have one, a bright target AGN at the pointing (log-uniform
+    ``target_flux``, erg cm-2 s-1), as in pointed observations. Drawn from their own random stream."""
+    where = "sources.agn"
+    agn_cfg = _section(cfg, "agn", "sources")
+    rng = np.random.default_rng([seed, AGN_FIELD_STREAM])
+
+    def log_uniform(key: str, default: tuple[float, float]) -> float:
+        lo, hi = _range(agn_cfg, key, where, low=0.0, strict_low=True) if key in agn_cfg else default
+        return float(f"{np.exp(rng.uniform(np.log(lo), np.log(hi))):.6g}")   # exact through a FITS header
+
+    scale = log_uniform("field_flux_scale", (1.0, 1.0))
+    nh = log_uniform("field_nh", (_agn(cfg).nh, _agn(cfg).nh))
+    fraction = _number(agn_cfg, "target_fraction", where, low=0.0, high=1.0) if "target_fraction" in agn_cfg else 0.0
+    target_flux = log_uniform("target_flux", (1e-13, 1e-12))
+    out = points.copy()
+    out["FLUX"] *= scale
+    out["NH"] = nh
+    has_target = with_target and rng.random() < fraction
+    if has_target:
+        target = np.zeros(1, dtype=out.dtype)
+        target["RA"], target["DEC"] = grid.ra, grid.dec
+        target["FLUX"] = energy_to_photon_flux(np.array([target_flux]), _agn(cfg).gamma)
+        target["GAMMA"], target["NH"] = _agn(cfg).gamma, nh
+        out = np.concatenate([out, target])
+    return out, {"AGNSCALE": scale, "AGNNH": nh, "AGNTGT": target_flux if has_target else 0.0}
 
 
 def _extended(rng: np.random.Generator, grid: _Grid, cfg: dict[str, Any], brightness: BrightnessReference,
@@ -268,7 +340,11 @@ def _extended(rng: np.random.Generator, grid: _Grid, cfg: dict[str, Any], bright
     if not isinstance(include_agn, bool):
         raise InputError(None, f"{where}.include_agn", f"{include_agn!r} is not a boolean", "give true or false")
     agn = _agn(cfg)
-    if _from_tng(cfg, seed):
+    if cfg.get("kind") == "images":
+        from .images import image_extended
+
+        image, kt, meta = image_extended(rng, grid.npix, grid.pixel_arcsec, _section(cfg, "images", "sources"))
+    elif _from_tng(cfg, seed):
         from .tng.sky import tng_extended_image
 
         if tng_cutouts is None:
@@ -316,16 +392,23 @@ def generate_source(kind: str, source_id: int, cfg: dict[str, Any], brightness: 
     wcs = make_wcs(grid.ra, grid.dec, (grid.npix, grid.npix), grid.pixel_arcsec)
     blank = np.zeros((grid.npix, grid.npix), dtype=np.float32)
     common = dict(wcs=wcs, kind=kind, source_id=int(source_id), seed=seed)
+    field = {**field_background(cfg, seed).as_meta(), **field_ccd_exposure(cfg, seed)}
     if kind == "background":
         return SkyModel(image=blank, ra_pnt=grid.ra, dec_pnt=grid.dec,
-                        meta={"MODEL": "none", "OFFX_AS": 0.0, "OFFY_AS": 0.0, "NAGN": 0}, **common)
+                        meta={"MODEL": "none", "OFFX_AS": 0.0, "OFFY_AS": 0.0, "NAGN": 0, **field}, **common)
     if kind == "agn":
         agn = _agn(cfg)
         points = _sample_agn(rng, grid, agn, min_count=1)   # an empty AGN field would not be a valid sky model
+        points, agn_meta = field_agn(points, cfg, seed, grid, with_target=True)
         return SkyModel(image=blank, ra_pnt=grid.ra, dec_pnt=grid.dec, spectrum=("powerlaw", agn.gamma), nh=agn.nh,
-                        points=points, meta={"MODEL": "none", "OFFX_AS": 0.0, "OFFY_AS": 0.0, "NAGN": len(points)},
-                        **common)
+                        points=points, meta={"MODEL": "none", "OFFX_AS": 0.0, "OFFY_AS": 0.0, "NAGN": len(points),
+                                             **field, **agn_meta}, **common)
     image, kt, ra_pnt, dec_pnt, points, meta = _extended(rng, grid, cfg, brightness, wcs, tng_cutouts, seed)
+    agn_meta: dict[str, float] = {}
+    if len(points):
+        points, agn_meta = field_agn(points, cfg, seed, grid, with_target=False)
+    meta.update(field)
+    meta.update(agn_meta)
     meta["NAGN"] = len(points)
     meta = {k: (v if isinstance(v, str) else (int(v) if isinstance(v, (int, np.integer)) else float(v)))
             for k, v in meta.items()}

@@ -34,6 +34,40 @@ SOURCE_KINDS = ("extended", "agn", "background")
 POINT_COLUMNS = ("RA", "DEC", "FLUX", "GAMMA", "NH")
 
 
+@dataclass(frozen=True)
+class FieldBackground:
+    """Scale factors of the background components of one observed field (drawn per sky model, kept in its
+    header): particle, cosmic X-ray background, Galactic foreground, and the soft-proton residual level
+    (0: none). The simulator applies them to the events, the expected image and the background plane alike."""
+
+    particle: float = 1.0
+    cxb: float = 1.0
+    galactic: float = 1.0
+    soft_protons: float = 0.0
+
+    KEYWORDS = {"particle": "BKGPART", "cxb": "BKGCXB", "galactic": "BKGGAL", "soft_protons": "BKGSP"}
+
+    @classmethod
+    def of(cls, meta: dict) -> "FieldBackground":
+        """From sky-model header keywords (defaults where absent)."""
+        values = {name: float(meta[key]) for name, key in cls.KEYWORDS.items() if key in meta}
+        return cls(**values)
+
+    def as_meta(self) -> dict[str, float]:
+        return {key: float(getattr(self, name)) for name, key in self.KEYWORDS.items()}
+
+
+def ccd_live_fractions(meta: dict, n_ccds: int = 12) -> np.ndarray:
+    """Fraction of the exposure each CCD (1..n) was live in a field: header keyword ``CCDLIVE`` (comma-
+    separated, one per CCD), all 1 when absent."""
+    if "CCDLIVE" not in meta:
+        return np.ones(n_ccds)
+    values = np.array([float(v) for v in str(meta["CCDLIVE"]).split(",")])
+    if values.size != n_ccds or np.any((values < 0) | (values > 1)):
+        raise ValueError(f"CCDLIVE {meta['CCDLIVE']!r} is not {n_ccds} fractions in [0, 1]")
+    return values
+
+
 def empty_point_table() -> np.ndarray:
     """A zero-length point-source table with the standard columns."""
     return np.zeros(0, dtype=[(c, "f8") for c in POINT_COLUMNS])
