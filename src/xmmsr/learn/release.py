@@ -30,8 +30,8 @@ from .model import count_parameters
 
 SHIPPED_DIR = "resources/models"
 CARD_NAME = "MODEL_CARD.md"
-TASK_TITLES = {"dn": "DN (de-noising): 20 ks → 100 ks on the 1x grid (4\" pixels)",
-               "sr": "SR (2x super-resolution): 20 ks at 4\" → 100 ks at 2\""}
+TASK_TITLES = {"dn": "DN (de-noising): {t_in} → {t_out} on the 1x grid (4\" pixels)",
+               "sr": "SR (2x super-resolution): {t_in} at 4\" → {t_out} at 2\""}
 METHOD_ORDER = ("input", "bicubic", "gaussian", "richardson_lucy", "model", "truth")
 METHOD_LABELS = {"input": "input (scaled)", "bicubic": "bicubic", "gaussian": "best Gaussian smoothing",
                  "richardson_lucy": "Richardson–Lucy", "model": "**model**", "truth": "truth (noise-free)"}
@@ -41,7 +41,7 @@ IMAGE_COLUMNS = (("psnr_sqrt_vs_expected", "PSNR sqrt [dB]", "{:.2f}"),
                  ("ssim_sqrt_vs_expected", "SSIM sqrt", "{:.3f}"),
                  ("ssim_linear_vs_expected", "SSIM linear", "{:.3f}"),
                  ("deviance_vs_expected", "Poisson dev. vs truth", "{:.3f}"),
-                 ("deviance_vs_target", "Poisson dev. vs 100 ks", "{:.3f}"),
+                 ("deviance_vs_target", "Poisson dev. vs target data", "{:.3f}"),
                  ("flux_ratio", "flux ratio", "{:.3f}"))
 POINT_COLUMNS = (("completeness", "completeness", "{:.2f}"), ("n_false", "false sources per field", "{:.2f}"),
                  ("median_flux_ratio", "flux ratio (matched)", "{:.2f}"),
@@ -138,6 +138,24 @@ def _table(summary: dict, group: str, value: str, columns: Sequence[tuple[str, s
     return lines
 
 
+def _ks(seconds: float) -> str:
+    return f"{seconds / 1000:g} ks"
+
+
+def _max_sigma_b(dataset: Path) -> str:
+    sigma_b = _dataset_config(dataset)[0].get("sources", {}).get("extended", {}).get("sigma_b")
+    return f"{sigma_b[1]:g}" if sigma_b else "an unrecorded multiple of"
+
+
+def _scale_text(runs: Sequence[TaskRun], models: dict, counts: dict[str, int]) -> str:
+    """How large the models and the training set are, and where they were trained."""
+    sizes = ", ".join(f"{task.upper()} {count_parameters(m.generator):,}" for task, m in models.items())
+    fields = sum(v for k, v in counts.items() if k.endswith(" sources"))
+    devices = sorted({str(m.provenance.get("accelerator")) for m in models.values()})
+    return (f"Models of {sizes} parameters trained on {fields} fields ({counts.get('train samples', 0)} in the "
+            f"training split) on {', '.join(devices)}.")
+
+
 def _simulated_instrument(dataset: Path) -> str:
     """The PSF and effective area the training set was simulated with, from its recorded config."""
     with h5py.File(dataset, "r") as h5:
@@ -177,10 +195,47 @@ def _measured_limits(task: str, summary: dict) -> list[str]:
         lines.append(f"- Faint point sources are smoothed away: completeness {model_c:.2f}, against "
                      f"{input_c:.2f} for the input itself at the same detection threshold.")
     false = _median(summary, "model", "n_false")
+    baselines = {m: _median(summary, m, "n_false") for m in METHOD_ORDER
+                 if m not in ("model", "truth") and ("all", "all", m, "n_false") in summary}
+    fewer = [m for m, v in baselines.items() if false < v]
+    if len(fewer) == len(baselines):
+        verdict = "fewer than every baseline" + (", but not zero" if false > 0 else "")
+    elif not fewer:
+        verdict = "no fewer than any baseline"
+    else:
+        verdict = f"fewer than {', '.join(fewer)}; not fewer than {', '.join(m for m in baselines if m not in fewer)}"
     lines.append(f"- {false:.1f} detections per field that are not in the truth (the input: "
                  f"{_median(summary, 'input', 'n_false'):.0f}; Gaussian smoothing: "
-                 f"{_median(summary, 'gaussian', 'n_false'):.0f}): fewer than every baseline, but not zero.")
+                 f"{_median(summary, 'gaussian', 'n_false'):.0f}): {verdict}.")
     return lines
+
+
+def _dataset_config(dataset: Path) -> tuple[dict, float, float]:
+    """(the config sections recorded with the training set, input and target exposures in s)."""
+    with h5py.File(dataset, "r") as h5:
+        return (json.loads(h5.attrs["config"]), float(h5.attrs["input_exposure_s"]),
+                float(h5.attrs["target_exposure_s"]))
+
+
+def _training_data_text(dataset: Path) -> str:
+    """What the training set holds, from its recorded config."""
+    cfg, t_in, t_out = _dataset_config(dataset)
+    sources = cfg.get("sources", {})
+    origin = sources.get("kind", "synthetic")
+    extended = {"synthetic": "synthetic extended sources (beta-model clusters with cool cores, cavities, shocks and "
+                             "clumps; supernova-remnant shells; filaments)",
+                "tng": "IllustrisTNG gas cutouts projected in X-rays",
+                "mixed": "synthetic extended sources and IllustrisTNG gas cutouts",
+                "images": "real-sky images (sources.images)"}.get(origin, origin)
+    sigma_b = sources.get("extended", {}).get("sigma_b")
+    brightness = f", central brightness {sigma_b[0]:g}–{sigma_b[1]:g}× the background" if sigma_b else ""
+    field = sources.get("field_background")
+    background = ("particle, cosmic X-ray, Galactic and soft-proton background with per-field scales"
+                  if field else "particle and cosmic X-ray background")
+    return (f"Simulated with the built-in EPIC-pn simulator (0.5–2 keV, pattern ≤ 4): {extended}{brightness}, "
+            f"with their field AGN; AGN-only fields from the Moretti et al. (2003) logN–logS; blank fields; "
+            f"{background}. Inputs ({t_in / 1000:g} ks) and targets ({t_out / 1000:g} ks) are independent "
+            f"realizations.")
 
 
 def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release_dir: Path) -> str:
@@ -203,11 +258,7 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             "not given; `torch.load(path, weights_only=True)` reads the `.pt` files (a plain dict: weights, "
             "architecture, normalisation, task, exposures, training config, provenance).", "",
             "## Training data", "",
-            "Simulated with the built-in EPIC-pn simulator (full frame, thin filter, 0.5–2 keV, pattern ≤ 4): "
-            "synthetic extended sources (beta-model clusters with cool cores, cavities, shocks and clumps; "
-            "supernova-remnant shells; filaments) with their field AGN, AGN-only fields from the Moretti et "
-            "al. (2003) logN–logS, and blank fields (particle + cosmic background). Inputs (20 ks) and "
-            "targets (100 ks) are independent realizations. No IllustrisTNG cutouts were at hand.", "",
+            _training_data_text(dataset), "",
             "| " + " | ".join(counts) + " |", "|---" * len(counts) + "|",
             "| " + " | ".join(str(v) for v in counts.values()) + " |", ""]
     for run in runs:
@@ -218,7 +269,8 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
         seconds = training_seconds(run.train_log, int(train["batch_size"]), int(train["steps_per_epoch"]))
         best = max(history, key=lambda r: r["val_psnr"])
         arch = model.architecture.to_dict()
-        out += [f"## {TASK_TITLES[run.task]}", "",
+        t_in, t_out = _ks(model.input_exposure_s), _ks(model.target_exposure_s)
+        out += [f"## {TASK_TITLES[run.task].format(t_in=t_in, t_out=t_out)}", "",
                 f"- Architecture: RRDB generator, {arch['features']} features, growth {arch['growth']}, "
                 f"{arch['blocks']} RRDB × {arch['dense_blocks']} dense blocks, residual scale "
                 f"{arch['residual_scale']}; {count_parameters(model.generator):,} parameters.",
@@ -233,7 +285,7 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
                 f"- Dataset config hash `{prov.get('dataset_config_hash', '')[:12]}`, software "
                 f"`{prov.get('dataset_software', '')}`; model file software `{_software(run.model)}`.",
                 "",
-                "Validation curve (masked PSNR in normalised space, Poisson deviance against the 100 ks counts; "
+                f"Validation curve (masked PSNR in normalised space, Poisson deviance against the {t_out} counts; "
                 "the input's own scores beside them):", "",
                 "| epoch | step | train loss | val loss | val PSNR [dB] | input PSNR [dB] | val deviance | "
                 "input deviance |", "|---|---|---|---|---|---|---|---|"]
@@ -252,7 +304,7 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
                 "range that of the truth):", ""]
         out += _table(summary, "all", "all", IMAGE_COLUMNS, methods)
         out += ["", "Point sources (same detection settings on every image; false = detected where the truth "
-                "has none, i.e. hallucinated) and data consistency (the prediction forward-modelled to the 20 ks "
+                f"has none, i.e. hallucinated) and data consistency (the prediction forward-modelled to the {t_in} "
                 "input; the truth's value is the noise level):", ""]
         out += _table(summary, "all", "all", POINT_COLUMNS, methods)
         kinds = sorted({key[1] for key in summary if key[0] == "kind"})
@@ -261,25 +313,25 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             out += ["", f"{kind} fields ({int(n)} test images):", ""]
             out += _table(summary, "kind", kind, KIND_COLUMNS, methods)
         out += _measured_limits(run.task, summary) + [""]
+    first = next(iter(models.values()))
     out += ["## Intended use", "",
             "EPIC-pn full-frame, thin-filter 0.5–2 keV count images binned like the simulations (DETX/DETY in "
-            "bins of 80 = 4\"; `xmmsr bin` on PPS event lists or SAS `evselect`), with an exposure near 20 ks "
-            "(the prediction warns beyond a factor 2). Outputs are expected counts at 100 ks; they are an "
+            "bins of 80 = 4\"; `xmmsr bin` on PPS event lists or SAS `evselect`), with an exposure near "
+            f"{_ks(first.input_exposure_s)} (the prediction warns beyond a factor 2). Outputs are expected counts at "
+            f"{_ks(first.target_exposure_s)}; they are an "
             "estimate, not data: check features against the input with the consistency map, and do not use "
             "them for photometry of faint sources without the completeness and flux-ratio figures above.", "",
             "## Known limits", "",
             f"- Trained on simulations only ({_simulated_instrument(dataset)}; no spectral lines): real instrument "
             "details differ.",
-            "- Not trained on: piled-up sources, extended emission brighter than the brightest simulated "
-            "clusters (central surface brightness up to 50× the background), other pn modes (large/small "
-            "window, timing), the medium/thick filters, other bands, MOS, flaring background, out-of-FoV "
-            "stray light, or single-reflection arcs.",
-            "- A small CPU-trained model on a few dozen fields: it smooths faint point sources away "
-            "(completeness above) and the SR model cannot recover structure below the 1x PSF that the "
-            "20 ks counts do not constrain; `config/paper.yaml` on GPUs is the scale at which to judge "
-            "the method.",
-            "- Per-CCD exposure (ONTIMEnn) differences and chip gaps are not modelled inside an image: the "
-            "detector mask is applied to the metrics only."]
+            f"- Not trained on: piled-up sources, extended emission brighter than the brightest simulated "
+            f"sources (central surface brightness up to {_max_sigma_b(dataset)}× the background), other pn modes "
+            "(large/small window, timing), other bands, MOS, flaring background, out-of-FoV stray light, or "
+            "single-reflection arcs.",
+            f"- {_scale_text(runs, models, counts)} The SR model cannot recover structure below the 1x PSF that "
+            "the input counts do not constrain; `config/paper.yaml` on GPUs is the scale at which to judge the "
+            "method.",
+            "- The detector mask is applied to the metrics only; the networks see the chip gaps as zeros."]
     return "\n".join(out) + "\n"
 
 
