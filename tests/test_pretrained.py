@@ -94,4 +94,4 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
     assert str(tiny_run) not in text  # no machine paths in a shipped file
     # facts of this run, not of the shipped one: its exposures, its sources' brightness range, its PSF
     assert "Inputs (2 ks) and targets (10 ks)" in text and "20 ks" not in text.split("## Intended use")[0]
-    assert "up to 5000× the background" in text and "ELLBETA-like" in text
+    assert "up to 2000× the background" in text and "ELLBETA-like" in text
