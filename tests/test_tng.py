@@ -512,3 +512,113 @@ def test_tiny_workflow_with_tng_sources_against_the_local_server(tmp_path, cutou
     assert (out / "dataset" / "xmmsr_dataset.h5").exists()
     assert_no_key(work, result.stdout, result.stderr)
     assert_no_key(tmp_path / "tng")
+
+
+class BadBodies:
+    """A local server whose cutout bodies misbehave: endless, announced as huge, or dripping slowly."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                try:
+                    fake.serve(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/api/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> BadBodies:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        import time
+
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/x-hdf5")
+        if self.mode == "huge":
+            handler.send_header("Content-Length", str(50 * 2**30))
+            handler.end_headers()
+            handler.wfile.write(b"\0" * 1000)
+            return
+        handler.end_headers()
+        block = b"\0" * 65536
+        for _ in range(100_000):
+            if self.mode == "drip":
+                handler.wfile.write(b"\0")
+                handler.wfile.flush()
+                time.sleep(0.05)
+            else:
+                handler.wfile.write(block)
+
+
+def test_downloads_are_bounded_in_size_and_time_and_say_what_they_kept(tmp_path, monkeypatch):
+    import errno
+
+    import xmmsr.sky.tng.client as client_module
+    from xmmsr.errors import StorageError
+    from xmmsr.sky.tng.client import TngApiError
+
+    policy = RetryPolicy(retries=0, max_bytes=3 * 2**20, deadline_s=1.0)
+    part = tmp_path / ".c.hdf5.part"
+    # an endless body: stopped at the size limit, the partial file deleted, and the message says so
+    with BadBodies("endless") as server:
+        client = TngClient(server.base, api_key=KEY, policy=policy, log=lambda m: None)
+        with pytest.raises(TngApiError, match="grew past sources.tng.max_cutout_mb.*deleted"):
+            client.download(server.base + "TNG100-1/snapshots/99/subhalos/1/cutout.hdf5", tmp_path / "c.hdf5")
+        assert not part.exists() and not (tmp_path / "c.hdf5").exists()
+    # a body announced larger than the limit: refused before anything is written
+    with BadBodies("huge") as server:
+        client = TngClient(server.base, api_key=KEY, policy=policy, log=lambda m: None)
+        with pytest.raises(TngApiError, match="announces .* bytes.*nothing was kept"):
+            client.download(server.base + "TNG100-1/snapshots/99/subhalos/1/cutout.hdf5", tmp_path / "c.hdf5")
+        assert not part.exists()
+    # a server dripping a byte at a time: the deadline ends it (each read alone would never time out),
+    # and the partial file is kept for the next run, as the message says
+    with BadBodies("drip") as server:
+        client = TngClient(server.base, api_key=KEY, policy=policy, log=lambda m: None)
+        with pytest.raises(TngApiError, match="download_deadline_s .* is kept and the next run resumes it"):
+            client.download(server.base + "TNG100-1/snapshots/99/subhalos/1/cutout.hdf5", tmp_path / "c.hdf5")
+        assert part.exists() and part.stat().st_size > 0
+    part.unlink()
+
+    # a full disk: one clean storage error, the partial file deleted
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.fh = open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def tell(self):
+            return self.fh.tell()
+
+        def write(self, data):
+            self.fh.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device", str(part))
+
+        def close(self):
+            self.fh.close()
+
+    monkeypatch.setattr(client_module, "_open", FullDisk)
+    with BadBodies("endless") as server:
+        client = TngClient(server.base, api_key=KEY, policy=policy, log=lambda m: None)
+        with pytest.raises(StorageError, match="no space is left.*partial download .* was deleted"):
+            client.download(server.base + "TNG100-1/snapshots/99/subhalos/1/cutout.hdf5", tmp_path / "c.hdf5")
+    assert not part.exists()

@@ -63,7 +63,7 @@ IMAGE_SOURCES = config["sources"]["kind"] == "images"
 TNG_MANIFEST = f"{OUT}/sky/tng_manifest.json"
 # sources.tng keys that only shape the download (the manifest), not the projection of a cutout
 TNG_DOWNLOAD_KEYS = ("api_url", "selection", "gas_fields", "cutout_dir", "local_dir", "max_concurrent_downloads",
-                     "retries", "backoff_s", "timeout_s")
+                     "retries", "backoff_s", "timeout_s", "max_cutout_mb", "download_deadline_s")
 
 
 def source_params(wildcards):

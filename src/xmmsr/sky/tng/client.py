@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from ...errors import InputError
+from ...errors import InputError, StorageError, storage_error
 from ...io import atomic_path
 from .cutout import REQUIRED_FIELDS, cutout_problem
 
@@ -90,19 +90,23 @@ class RetryPolicy:
     backoff_s: float = 2.0
     timeout_s: float = 120.0
     max_wait_s: float = 120.0
+    max_bytes: int = 2000 * 1024 * 1024     # largest cutout accepted (sources.tng.max_cutout_mb)
+    deadline_s: float = 3600.0              # whole download, all attempts (sources.tng.download_deadline_s)
 
 
 class TngClient:
     """A small client of the TNG web API (https://www.tng-project.org/data/docs/api/)."""
 
     def __init__(self, api_url: str, api_key: str | None = None, policy: RetryPolicy | None = None,
-                 log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> None:
+                 log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         import requests
 
         self.api_url = checked_api_url(api_url)
         self.policy = policy or RetryPolicy()
         self._log = log
         self._sleep = sleep
+        self._clock = clock
         self._origin = _origin(self.api_url)
         self._key = api_key if api_key is not None else api_key_from_env()
         self._session = requests.Session()       # no key in the session headers: it is added per request
@@ -221,12 +225,17 @@ class TngClient:
     def download(self, url: str, dest: Path, params: dict[str, Any] | None = None,
                  fields: tuple[str, ...] = REQUIRED_FIELDS) -> Path:
         """Download ``url`` to ``dest``: resumable (HTTP Range on a hidden ``.part`` file), atomic (renamed
-        only when complete and the HDF5 opens with ``fields``), with retries."""
+        only when complete and the HDF5 opens with ``fields``), with retries, at most ``policy.max_bytes``
+        and ``policy.deadline_s`` seconds in all. A body that outgrows the limit is deleted; a download
+        that runs out of time keeps its partial file for the next run; a full disk deletes it."""
         import requests
+
+        import urllib3
 
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.parent / f".{dest.name}.part"
+        started = self._clock()
         last = ""
         for attempt in range(self.policy.retries + 1):
             have = part.stat().st_size if part.exists() else 0
@@ -243,9 +252,12 @@ class TngClient:
                             self._log(f"{url}: resuming at byte {have}")
                         length = response.headers.get("Content-Length")
                         expected = None if length is None else int(length) + (have if mode == "ab" else 0)
-                        with open(part, mode) as fh:
-                            for chunk in response.iter_content(_CHUNK):
-                                fh.write(chunk)
+                        if expected is not None and expected > self.policy.max_bytes:
+                            part.unlink(missing_ok=True)
+                            raise TngApiError(f"{url}: the server announces {expected} bytes, more than "
+                                              f"sources.tng.max_cutout_mb ({self.policy.max_bytes / 2**20:g} MB); "
+                                              "nothing was kept; raise the limit if the cutout is really that large")
+                        self._receive(response, part, mode, url, started)
                         complete = expected is None or part.stat().st_size == expected
                         if not complete:
                             last = f"short body ({part.stat().st_size} of {expected} bytes)"
@@ -257,7 +269,8 @@ class TngClient:
                         continue
                     else:
                         raise TngApiError(f"{url}: HTTP {status}; check the subhalo and sources.tng.gas_fields")
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError) as exc:
                 complete, last = False, f"connection broken ({exc.__class__.__name__})"
             if complete:
                 problem = cutout_problem(part, fields)
@@ -269,8 +282,42 @@ class TngClient:
             if attempt < self.policy.retries:
                 self._log(f"{url}: {last}, retrying ({attempt + 1}/{self.policy.retries})")
                 self._wait(attempt, None)
-        raise TngApiError(f"{url}: download failed after {self.policy.retries + 1} attempts ({last}); the partial "
-                          f"file {part} is kept and the next run resumes it")
+        kept = (f"the partial file {part} ({part.stat().st_size} bytes) is kept and the next run resumes it"
+                if part.exists() else "no partial file is kept")
+        raise TngApiError(f"{url}: download failed after {self.policy.retries + 1} attempts ({last}); {kept}")
+
+    def _receive(self, response: Any, part: Path, mode: str, url: str, started: float) -> None:
+        """Append the body to ``part`` as it arrives (``read1``: a slow server cannot hold a read past the
+        deadline), within the size limit and the deadline; a failing disk deletes the partial file."""
+        try:
+            with _open(part, mode) as fh:
+                size = fh.tell()
+                while True:
+                    chunk = response.raw.read1(_CHUNK)
+                    if not chunk:
+                        return
+                    fh.write(chunk)
+                    size += len(chunk)
+                    if size > self.policy.max_bytes:
+                        fh.close()
+                        part.unlink(missing_ok=True)
+                        raise TngApiError(f"{url}: the body grew past sources.tng.max_cutout_mb "
+                                          f"({self.policy.max_bytes / 2**20:g} MB); the partial file was deleted; "
+                                          "raise the limit if the cutout is really that large")
+                    if self._clock() - started > self.policy.deadline_s:
+                        raise TngApiError(f"{url}: the download did not finish within sources.tng.download_deadline_s "
+                                          f"({self.policy.deadline_s:g} s); the partial file {part} ({size} bytes) is "
+                                          "kept and the next run resumes it")
+        except OSError as exc:
+            problem = storage_error(exc, part)
+            if not isinstance(problem, StorageError):
+                raise
+            part.unlink(missing_ok=True)
+            raise StorageError(problem.errno, f"{problem} (the partial download {part.name} was deleted)",
+                               str(part)) from None
+
+
+_open = open   # the file opener of downloads (tests inject a failing disk here)
 
 
 # ---------------------------------------------------------------------- manifest
@@ -350,8 +397,9 @@ def download_selection(tng: dict[str, Any], client: TngClient | None = None,
         raise InputError(None, "sources.tng.gas_fields", f"lacks {missing}",
                          f"list at least {list(REQUIRED_FIELDS)}")
     if client is None:
-        client = TngClient(tng["api_url"], policy=RetryPolicy(int(tng["retries"]), float(tng["backoff_s"]),
-                                                              float(tng["timeout_s"])), log=log)
+        client = TngClient(tng["api_url"], policy=RetryPolicy(
+            int(tng["retries"]), float(tng["backoff_s"]), float(tng["timeout_s"]),
+            max_bytes=int(float(tng["max_cutout_mb"]) * 2**20), deadline_s=float(tng["download_deadline_s"])), log=log)
     selection = tng["selection"]
     found = client.search_subhalos(simulation, snapshot, int(selection["top_n"]),
                                    tuple(selection["mass_log_msun"]), bool(selection["centrals_only"]))
