@@ -335,8 +335,8 @@ def _focus_and_detect(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, en
     x[:n_focused] += ox
     y[:n_focused] += oy
     fov_r2 = np.float32((geom.fov_radius_arcmin * 60.0) ** 2)
-    fx, fy = np.float32(geom.fov_center_x_arcsec), np.float32(geom.fov_center_y_arcsec)
-    detected = (np.square(x - fx) + np.square(y - fy) <= fov_r2) & geom.on_chip(x, y)
+    cx, cy = np.float32(geom.fov_center_x_arcsec), np.float32(geom.fov_center_y_arcsec)
+    detected = (np.square(x - cx) + np.square(y - cy) <= fov_r2) & geom.on_chip(x, y)
     return x[detected], y[detected], energy[detected]
 
 
@@ -554,17 +554,13 @@ def _add_convolved(out: np.ndarray, grid: ImageGrid, x: np.ndarray, y: np.ndarra
                    kernel: np.ndarray) -> None:
     """Add the cloud-in-cell deposit of (x, y, w) convolved with ``kernel`` to ``out`` (the pixels of
     ``grid``), working on the deposit's bounding box only; what falls off the grid is dropped."""
-    fx = (x - grid.x0_arcsec) / grid.pixel_arcsec - 0.5
-    fy = (y - grid.y0_arcsec) / grid.pixel_arcsec - 0.5
-    i0, j0 = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
+    p = grid.pixel_arcsec
+    i0 = np.floor((x - grid.x0_arcsec) / p - 0.5).astype(np.int64)
+    j0 = np.floor((y - grid.y0_arcsec) / p - 0.5).astype(np.int64)
     ilo, jlo = int(i0.min()), int(j0.min())
-    nx, ny = int(i0.max()) - ilo + 2, int(j0.max()) - jlo + 2
-    tx, ty = fx - i0, fy - j0
-    box = np.zeros(nx * ny)
-    for di, wx in ((0, 1.0 - tx), (1, tx)):
-        for dj, wy in ((0, 1.0 - ty), (1, ty)):
-            box += np.bincount((j0 - jlo + dj) * nx + (i0 - ilo + di), weights=w * wx * wy, minlength=box.size)
-    conv = signal.fftconvolve(box.reshape(ny, nx), kernel, mode="full")
+    box = ImageGrid(int(i0.max()) - ilo + 2, int(j0.max()) - jlo + 2, p, grid.x0_arcsec + ilo * p,
+                    grid.y0_arcsec + jlo * p)
+    conv = signal.fftconvolve(_cloud_in_cell(box, x, y, w), kernel, mode="full")
     h = kernel.shape[0] // 2
     r0, c0 = jlo - h, ilo - h                      # position of conv[0, 0] on the grid
     rs, cs = max(r0, 0), max(c0, 0)
