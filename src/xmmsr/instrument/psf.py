@@ -16,6 +16,7 @@ multiplier (r_c is divided by it: the 2x instrument has a PSF half as wide):
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -25,15 +26,15 @@ REFERENCE_ENERGY_KEV = 1.5   # energy of the on-axis numbers quoted for a model
 
 
 @dataclass(frozen=True)
-class PsfModel:
+class PsfModel(ABC):
     """Base of the PSF models: subclasses define :meth:`parameters`; the rest is shared."""
 
     max_radius_arcsec: float = 300.0
 
+    @abstractmethod
     def parameters(self, theta_arcmin: np.ndarray | float, energy_kev: np.ndarray | float,
                    resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(r_c [arcsec], alpha, q) at off-axis angles ``theta_arcmin`` and energies ``energy_kev``."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ numbers
 
