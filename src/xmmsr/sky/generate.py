@@ -162,6 +162,10 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]))))
+
+
 def _cluster(rng: np.random.Generator, grid: _Grid, section: dict[str, Any]) -> tuple[np.ndarray, float, Meta]:
     where = "sources.extended.cluster"
     rc = _uniform(rng, _range(section, "rc_arcsec", where, low=0.0, strict_low=True))
@@ -268,11 +272,9 @@ def field_background(cfg: dict[str, Any], seed: int) -> FieldBackground:
     rng = np.random.default_rng([seed, FIELD_BACKGROUND_STREAM])
     particle = _uniform(rng, _range(section, "particle", where, low=0.0, strict_low=True))
     cxb = _uniform(rng, _range(section, "cxb", where, low=0.0, strict_low=True))
-    lo, hi = _range(section, "galactic", where, low=0.0, strict_low=True)
-    galactic = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    galactic = _log_uniform(rng, _range(section, "galactic", where, low=0.0, strict_low=True))
     fraction = _number(section, "soft_proton_fraction", where, low=0.0, high=1.0)
-    lo, hi = _range(section, "soft_protons", where, low=0.0, strict_low=True)
-    level = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    level = _log_uniform(rng, _range(section, "soft_protons", where, low=0.0, strict_low=True))
     soft = level if rng.random() < fraction else 0.0
     return FieldBackground(particle=particle, cxb=cxb, galactic=galactic, soft_protons=soft)
 
@@ -302,15 +304,15 @@ def field_agn(points: np.ndarray, cfg: dict[str, Any], seed: int, grid: _Grid,
     ``target_fraction`` of the fields that may have one, a bright target AGN at the pointing (log-uniform
     ``target_flux``, erg cm-2 s-1), as in pointed observations. Drawn from their own random stream."""
     where = "sources.agn"
-    agn_cfg = _section(cfg, "agn", "sources")
+    agn_cfg, agn = _section(cfg, "agn", "sources"), _agn(cfg)
     rng = np.random.default_rng([seed, AGN_FIELD_STREAM])
 
     def log_uniform(key: str, default: tuple[float, float]) -> float:
-        lo, hi = _range(agn_cfg, key, where, low=0.0, strict_low=True) if key in agn_cfg else default
-        return float(f"{np.exp(rng.uniform(np.log(lo), np.log(hi))):.6g}")   # exact through a FITS header
+        bounds = _range(agn_cfg, key, where, low=0.0, strict_low=True) if key in agn_cfg else default
+        return float(f"{_log_uniform(rng, bounds):.6g}")   # exact through a FITS header
 
     scale = log_uniform("field_flux_scale", (1.0, 1.0))
-    nh = log_uniform("field_nh", (_agn(cfg).nh, _agn(cfg).nh))
+    nh = log_uniform("field_nh", (agn.nh, agn.nh))
     fraction = _number(agn_cfg, "target_fraction", where, low=0.0, high=1.0) if "target_fraction" in agn_cfg else 0.0
     target_flux = log_uniform("target_flux", (1e-13, 1e-12))
     out = points.copy()
@@ -320,8 +322,8 @@ def field_agn(points: np.ndarray, cfg: dict[str, Any], seed: int, grid: _Grid,
     if has_target:
         target = np.zeros(1, dtype=out.dtype)
         target["RA"], target["DEC"] = grid.ra, grid.dec
-        target["FLUX"] = energy_to_photon_flux(np.array([target_flux]), _agn(cfg).gamma)
-        target["GAMMA"], target["NH"] = _agn(cfg).gamma, nh
+        target["FLUX"] = energy_to_photon_flux(np.array([target_flux]), agn.gamma)
+        target["GAMMA"], target["NH"] = agn.gamma, nh
         out = np.concatenate([out, target])
     return out, {"AGNSCALE": scale, "AGNNH": nh, "AGNTGT": target_flux if has_target else 0.0}
 
@@ -357,7 +359,7 @@ def _extended(rng: np.random.Generator, grid: _Grid, cfg: dict[str, Any], bright
         image, kt, meta = _BUILDERS[model](rng, grid, _section(section, model, where))
     zoom = _uniform(rng, zoom_range)
     image = zoom_image(image, zoom, grid.center_pix)
-    sigma_b = float(np.exp(rng.uniform(np.log(sigma_b_range[0]), np.log(sigma_b_range[1]))))
+    sigma_b = _log_uniform(rng, sigma_b_range)
     image = normalise_brightness(image, grid.pixel_arcsec, grid.center_pix, sigma_b,
                                  brightness.background_rate_arcsec2, brightness.effective_area_cm2, central_radius)
     dx, dy = boresight_offset(rng, grid.width_arcsec, offset_fraction)
