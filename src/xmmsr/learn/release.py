@@ -142,12 +142,12 @@ def _ks(seconds: float) -> str:
     return f"{seconds / 1000:g} ks"
 
 
-def _max_sigma_b(dataset: Path) -> str:
-    sigma_b = _dataset_config(dataset)[0].get("sources", {}).get("extended", {}).get("sigma_b")
+def _max_sigma_b(cfg: dict) -> str:
+    sigma_b = cfg.get("sources", {}).get("extended", {}).get("sigma_b")
     return f"{sigma_b[1]:g}" if sigma_b else "an unrecorded multiple of"
 
 
-def _scale_text(runs: Sequence[TaskRun], models: dict, counts: dict[str, int]) -> str:
+def _scale_text(models: dict, counts: dict[str, int]) -> str:
     """How large the models and the training set are, and where they were trained."""
     sizes = ", ".join(f"{task.upper()} {count_parameters(m.generator):,}" for task, m in models.items())
     fields = sum(v for k, v in counts.items() if k.endswith(" sources"))
@@ -156,10 +156,9 @@ def _scale_text(runs: Sequence[TaskRun], models: dict, counts: dict[str, int]) -
             f"training split) on {', '.join(devices)}.")
 
 
-def _simulated_instrument(dataset: Path) -> str:
+def _simulated_instrument(cfg: dict) -> str:
     """The PSF and effective area the training set was simulated with, from its recorded config."""
-    with h5py.File(dataset, "r") as h5:
-        cfg = json.loads(h5.attrs["config"]).get("instrument", {})
+    cfg = cfg.get("instrument", {})
     parts = []
     if "psf" in cfg and "model" in cfg["psf"]:
         parts.append(describe_psf(cfg["psf"]))
@@ -217,9 +216,8 @@ def _dataset_config(dataset: Path) -> tuple[dict, float, float]:
                 float(h5.attrs["target_exposure_s"]))
 
 
-def _training_data_text(dataset: Path) -> str:
-    """What the training set holds, from its recorded config."""
-    cfg, t_in, t_out = _dataset_config(dataset)
+def _training_data_text(cfg: dict, t_in: float, t_out: float) -> str:
+    """What the training set holds, from its recorded config and exposures (s)."""
     sources = cfg.get("sources", {})
     origin = sources.get("kind", "synthetic")
     extended = {"synthetic": "synthetic extended sources (beta-model clusters with cool cores, cavities, shocks and "
@@ -241,6 +239,7 @@ def _training_data_text(dataset: Path) -> str:
 def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release_dir: Path) -> str:
     """The model card (Markdown) of the released models, from the run's outputs."""
     counts = _dataset_counts(dataset)
+    recorded, exposure_in, exposure_out = _dataset_config(dataset)
     out = ["# xmmsr pretrained models: model card", "",
            "Written by the `release` rule of the xmmsr pipeline from the outputs of the run that trained the "
            f"models (`{config_name}`); every figure below comes from that run's files. Metrics are medians "
@@ -258,7 +257,7 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             "not given; `torch.load(path, weights_only=True)` reads the `.pt` files (a plain dict: weights, "
             "architecture, normalisation, task, exposures, training config, provenance).", "",
             "## Training data", "",
-            _training_data_text(dataset), "",
+            _training_data_text(recorded, exposure_in, exposure_out), "",
             "| " + " | ".join(counts) + " |", "|---" * len(counts) + "|",
             "| " + " | ".join(str(v) for v in counts.values()) + " |", ""]
     for run in runs:
@@ -322,13 +321,13 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             "estimate, not data: check features against the input with the consistency map, and do not use "
             "them for photometry of faint sources without the completeness and flux-ratio figures above.", "",
             "## Known limits", "",
-            f"- Trained on simulations only ({_simulated_instrument(dataset)}; no spectral lines): real instrument "
+            f"- Trained on simulations only ({_simulated_instrument(recorded)}; no spectral lines): real instrument "
             "details differ.",
             f"- Not trained on: piled-up sources, extended emission brighter than the brightest simulated "
-            f"sources (central surface brightness up to {_max_sigma_b(dataset)}× the background), other pn modes "
+            f"sources (central surface brightness up to {_max_sigma_b(recorded)}× the background), other pn modes "
             "(large/small window, timing), other bands, MOS, flaring background, out-of-FoV stray light, or "
             "single-reflection arcs.",
-            f"- {_scale_text(runs, models, counts)} The SR model cannot recover structure below the 1x PSF that "
+            f"- {_scale_text(models, counts)} The SR model cannot recover structure below the 1x PSF that "
             "the input counts do not constrain; `config/paper.yaml` on GPUs is the scale at which to judge the "
             "method.",
             "- The detector mask is applied to the metrics only; the networks see the chip gaps as zeros."]
