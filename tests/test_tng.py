@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from abc import ABC, abstractmethod
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -195,7 +196,42 @@ def test_tng_project_command_writes_an_unaugmented_sky_model(tmp_path, capsys):
 # ----------------------------------------------------------------------------- the web API
 
 
-class FakeTng:
+class LocalServer(ABC):
+    """An HTTP server on 127.0.0.1 (a free port, a daemon thread) that passes every GET to ``handle``; a
+    context manager. ``base`` is its API root."""
+
+    def __init__(self) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep the test output clean
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                try:
+                    server.handle(self)
+                except (BrokenPipeError, ConnectionResetError):   # the client gave up on the body
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/api/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @abstractmethod
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        """Answer one GET request."""
+
+
+class FakeTng(LocalServer):
     """A TNG-API-shaped HTTP server on 127.0.0.1 with injected failures (one 503, one truncated body)."""
 
     def __init__(self, cutout_bytes: bytes, require_key: bool = True) -> None:
@@ -208,26 +244,7 @@ class FakeTng:
         self.truncate = {"11"}          # the next one is cut in the middle
         self.down = False               # every request gets a 503
         self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # keep the test output clean
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
-                fake.handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/api/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeTng:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def _json(self, handler: BaseHTTPRequestHandler, status: int, body: object) -> None:
         data = json.dumps(body).encode()
@@ -514,37 +531,14 @@ def test_tiny_workflow_with_tng_sources_against_the_local_server(tmp_path, cutou
     assert_no_key(tmp_path / "tng")
 
 
-class BadBodies:
+class BadBodies(LocalServer):
     """A local server whose cutout bodies misbehave: endless, announced as huge, or dripping slowly."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
-        fake = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                try:
-                    fake.serve(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/api/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> BadBodies:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
         import time
 
         handler.send_response(200)
