@@ -31,11 +31,11 @@ from .errors import InputError, storage_error
 from .instrument.binning import bin_event_file, detector_image_wcs
 from .instrument.events import write_events
 from .instrument.model import PnInstrument
-from .instrument.simulator import expected_background, expected_image, simulate_events
+from .instrument.simulator import ccd_live, expected_background, expected_image, simulate_events
 from .io import current_umask, open_fits, remove_stale_temporaries, write_fits_atomic
 from .learn import TASKS
 from .sky.generate import BrightnessReference, generate_source
-from .sky.model import SOURCE_KINDS, FieldBackground, ccd_live_fractions, read_sky_model, write_sky_model
+from .sky.model import SOURCE_KINDS, FieldBackground, read_sky_model, write_sky_model
 
 SIMULATION_STREAM = 1  # seed-derivation key separating simulation seeds from source seeds
 TRAINING_STREAM = 3  # seed-derivation key of the training seeds (2 is the split assignment)
@@ -233,14 +233,13 @@ def expected_shard(sky_dir: str | Path, instrument: PnInstrument, resolution: in
     (per source: every field has its own background scales)."""
     planes, backgrounds, rows = [], [], []
     kind = "background"
+    g = instrument.geometry
     for path in _progress(sky_files(sky_dir), f"expected {resolution}x"):
         sky = read_sky_model(path)
         kind = sky.kind
         planes.append(expected_image(sky, instrument, 1.0, resolution).astype(np.float32))
-        g = instrument.geometry
         backgrounds.append(expected_background(instrument, 1.0, resolution, FieldBackground.of(sky.meta),
-                                               ccd_live_fractions(sky.meta, g.ccds_x * g.ccds_y)).astype(np.float32))
-        g = instrument.geometry
+                                               ccd_live(sky, instrument)).astype(np.float32))
         w = detector_image_wcs(g.image_grid(resolution), sky.ra_pnt, sky.dec_pnt, instrument.roll_deg,
                                g.aim_x_arcsec, g.aim_y_arcsec)
         rows.append({"SRCID": sky.source_id, "SRCKIND": sky.kind, "SEED": 0, "SRCSEED": sky.seed, "NEVENTS": 0,

@@ -68,15 +68,6 @@ def predictions(model: TrainedModel, frame: dict[str, Any], sigma: float, psf_1x
     return out
 
 
-def _background_rate(dataset: str | Path, upscale: int, frame: dict[str, Any]) -> np.ndarray:
-    """The background rate (counts/s per output pixel) of one evaluation frame, cropped like the frame."""
-    with open_dataset(dataset) as h5:
-        plane = np.asarray(h5[f"background_rate_{upscale}x"][frame["index"]], dtype=np.float64)
-    if plane.shape != frame["expected"].shape:
-        plane = plane[tuple(slice(0, n) for n in frame["expected"].shape)]
-    return plane
-
-
 def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: dict[str, Any],
                   eval_cfg: dict[str, Any], out_dir: str | Path, base_dir: str | Path | None = None) -> pd.DataFrame:
     """Score the model and the baselines on the evaluation split; write the task's metric files."""
@@ -104,34 +95,36 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
 
     rows: list[dict[str, Any]] = []
     gallery: dict[str, np.ndarray] = {}
-    for n, frame in enumerate(_frames(test)):
-        m = meta[frame["index"]]
-        bkg = _background_rate(dataset, s, frame) * frame["exposure_target"]
-        source_counts = float(((frame["expected"] - bkg) * frame["mask_target"]).sum())
-        info = {"task": task, "sample": frame["index"], "kind": KIND_LABELS[m["kind"].decode()],
-                "source_id": int(m["source_id"]), "model_kind": m["model"].decode(),
-                "source_counts": source_counts}
-        preds = predictions(model, frame, sigma, psf_1x_out, psf_out, eval_cfg["rl_iterations"])
-        nsigma = eval_cfg["detection_nsigma"]
-        truth_sources = points.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm_px, nsigma)
-        for method, pred in preds.items():
-            row = {**info, "method": method}
-            row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
-                                             eval_cfg["asinh_scale_counts"]))
-            row.update(points.score_against_truth(truth_sources, pred, frame["mask_target"], bkg, fwhm_px,
-                                                  pixel_arcsec, nsigma))
-            summary, residual = consistency.consistency(pred, frame["input"], frame["mask_input"], s, kernel,
-                                                        frame["exposure_target"], frame["exposure_input"])
-            row.update(summary)
-            rows.append(row)
+    with open_dataset(dataset) as h5:   # the background plane of each frame (fields differ)
+        background = h5[f"background_rate_{s}x"]
+        for n, frame in enumerate(_frames(test)):
+            m = meta[frame["index"]]
+            bkg = np.asarray(background[frame["index"]], dtype=np.float64) * frame["exposure_target"]
+            source_counts = float(((frame["expected"] - bkg) * frame["mask_target"]).sum())
+            info = {"task": task, "sample": frame["index"], "kind": KIND_LABELS[m["kind"].decode()],
+                    "source_id": int(m["source_id"]), "model_kind": m["model"].decode(),
+                    "source_counts": source_counts}
+            preds = predictions(model, frame, sigma, psf_1x_out, psf_out, eval_cfg["rl_iterations"])
+            nsigma = eval_cfg["detection_nsigma"]
+            truth_sources = points.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm_px, nsigma)
+            for method, pred in preds.items():
+                row = {**info, "method": method}
+                row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
+                                                 eval_cfg["asinh_scale_counts"]))
+                row.update(points.score_against_truth(truth_sources, pred, frame["mask_target"], bkg, fwhm_px,
+                                                      pixel_arcsec, nsigma))
+                summary, residual = consistency.consistency(pred, frame["input"], frame["mask_input"], s, kernel,
+                                                            frame["exposure_target"], frame["exposure_input"])
+                row.update(summary)
+                rows.append(row)
+                if n < eval_cfg["gallery"]:
+                    gallery[f"{n}/{method}"] = pred.astype(np.float32)
+                    gallery[f"{n}/{method}/consistency"] = residual.astype(np.float32)
             if n < eval_cfg["gallery"]:
-                gallery[f"{n}/{method}"] = pred.astype(np.float32)
-                gallery[f"{n}/{method}/consistency"] = residual.astype(np.float32)
-        if n < eval_cfg["gallery"]:
-            for name in ("input", "target", "mask_target", "mask_input"):
-                gallery[f"{n}/{name}_data"] = np.asarray(frame[name], dtype=np.float32)
-            gallery[f"{n}/info"] = np.array(json.dumps({**info, "exposure_input": frame["exposure_input"],
-                                                        "exposure_target": frame["exposure_target"]}))
+                for name in ("input", "target", "mask_target", "mask_input"):
+                    gallery[f"{n}/{name}_data"] = np.asarray(frame[name], dtype=np.float32)
+                gallery[f"{n}/info"] = np.array(json.dumps({**info, "exposure_input": frame["exposure_input"],
+                                                            "exposure_target": frame["exposure_target"]}))
     table = pd.DataFrame(rows)
     table["brightness"] = _terciles(table["source_counts"])
     out = Path(out_dir)

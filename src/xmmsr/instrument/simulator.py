@@ -182,7 +182,7 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
     pixels = _sky_pixels(sky, frame, reach)
     x, y, energy, n_sky_photons = detect_photons(rng, sky, pixels, instrument, exposure_s, resolution, background,
                                                  FieldBackground.of(sky.meta))
-    live = _ccd_live(sky, instrument)
+    live = ccd_live(sky, instrument)
     if np.any(live < 1.0):   # CCDs that saw part of the exposure: their events thinned (registered position)
         keep = rng.random(x.size, dtype=np.float32) < live[_ccd_index(instrument, x, y)].astype(np.float32)
         x, y, energy = x[keep], y[keep], energy[keep]
@@ -273,7 +273,8 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
     return x, y, np.concatenate(es_), n_sky_photons
 
 
-def _ccd_live(sky: SkyModel, instrument: PnInstrument) -> np.ndarray:
+def ccd_live(sky: SkyModel, instrument: PnInstrument) -> np.ndarray:
+    """Fraction of the exposure each CCD of the field was live (its CCDLIVE keyword; all 1 without)."""
     g = instrument.geometry
     try:
         return ccd_live_fractions(sky.meta, g.ccds_x * g.ccds_y)
@@ -433,7 +434,7 @@ def expected_image(sky: SkyModel, instrument: PnInstrument, exposure_s: float, r
     image = _expected_fine_sources(sky, instrument, exposure_s, resolution)
     if background:
         image += _expected_fine_background(instrument, exposure_s, resolution, FieldBackground.of(sky.meta))
-    return _finish(image, instrument, resolution, _ccd_live(sky, instrument))
+    return _finish(image, instrument, resolution, ccd_live(sky, instrument))
 
 
 def expected_background(instrument: PnInstrument, exposure_s: float, resolution: int,
