@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import beta_sky, make_instrument, point_sky
@@ -195,16 +197,81 @@ def test_background_level_matches_real_pn_images(instrument):
     assert abs(counts[corners].mean() - expected[corners].mean()) < 4 * np.sqrt(expected[corners].mean() / corners.sum())
 
 
-def test_energy_resolution_and_patterns(instrument):
-    events = simulate_events(beta_sky(), instrument, 20_000, 1, seed=8)
+CALIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "calib"
+RMF = CALIB / "epn_e3_ff20_sdY9_v19.0.rmf.gz"
+
+
+def rmf_band_pi(energy_kev: float) -> tuple[float, np.ndarray]:
+    """From the real RMF: P(PI in 500-2000 | E) and the in-band PI probabilities per 5 eV channel."""
+    from astropy.io import fits
+
+    with fits.open(RMF) as hdul:
+        m = hdul["MATRIX"].data
+        i = int(np.searchsorted(m["ENERG_HI"], energy_kev))
+        row, k = np.zeros(int(hdul["MATRIX"].header["DETCHANS"])), 0
+        for g in range(int(m["N_GRP"][i])):
+            f, n = int(m["F_CHAN"][i][g]), int(m["N_CHAN"][i][g])
+            row[f:f + n] = m["MATRIX"][i][k:k + n]
+            k += n
+    band = row[100:400].sum() + row[400] / 5
+    return band / row.sum(), row[100:400] / row.sum()
+
+
+def test_redistribution_follows_the_real_response_matrix(instrument):
+    response = instrument.require_response()
+    rng = np.random.default_rng(3)
+    for energy in (0.55, 1.0, 1.5, 2.2):
+        pi = response.to_pi(rng, np.full(400_000, energy, np.float32))
+        assert pi.min() >= 500 and pi.max() <= 2000
+        if not RMF.is_file():
+            continue
+        band, per_channel = rmf_band_pi(energy)
+        assert response.pi_fraction(np.array([energy]))[0] == pytest.approx(band, rel=0.02, abs=2e-4)
+        # in-band PI in 50 eV bins against the matrix row (10 channels per bin)
+        sim = np.bincount((pi[pi < 2000] - 500) // 50, minlength=30)[:30] / pi.size
+        ref = per_channel.reshape(30, 10).sum(axis=1)
+        ref /= ref.sum()
+        assert np.abs(sim - ref).sum() < 0.04, (energy, np.round(sim, 3), np.round(ref, 3))
+    # the peak sits below the true energy at low energies (charge loss), as in the matrix
+    assert np.median(response.to_pi(rng, np.full(100_000, 0.6, np.float32))) < 590
+
+
+def test_gaussian_redistribution_and_patterns():
+    gaussian = make_instrument(redistribution_file=None, energy_resolution_fwhm_ev=80.0)
+    events = simulate_events(beta_sky(), gaussian, 20_000, 1, seed=8)
     c = events.columns
     near_1kev = (c["ENERGY"] > 950) & (c["ENERGY"] < 1050)
     spread = (c["PI"][near_1kev] - c["ENERGY"][near_1kev]).std()
-    assert spread == pytest.approx(instrument.response.fwhm_ev_at_1kev / 2.3548, rel=0.08)
-    assert np.mean(c["PATTERN"] == 0) == pytest.approx(instrument.patterns.single, abs=0.01)
-    assert np.mean(c["PATTERN"] <= 4) == pytest.approx(instrument.patterns.good, abs=0.005)
+    assert spread == pytest.approx(80.0 / 2.3548, rel=0.08)
+    assert np.all((c["PI"] >= 500) & (c["PI"] <= 2000))
+    assert np.mean(c["PATTERN"] == 0) == pytest.approx(gaussian.patterns.single, abs=0.01)
+    assert np.mean(c["PATTERN"] <= 4) == pytest.approx(gaussian.patterns.good, abs=0.005)
     assert np.all(np.diff(c["TIME"]) >= 0)
     assert c["TIME"].min() >= events.header["TSTART"][0] and c["TIME"].max() <= events.header["TSTOP"][0]
+
+
+def test_counts_come_from_true_energies_around_the_band(instrument):
+    """With the real redistribution some counts come from photons outside 0.5-2 keV and the count
+    rate per band photon is below one; the expected image agrees with the events."""
+    sky = point_sky(3e-3)
+    events = simulate_events(sky, instrument, 20_000, 1, seed=5)
+    energy = events.columns["ENERGY"] / 1000.0
+    outside = np.mean((energy < 0.5) | (energy > 2.0))
+    assert 0.005 < outside < 0.08
+    spec = instrument.require_response().spectral("powerlaw", 1.9, 3e20)
+    assert 0.8 < spec.pi_fraction < 0.97
+    counts = binned(events, instrument, 1).sum()
+    expected = expected_image(sky, instrument, 20_000, 1).sum()
+    assert abs(counts - expected) < 4 * np.sqrt(expected)
+
+
+def test_medium_filter_absorbs_more_at_low_energies():
+    thin, medium = make_instrument(filter="thin"), make_instrument(filter="medium")
+    soft = [i.require_response().spectral("bremss", 0.2, 0.0).band_area_cm2 for i in (thin, medium)]
+    hard = [i.require_response().spectral("powerlaw", 1.4, 3e20).band_area_cm2 for i in (thin, medium)]
+    # 40 nm more aluminium: a few per cent at 0.5-0.7 keV, about one per cent above 1 keV
+    assert 0.93 < soft[1] / soft[0] < 0.98
+    assert soft[1] / soft[0] < hard[1] / hard[0] < 0.995
 
 
 def test_same_seed_same_bytes_different_seed_different_events(instrument, tmp_path):

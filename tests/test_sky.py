@@ -325,3 +325,20 @@ def test_field_background_and_agn_field_draws_are_seeded_ranged_and_leave_the_so
     n = len(bare.points)
     np.testing.assert_allclose(first[0].points["FLUX"][:n], bare.points["FLUX"] * first[0].meta["AGNSCALE"])
     assert FieldBackground.of(bare.meta) == FieldBackground()
+
+
+def test_bright_draws_are_capped_at_the_count_rate_of_real_fields():
+    cfg = sources_cfg(400)
+    cfg["extended"]["include_agn"] = False
+    cfg["extended"]["sigma_b"] = [4000.0, 5000.0]
+    cfg["extended"]["max_count_rate"] = 50.0
+    capped = 0
+    for i in range(12):
+        m = generate_source("extended", i, cfg, BRIGHTNESS, 5)
+        rate = float(m.image.sum(dtype=np.float64)) * BRIGHTNESS.effective_area_cm2
+        assert rate <= 50.0 * (1 + 1e-5)
+        # the recorded sigma_b is the brightness the field has: central 30" mean over the background
+        target = m.meta["SIGMA_B"] * BRIGHTNESS.background_rate_arcsec2 / BRIGHTNESS.effective_area_cm2
+        assert central_mean(m.image, 1.0, (199.5, 199.5), 30.0) == pytest.approx(target, rel=1e-4)
+        capped += m.meta["SIGMA_B"] < 4000.0
+    assert capped > 0

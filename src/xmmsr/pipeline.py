@@ -64,7 +64,7 @@ def training_seed(root_seed: int, task: str) -> int:
 
 def brightness_reference(instrument: PnInstrument) -> BrightnessReference:
     """Background level and effective area used to set source brightness (sigma_b)."""
-    area = instrument.require_response().spectral("bremss", 3.0, 3e20).mean_area_cm2
+    area = instrument.require_response().spectral("bremss", 3.0, 3e20).band_area_cm2
     return BrightnessReference(background_rate_arcsec2=instrument.background_rate_arcsec2(), effective_area_cm2=area)
 
 

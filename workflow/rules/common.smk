@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from snakemake.exceptions import WorkflowError
 from xmmsr.config import ConfigError, check_config, resolve_resource
+from xmmsr.instrument.model import instrument_files
 from xmmsr.learn import TASKS as ALL_TASKS
 from xmmsr.pipeline import n_shards, shard_source_ids, training_seed as _training_seed
 from xmmsr.sky.model import SOURCE_KINDS
@@ -36,7 +37,7 @@ KINDS = [k for k in SOURCE_KINDS if config["sources"][k]["n"] > 0]
 EXPOSURES_KS = [f"{e:g}" for e in config["simulate"]["exposures_ks"]]
 RESOLUTIONS = [str(r) for r in config["simulate"]["resolutions"]]
 DATASET = f"{OUT}/dataset/xmmsr_dataset.h5"
-EFFECTIVE_AREA = str(resolve_resource(config["instrument"]["effective_area_file"], workflow.basedir))
+INSTRUMENT_FILES = {k: str(v) for k, v in instrument_files(config["instrument"], workflow.basedir).items()}
 
 
 wildcard_constraints:

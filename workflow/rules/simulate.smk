@@ -5,7 +5,7 @@
 rule simulate:
     input:
         sky=f"{OUT}/sky/{{kind}}/shard{{shard}}",
-        effective_area=EFFECTIVE_AREA,
+        **INSTRUMENT_FILES,
     output:
         events_dir("{kind}", "{shard}", "{exposure}", "{res}"),
     params:
@@ -27,7 +27,7 @@ rule simulate:
 rule expected:
     input:
         sky=f"{OUT}/sky/{{kind}}/shard{{shard}}",
-        effective_area=EFFECTIVE_AREA,
+        **INSTRUMENT_FILES,
     output:
         f"{OUT}/expected/{{kind}}/shard{{shard}}/{{res}}x.fits",
     params:

@@ -3,7 +3,7 @@
 
 rule sources:
     input:
-        effective_area=EFFECTIVE_AREA,
+        **INSTRUMENT_FILES,
         tng=tng_manifest_input,
         images=image_truth_input,
     output:

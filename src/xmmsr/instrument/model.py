@@ -12,7 +12,7 @@ from ..config import resolve_resource
 from ..errors import InputError
 from .geometry import PnGeometry, read_dead_pixels
 from .psf import EllbetaPsf, PsfModel, psf_from_config
-from .response import Response, read_effective_area
+from .response import Redistribution, Response, read_effective_area
 
 PATTERN_GOOD_MAX = 4
 # pn imaging modes: frame time (s) and out-of-time event fraction (XMM-Newton Users Handbook, EPIC-pn modes)
@@ -78,10 +78,10 @@ class Background:
     of view, flatter than the photon vignetting; level 1 gives ``soft_proton_rate_arcmin2`` on axis)."""
 
     particle_rate_arcmin2: float = 2.0e-3   # counts s-1 arcmin-2 over the detector, 0.5-2 keV, all patterns
-    cxb_flux_arcmin2: float = 0.9e-6       # ph cm-2 s-1 arcmin-2, 0.5-2 keV
+    cxb_flux_arcmin2: float = 1.07e-6      # ph cm-2 s-1 arcmin-2, 0.5-2 keV
     cxb_gamma: float = 1.4
     cxb_nh: float = 3e20
-    galactic_flux_arcmin2: float = 0.5e-6  # ph cm-2 s-1 arcmin-2, 0.5-2 keV
+    galactic_flux_arcmin2: float = 0.6e-6  # ph cm-2 s-1 arcmin-2, 0.5-2 keV
     galactic_kt_kev: float = 0.2
     soft_proton_rate_arcmin2: float = 1.0e-3   # counts s-1 arcmin-2 on axis at level 1, all patterns
     soft_proton_vignetting_15arcmin: float = 0.6   # relative rate at 15' (linear in angle)
@@ -144,11 +144,14 @@ class PnInstrument:
             raise InputError(None, "instrument.geometry.aim_point_arcsec", f"{list(g['aim_point_arcsec'])} is not on an "
                              "active, unflagged CCD pixel", "put the optical axis on a CCD, clear of gaps and borders "
                              "(the default is [5.6, -7.4], where SAS pn images have their targets)")
-        energy, area = read_effective_area(resolve_resource(cfg["effective_area_file"], base_dir))
+        files = instrument_files(cfg, base_dir)
+        energy, area = read_effective_area(files["effective_area"])
+        redistribution = (Redistribution.from_file(files["redistribution"]) if "redistribution" in files
+                          else Redistribution.gaussian(cfg["energy_resolution_fwhm_ev"]))
         return cls(
             geometry=geometry,
             psf=psf_from_config(cfg["psf"]),
-            response=Response(energy, area, cfg["energy_resolution_fwhm_ev"]),
+            response=Response(energy, area, redistribution),
             vignetting=Vignetting.from_file(resolve_resource(cfg["vignetting"]["file"], base_dir)),
             background=Background(**cfg["background"]),
             patterns=PatternFractions(**cfg["pattern_fractions"]),
@@ -166,9 +169,8 @@ class PnInstrument:
         b = self.background
         cxb = r.spectral("powerlaw", b.cxb_gamma, b.cxb_nh)
         gal = r.spectral("bremss", b.galactic_kt_kev, 0.0)
-        rate_arcmin2 = (b.particle_rate_arcmin2 * particle_pi_fraction(r)
-                        + b.cxb_flux_arcmin2 * cxb.mean_area_cm2 * cxb.pi_fraction
-                        + b.galactic_flux_arcmin2 * gal.mean_area_cm2 * gal.pi_fraction)
+        rate_arcmin2 = (b.particle_rate_arcmin2 + b.cxb_flux_arcmin2 * cxb.band_area_cm2
+                        + b.galactic_flux_arcmin2 * gal.band_area_cm2)
         return rate_arcmin2 * self.patterns.good / 3600.0
 
     @property
@@ -183,6 +185,18 @@ class PnInstrument:
         return self.response
 
 
-def particle_pi_fraction(response: Response) -> float:
-    """Fraction of particle events (flat in energy over 0.5-2 keV) whose PI stays in [500, 2000]."""
-    return response.flat_pi_fraction()
+def instrument_files(cfg: dict[str, Any], base_dir: str | Path | None = None) -> dict[str, Path]:
+    """Calibration files the instrument section names: ``effective_area`` (the filter's shipped table
+    unless effective_area_file is given) and ``redistribution`` (absent for a Gaussian resolution)."""
+    area = cfg.get("effective_area_file") or f"resources/instrument/pn_{cfg.get('filter', 'thin')}_effective_area.csv"
+    files = {"effective_area": resolve_resource(area, base_dir)}
+    if cfg.get("redistribution_file"):
+        files["redistribution"] = resolve_resource(cfg["redistribution_file"], base_dir)
+    return files
+
+
+def instrument_config_with_inputs(cfg: dict[str, Any], inputs: Any) -> dict[str, Any]:
+    """The instrument section with its calibration files replaced by a workflow job's input paths
+    (named as in :func:`instrument_files`)."""
+    return dict(cfg, effective_area_file=str(inputs.effective_area),
+                redistribution_file=str(inputs.redistribution) if hasattr(inputs, "redistribution") else None)

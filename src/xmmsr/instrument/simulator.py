@@ -225,7 +225,7 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
     # Extended emission: Poisson counts per sky pixel, uniform within the pixel.
     if pixels.flux.size:
         ext = response.spectral(*sky.spectrum, sky.nh)
-        counts = rng.poisson(pixels.flux * (ext.mean_area_cm2 * exposure_s))
+        counts = rng.poisson(pixels.flux * (ext.band_area_cm2 * exposure_s))
         hit = np.flatnonzero(counts)
         detect(np.repeat(pixels.dx[hit].astype(np.float32), counts[hit]),
                np.repeat(pixels.dy[hit].astype(np.float32), counts[hit]), ext, True,
@@ -234,7 +234,7 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
     # Point sources, grouped by spectrum.
     for (gamma, nh), idx in _spectrum_groups(sky).items():
         spec = response.spectral("powerlaw", gamma, nh)
-        counts = rng.poisson(sky.points["FLUX"][idx] * spec.mean_area_cm2 * exposure_s)
+        counts = rng.poisson(sky.points["FLUX"][idx] * spec.band_area_cm2 * exposure_s)
         detect(np.repeat(pixels.point_dx[idx].astype(np.float32), counts),
                np.repeat(pixels.point_dy[idx].astype(np.float32), counts), spec, True)
 
@@ -246,7 +246,7 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
         for flux, spec in ((bkg.cxb_flux_arcmin2 * field.cxb, response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)),
                            (bkg.galactic_flux_arcmin2 * field.galactic,
                             response.spectral("bremss", bkg.galactic_kt_kev, 0.0))):
-            n = int(rng.poisson(flux * fov_area * spec.mean_area_cm2 * exposure_s))
+            n = int(rng.poisson(flux * fov_area * spec.band_area_cm2 * exposure_s))
             cx, cy = _uniform_disc(rng, n, geom)
             detect(cx, cy, spec, False)
         # Particle background: flat over the CCD array, not vignetted, not focused.
@@ -598,20 +598,18 @@ def _expected_fine_background(instrument: PnInstrument, exposure_s: float, resol
     sky = np.zeros(core.shape)
     for flux, spec in ((bkg.cxb_flux_arcmin2 * field.cxb, response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)),
                        (bkg.galactic_flux_arcmin2 * field.galactic, response.spectral("bremss", bkg.galactic_kt_kev, 0.0))):
-        sky += flux * spec.mean_area_cm2 * spec.pi_fraction * instrument.vignetting(theta, spec.mean_energy_kev)
-    flat = response.flat_pi_fraction()
+        sky += flux * spec.band_area_cm2 * instrument.vignetting(theta, spec.mean_energy_kev)
     counts = sky * area_arcmin2 * in_fov
-    counts += bkg.particle_rate_arcmin2 * field.particle * flat * area_arcmin2 * accept
+    counts += bkg.particle_rate_arcmin2 * field.particle * area_arcmin2 * accept
     if field.soft_protons > 0:
-        counts += (bkg.soft_proton_rate_arcmin2 * field.soft_protons * flat * area_arcmin2
+        counts += (bkg.soft_proton_rate_arcmin2 * field.soft_protons * area_arcmin2
                    * bkg.soft_proton_profile(theta) * in_fov)
     return counts
 
 
 def _count_factor(response, spectrum: tuple[str, float], nh: float) -> float:
-    """Binned counts per unit photon flux and second on axis: mean area x PI-band fraction."""
-    spec = response.spectral(spectrum[0], spectrum[1], nh)
-    return spec.mean_area_cm2 * spec.pi_fraction
+    """Binned counts per unit photon flux and second on axis (in-band counts per band photon)."""
+    return response.spectral(spectrum[0], spectrum[1], nh).band_area_cm2
 
 
 def _cloud_in_cell(grid: ImageGrid, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:

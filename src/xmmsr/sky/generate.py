@@ -185,7 +185,9 @@ def _cluster(rng: np.random.Generator, grid: _Grid, section: dict[str, Any]) -> 
 
     cool_core = None
     if rng.random() < _number(section, "cool_core_prob", where, low=0.0, high=1.0):
-        cool_core = CoolCore(rc_arcsec=rc * float(rng.uniform(0.1, 0.3)), amplitude=float(rng.uniform(1.0, 3.0)))
+        rc_fraction = _uniform(rng, _range(section, "cool_core_rc_fraction", where, low=0.0, strict_low=True))
+        amplitude = _log_uniform(rng, _range(section, "cool_core_amplitude", where, low=0.0, strict_low=True))
+        cool_core = CoolCore(rc_arcsec=rc * rc_fraction, amplitude=amplitude)
         meta.update(CC_RC_AS=cool_core.rc_arcsec, CC_AMP=cool_core.amplitude)
     meta["COOLCORE"] = int(cool_core is not None)
 
@@ -362,6 +364,13 @@ def _extended(rng: np.random.Generator, grid: _Grid, cfg: dict[str, Any], bright
     sigma_b = _log_uniform(rng, sigma_b_range)
     image = normalise_brightness(image, grid.pixel_arcsec, grid.center_pix, sigma_b,
                                  brightness.background_rate_arcsec2, brightness.effective_area_cm2, central_radius)
+    # Real pn fields stay below ~100 counts/s in 0.5-2 keV: a bright, large source is scaled down to the
+    # cap (its sigma_b becomes the one that reaches it), so bright fields come from compact cores.
+    max_rate = _number(section, "max_count_rate", where, low=0.0, strict_low=True)
+    rate = float(image.sum(dtype=np.float64)) * brightness.effective_area_cm2
+    if rate > max_rate:
+        image *= np.float32(max_rate / rate)
+        sigma_b *= max_rate / rate
     dx, dy = boresight_offset(rng, grid.width_arcsec, offset_fraction)
     cx, cy = grid.center_pix
     ra_pnt, dec_pnt = (float(v) for v in wcs.wcs_pix2world(np.array([[cx + dx / grid.pixel_arcsec,
