@@ -97,7 +97,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        out = predict_file(args.model or shipped_model(args.task), args.input, args.output, args.device)
+        out = predict_file(args.model or shipped_model(args.task), args.input, args.output, args.device,
+                           args.exposure_map)
     for w in caught:
         print(f"xmmsr predict: warning: {w.message}", file=sys.stderr)
     h = fits.getheader(out)
@@ -106,16 +107,56 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_real(args: argparse.Namespace) -> None:
-    from .evaluate.real import evaluate_real_pairs
-
     config = load_config(args.config)
     base = Path(args.config).parent if args.config else None
+    if args.image is not None:
+        _evaluate_real_image(args, config, base)
+        return
+    from .evaluate.real import evaluate_real_pairs
+
+    if args.short is None or args.long is None or args.model is None:
+        raise InputError(None, "--image / --short --long", "neither a deep image nor a complete pair is given",
+                         "give --image DEEP.fits (thinned into input and remainder), or --model with --short "
+                         "and --long")
     table = evaluate_real_pairs(args.model, [{"name": Path(args.short).stem, "short": args.short, "long": args.long}],
-                                config["instrument"], config["evaluate"], args.output, args.gaussian_sigma, base)
+                                config["instrument"], config["evaluate"], args.output,
+                                1.0 if args.gaussian_sigma is None else args.gaussian_sigma, base)
     scores = table.set_index("method")
     print(f"{args.output}: PSNR vs the long exposure: model {scores.at['model', 'psnr_linear_vs_long']:.2f} dB, input "
           f"{scores.at['input', 'psnr_linear_vs_long']:.2f} dB "
           f"({scores.at['model', 'psnr_gain_vs_input_percent']:+.1f} %)")
+
+
+def _evaluate_real_image(args: argparse.Namespace, config: dict, base: Path | None) -> None:
+    from .evaluate.real import score_thinned
+    from .evaluate.run import write_csv
+    from .learn.release import shipped_model
+
+    if (args.model is None) == (args.task is None):
+        raise InputError(None, "--model/--task", "give exactly one", "--task dn|sr picks a pretrained model")
+    if args.short is not None or args.long is not None:
+        raise InputError(None, "--short/--long", "cannot be combined with --image", "give one of the two modes")
+    if args.seed is None or args.seed < 0:
+        raise InputError(None, "--seed", f"{args.seed} is not a seed >= 0", "give --seed N (the thinning's draw)")
+    output = Path(args.output)
+    if output.is_dir():
+        raise InputError(output, "--output", "is a directory", "give a CSV file name")
+    table = score_thinned(args.model or shipped_model(args.task), args.image, args.input_exposure, args.seed,
+                          config["instrument"], config["evaluate"], args.exposure_map, args.gaussian_sigma, base)
+    write_csv(table, output)
+    s = table.set_index("method")
+    print(f"{output}: deviance per pixel vs the independent remainder: model {s.at['model', 'deviance']:.4f}, "
+          f"best Gaussian (sigma {s.at['gaussian', 'gaussian_sigma']:g} px) {s.at['gaussian', 'deviance']:.4f}, "
+          f"input {s.at['input', 'deviance']:.4f}; PSNR model {s.at['model', 'psnr']:.2f} dB, "
+          f"Gaussian {s.at['gaussian', 'psnr']:.2f} dB ({s.at['model', 'exposure_source']})")
+
+
+def cmd_thin(args: argparse.Namespace) -> None:
+    from .thinning import thin_file
+
+    thin_file(args.image, args.fraction, args.seed, args.output_a, args.output_b)
+    print(f"{args.output_a}: counts kept with probability {args.fraction:g}; {args.output_b}: the rest "
+          f"(independent Poisson images, exposures scaled)")
 
 
 def cmd_tng_project(args: argparse.Namespace) -> None:
@@ -162,6 +203,16 @@ def _center(text: str) -> list[float]:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"{text!r} is not X,Y,Z in ckpc/h")
     return values
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
 
 
 def _positive_seconds(text: str) -> float:
@@ -215,16 +266,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="FITS to write: expected counts at the model's target exposure")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="auto: cuda if available, else mps, else cpu")
+    p.add_argument("--exposure-map", help="exposure map of the input (SAS eexpmap, seconds); without it the "
+                   "per-CCD ONTIMEnn of the header are used when they differ, else EXPOSURE")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate-real", help="score DN on a real short exposure against an independent long one")
-    p.add_argument("--model", required=True, help="DN model.pt written by the train rule")
-    p.add_argument("--short", required=True, help="short-exposure count image FITS (1x grid, EXPOSURE)")
-    p.add_argument("--long", required=True, help="independent longer-exposure count image FITS of the same target")
+    p = sub.add_parser("evaluate-real", help="score a model and the baselines on real data: a deep image thinned "
+                       "into input and independent remainder (--image), or a short/long pair (--short --long)")
+    p.add_argument("--task", choices=("dn", "sr"), help="score the pretrained model of this task (with --image)")
+    p.add_argument("--model", help="model.pt written by the train rule")
+    p.add_argument("--image", help="deep count image FITS (1x grid, EXPOSURE) to thin into input and remainder")
+    p.add_argument("--exposure-map", help="exposure map of --image (SAS eexpmap; default: per-CCD ONTIMEnn)")
+    p.add_argument("--input-exposure", type=_positive_seconds, default=20000.0,
+                   help="exposure (s) of the thinned input (default 20000)")
+    p.add_argument("--seed", type=int, help="seed of the thinning (with --image)")
+    p.add_argument("--short", help="short-exposure count image FITS (1x grid, EXPOSURE)")
+    p.add_argument("--long", help="independent longer-exposure count image FITS of the same target")
     p.add_argument("--output", required=True, help="CSV of metrics per method")
-    p.add_argument("--gaussian-sigma", type=float, default=1.0, help="width (pixels) of the Gaussian baseline")
+    p.add_argument("--gaussian-sigma", type=_non_negative, default=None,
+                   help="width (pixels) of the Gaussian baseline (default: 1 for pairs; the best for --image)")
     p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
     p.set_defaults(func=cmd_evaluate_real)
+
+    p = sub.add_parser("thin", help="split a count image binomially into two independent Poisson images")
+    p.add_argument("image", help="count image FITS (e.g. SAS evselect or xmmsr bin)")
+    p.add_argument("--fraction", required=True, type=float, help="probability that A keeps a count (0 < P < 1)")
+    p.add_argument("--seed", required=True, type=int, help="random seed (>= 0)")
+    p.add_argument("--output-a", required=True, help="FITS for the kept counts (exposure x P)")
+    p.add_argument("--output-b", required=True, help="FITS for the rest (exposure x (1 - P))")
+    p.set_defaults(func=cmd_thin)
 
     p = sub.add_parser("tng-project", help="project an IllustrisTNG gas cutout into a 0.5-2 keV sky model")
     p.add_argument("cutout", help="cutout HDF5 (illustris_python layout: Header, PartType0)")

@@ -78,9 +78,12 @@ def _spans(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     return [(s, s + tile, s if s == 0 else s + overlap, n if s + tile == n else s + tile - overlap) for s in starts]
 
 
-def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float, tile: int = 512,
+def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float | np.ndarray, tile: int = 512,
                    overlap: int = 32) -> np.ndarray:
     """Expected counts per output pixel at ``model.target_exposure_s`` for a 1x-grid count image.
+
+    ``exposure_s``: one exposure, or one per pixel (an exposure map; the model then sees the true count
+    rate of every pixel; pixels with under 1 % of the largest exposure use the largest).
 
     Returns float32 (H, W) for DN, (2H, 2W) for SR, clipped at 0. Images larger than ``tile`` are run
     in overlapping tiles whose centre parts are stitched; this equals the untiled result when
@@ -90,7 +93,13 @@ def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float, t
     image = np.asarray(counts)
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"expected a non-empty 2-D count image, got shape {image.shape}")
-    if not (math.isfinite(exposure_s) and exposure_s > 0):
+    per_pixel = np.ndim(exposure_s) == 2
+    if per_pixel:
+        seconds = np.asarray(exposure_s, dtype=np.float64)
+        if seconds.shape != image.shape or not np.isfinite(seconds).all() or not seconds.max() > 0:
+            raise ValueError(f"a per-pixel exposure needs the image's shape {image.shape} and finite values > 0")
+        seconds = np.where(seconds < 0.01 * seconds.max(), seconds.max(), seconds)
+    elif not (math.isfinite(exposure_s) and exposure_s > 0):
         raise ValueError(f"exposure must be a positive number of seconds, got {exposure_s}")
     if overlap < 0 or tile <= 2 * overlap:
         raise ValueError(f"need 0 <= 2 * overlap < tile, got tile {tile}, overlap {overlap}")
@@ -98,7 +107,8 @@ def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float, t
     device = next(generator.parameters()).device
     h, w = image.shape
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
-    x = model.normalisation.forward(x, float(exposure_s), upscale=1)
+    exposure = (torch.from_numpy(seconds.astype(np.float32)).to(device) if per_pixel else float(exposure_s))
+    x = model.normalisation.forward(x, exposure, upscale=1)
     x = F.pad(x[None, None], (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE))
     ph, pw = x.shape[-2:]
     out = torch.full((ph * s, pw * s), math.nan, dtype=torch.float32)  # NaN shows any pixel no tile wrote
@@ -167,6 +177,8 @@ def read_count_image(path: str | Path) -> tuple[np.ndarray, fits.Header, float]:
 
 def _check_pixel_scale(header: fits.Header, path: Path) -> None:
     """If the header has a celestial WCS, its pixels must be on the 1x grid."""
+    if not any(re.fullmatch(r"CTYPE\d|CRVAL\d|CDELT\d|CD\d_\d|PC\d_\d", k) for k in header):
+        return  # no primary WCS (alternate ones, e.g. SAS's DETX/DETY 'L', describe no sky)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -234,21 +246,29 @@ def _upscale_wcs(header: fits.Header, s: int) -> None:
 
 
 def predict_file(model_path: str | Path, input_path: str | Path, output_path: str | Path,
-                 device: str = "auto") -> Path:
-    """Predict on a FITS count image and write the float32 result atomically; returns ``output_path``."""
+                 device: str = "auto", exposure_map: str | Path | None = None) -> Path:
+    """Predict on a FITS count image and write the float32 result atomically; returns ``output_path``.
+
+    The model sees count rates with the image's real per-pixel exposure: ``exposure_map`` if given, else
+    the per-CCD ``ONTIMEnn`` when they differ, else ``EXPOSURE`` (:func:`~xmmsr.instrument.exposure.image_exposure`)."""
+    from ..instrument.exposure import image_exposure
+
     model_path, input_path, output_path = Path(model_path), Path(input_path), Path(output_path)
     dev = select_device(device)
     counts, header, exposure = read_count_image(input_path)
+    per_pixel = image_exposure(header, counts.shape, exposure, exposure_map, path=input_path)
     model = load_model(model_path, dev)
     ratio = exposure / model.input_exposure_s
     if not 0.5 <= ratio <= 2.0:
         warnings.warn(f"{input_path}: EXPOSURE {exposure:g} s differs from the {model.input_exposure_s:g} s the "
                       "model was trained for by more than a factor 2; the prediction may be biased", stacklevel=2)
-    result = predict_counts(model, counts, exposure, overlap=max(32, receptive_radius(model.architecture)))
+    seconds = per_pixel.seconds if per_pixel.source != "EXPOSURE" else exposure
+    result = predict_counts(model, counts, seconds, overlap=max(32, receptive_radius(model.architecture)))
     if not np.isfinite(result).all():
         raise InputError(model_path, "weights", "the model produced non-finite values on this image",
                          "check the training run; the model has diverged")
     hdr = output_header(header, model, exposure, model_path.name, input_path.name)
+    hdr["EXPSRC"] = (per_pixel.source, "input exposure per pixel taken from")
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(result.astype(np.float32), header=hdr)]), output_path)
     return output_path
 

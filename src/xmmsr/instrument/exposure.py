@@ -1,0 +1,119 @@
+"""Exposure per pixel of a pn count image: from an exposure map, else from the per-CCD on-times.
+
+SAS images carry ``ONTIMEnn`` (the good time of CCD ``nn``) beside ``EXPOSURE``; a CCD switched off for
+part of the observation has less. Without a map every pixel gets the on-time of the CCD it lies on, found
+from the image's DETX/DETY physical keywords (``CTYPE1L = 'DETX'``, as SAS evselect and ``xmmsr bin``
+write them) and the CCD layout of :class:`~xmmsr.instrument.geometry.PnGeometry`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from astropy.io import fits
+
+from ..errors import InputError
+from ..io import open_fits
+from .geometry import DET_UNIT_ARCSEC, PnGeometry
+
+ONTIME_KEY = re.compile(r"^ONTIME(\d\d)$")
+CCD_SPREAD_TOLERANCE = 0.01  # on-times within 1 % of each other count as one exposure
+
+
+@dataclass(frozen=True)
+class ImageExposure:
+    """Exposure (s) of every pixel of a count image and where it came from."""
+
+    seconds: np.ndarray   # (ny, nx) float64; 0 where the image has no exposure
+    source: str           # "exposure map", "per-CCD ONTIMEnn" or "EXPOSURE"
+
+    @property
+    def reference_s(self) -> float:
+        """The image's nominal exposure: the largest per-pixel exposure."""
+        return float(self.seconds.max())
+
+
+def ccd_ontimes(header: fits.Header) -> dict[int, float]:
+    """On-time (s) per CCD number from the ``ONTIMEnn`` keywords (empty when there are none)."""
+    out = {}
+    for key in header:
+        match = ONTIME_KEY.match(key)
+        if match:
+            out[int(match.group(1))] = float(header[key])
+    return out
+
+
+def ccd_number_image(header: fits.Header, shape: tuple[int, int], geometry: PnGeometry,
+                     path: str | Path | None = None) -> np.ndarray:
+    """CCD number (1..12) of every pixel of a DETX/DETY image (gaps and the outside: the nearest CCD)."""
+    ny, nx = shape
+    axes = []
+    for axis, name, n in ((1, "DETX", nx), (2, "DETY", ny)):
+        if str(header.get(f"CTYPE{axis}L", "")).strip().upper() != name:
+            raise InputError(path, f"CTYPE{axis}L", f"is {header.get(f'CTYPE{axis}L')!r}, not {name!r}: the image has "
+                             "no DETX/DETY physical coordinates to find its CCDs",
+                             "give an exposure map (--exposure-map, SAS eexpmap) or bin the events in DETX/DETY "
+                             "(evselect xcolumn=DETX ycolumn=DETY, or xmmsr bin)")
+        crval, crpix = float(header[f"CRVAL{axis}L"]), float(header.get(f"CRPIX{axis}L", 1.0))
+        cdelt = float(header.get(f"CDELT{axis}L", 1.0))
+        det = crval + (np.arange(n) + 1.0 - crpix) * cdelt  # pixel centres, DET units
+        axes.append(det * DET_UNIT_ARCSEC)
+    g = geometry
+    ix = np.clip(np.floor((axes[0] - g.array_x0) / (g.ccd_width + g.gap_x_arcsec)), 0, g.ccds_x - 1).astype(int)
+    iy = np.clip(np.floor((axes[1] - g.array_y0) / (g.ccd_height + g.gap_y_arcsec)), 0, g.ccds_y - 1).astype(int)
+    return iy[:, None] * g.ccds_x + ix[None, :] + 1
+
+
+def read_exposure_map(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """A 2-D exposure map (s) of the image's shape; BUNIT, if given, must be a time."""
+    p = Path(path)
+    with open_fits(p, "exposure map", verify_checksum=False) as hdul:
+        hdu = next((h for h in hdul if h.is_image and h.data is not None and h.data.ndim == 2), None)
+        if hdu is None:
+            raise InputError(p, "data", "holds no 2-D image", "give a SAS eexpmap exposure map of the image")
+        data = np.asarray(hdu.data, dtype=np.float64)
+        bunit = str(hdu.header.get("BUNIT", "s")).strip() or "s"
+    try:
+        factor = u.Unit(bunit).to(u.s)
+    except (ValueError, u.UnitConversionError):
+        raise InputError(p, "BUNIT", f"is {bunit!r}, not a unit of time",
+                         "give an exposure map in seconds (SAS eexpmap writes BUNIT = 's')") from None
+    if data.shape != tuple(shape):
+        raise InputError(p, "NAXIS1/NAXIS2", f"shape {data.shape} differs from the image's {tuple(shape)}",
+                         "make the exposure map on the image's grid (eexpmap imageset=IMAGE)")
+    if not np.isfinite(data).all() or (data < 0).any():
+        raise InputError(p, "pixel values", "has negative or non-finite exposures", "give a valid exposure map")
+    if not data.max() > 0:
+        raise InputError(p, "pixel values", "is zero everywhere", "give the exposure map of this observation")
+    return data * factor
+
+
+def image_exposure(header: fits.Header, shape: tuple[int, int], exposure_s: float,
+                   exposure_map: str | Path | None = None, geometry: PnGeometry | None = None,
+                   path: str | Path | None = None) -> ImageExposure:
+    """Per-pixel exposure: the map if given; else per-CCD ``ONTIMEnn`` when they differ by more than 1 %
+    (on the DETX/DETY grid); else ``exposure_s`` everywhere."""
+    if exposure_map is not None:
+        return ImageExposure(read_exposure_map(exposure_map, shape), "exposure map")
+    ontimes = ccd_ontimes(header)
+    values = [t for t in ontimes.values() if t > 0]
+    if values and (max(values) - min(values)) > CCD_SPREAD_TOLERANCE * max(values):
+        ccd = ccd_number_image(header, shape, geometry or PnGeometry(), path)
+        table = np.zeros(ccd.max() + 1)
+        for number, seconds in ontimes.items():
+            if number < table.size:
+                table[number] = seconds
+        missing = sorted(set(np.unique(ccd)) - set(ontimes))
+        if missing:
+            warnings.warn(f"{path}: no ONTIMEnn for CCDs {missing}; they get EXPOSURE", stacklevel=2)
+            table[missing] = exposure_s
+        return ImageExposure(table[ccd], "per-CCD ONTIMEnn")
+    if not (math.isfinite(exposure_s) and exposure_s > 0):
+        raise InputError(path, "EXPOSURE", f"is {exposure_s!r}", "set EXPOSURE (s) in the header")
+    return ImageExposure(np.full(shape, float(exposure_s)), "EXPOSURE")
