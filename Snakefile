@@ -20,6 +20,7 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/bin.smk"
 include: "workflow/rules/learn.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/real.smk"
 
 
 rule all:

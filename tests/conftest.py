@@ -80,3 +80,23 @@ def tiny_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("tiny")
     snakemake(workdir, "--cores", "2", "--configfile", str(TINY))
     return workdir
+
+
+def write_count_image(path: Path, counts: np.ndarray, exposure: float, ontimes: dict[int, float] | None = None,
+                      grid=None) -> Path:
+    """A SAS-like count image: EXPOSURE, ONTIMEnn, DETX/DETY physical keywords of ``grid``, one GTI table."""
+    from astropy.io import fits
+
+    from xmmsr.instrument.binning import physical_keywords
+
+    header = fits.Header()
+    header["EXPOSURE"] = exposure
+    for ccd in range(1, 13):
+        header[f"ONTIME{ccd:02d}"] = (ontimes or {}).get(ccd, exposure)
+    if grid is not None:
+        for key, value in physical_keywords(grid).items():
+            header[key] = value
+    gti = fits.BinTableHDU.from_columns([fits.Column("START", "D", array=[0.0]),
+                                         fits.Column("STOP", "D", array=[exposure])], name="STDGTI01")
+    fits.HDUList([fits.PrimaryHDU(counts.astype(np.int32), header=header), gti]).writeto(path)
+    return path

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from astropy.io import fits
-from conftest import REPO, beta_sky
+from conftest import REPO, beta_sky, write_count_image
 
 from xmmsr.cli import main
 from xmmsr.config import default_config
@@ -22,18 +22,7 @@ from xmmsr.thinning import binomial_split
 DN_MODEL = REPO / "resources" / "models" / "dn.pt"
 
 
-def count_image(path, counts: np.ndarray, exposure: float, ontimes: dict[int, float] | None = None,
-                grid=None) -> None:
-    header = fits.Header()
-    header["EXPOSURE"] = exposure
-    for ccd in range(1, 13):
-        header[f"ONTIME{ccd:02d}"] = (ontimes or {}).get(ccd, exposure)
-    if grid is not None:
-        for key, value in physical_keywords(grid).items():
-            header[key] = value
-    gti = fits.BinTableHDU.from_columns([fits.Column("START", "D", array=[0.0]),
-                                         fits.Column("STOP", "D", array=[exposure])], name="STDGTI01")
-    fits.HDUList([fits.PrimaryHDU(counts.astype(np.int32), header=header), gti]).writeto(path)
+count_image = write_count_image
 
 
 def test_binomial_split_is_exact_binomial_and_independent():

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -22,6 +24,7 @@ from .io import atomic_path, open_fits
 
 EXPOSURE_KEYWORD = re.compile(r"^(EXPOSURE|ONTIME|LIVETIME|ONTIME\d\d|LIVETI\d\d|EXPOSU\d\d)$")
 EXPOSURE_MAP_NAMES = ("EXPOSURE", "EXPMAP", "EXPOSURE_MAP")
+SPLITS = ("train", "val", "test")
 
 
 def binomial_split(counts: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -117,3 +120,45 @@ def thin_file(path: str | Path, fraction: float, seed: int, output_a: str | Path
         tmp_b = stack.enter_context(atomic_path(out_b))
         a.writeto(tmp_a, overwrite=True, checksum=True)
         b.writeto(tmp_b, overwrite=True, checksum=True)
+
+
+@dataclass(frozen=True)
+class RealImage:
+    """One real observation of the ``real`` config section."""
+
+    name: str
+    path: Path
+    split: str
+    exposure_map: Path | None = None
+
+
+def real_images_from_config(real_cfg: dict[str, Any], base_dir: str | Path | None = None) -> list[RealImage]:
+    """The configured real images (``real.images``: paths or ``{path, exposure_map, split}``)."""
+    out, names = [], set()
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    for i, entry in enumerate(real_cfg.get("images") or []):
+        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+        path = Path(entry["path"])
+        path = path if path.is_absolute() else base / path
+        split = entry.get("split", "train")
+        if split not in SPLITS:
+            raise InputError(None, f"real.images[{i}].split", f"is {split!r}", f"use one of {list(SPLITS)}")
+        name = entry.get("name") or path.name.split(".")[0]
+        if name in names:
+            raise InputError(None, f"real.images[{i}].name", f"{name!r} appears twice", "give each image a unique name")
+        names.add(name)
+        expmap = entry.get("exposure_map")
+        out.append(RealImage(name, path, split, (Path(expmap) if Path(expmap).is_absolute() else base / expmap)
+                             if expmap else None))
+    return out
+
+
+@dataclass(frozen=True)
+class ThinningPlan:
+    """How real images are thinned into an input and a remainder."""
+
+    input_exposure_s: float
+    max_input_fraction: float
+
+    def fraction(self, exposure_s: float) -> float:
+        return min(self.input_exposure_s / exposure_s, self.max_input_fraction)

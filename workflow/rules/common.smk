@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from snakemake.exceptions import WorkflowError
 from xmmsr.config import ConfigError, check_config, resolve_resource
 from xmmsr.instrument.model import instrument_files
+from xmmsr.thinning import real_images_from_config
 from xmmsr.learn import TASKS as ALL_TASKS
 from xmmsr.pipeline import n_shards, shard_source_ids, training_seed as _training_seed
 from xmmsr.sky.model import SOURCE_KINDS
@@ -37,6 +38,8 @@ KINDS = [k for k in SOURCE_KINDS if config["sources"][k]["n"] > 0]
 EXPOSURES_KS = [f"{e:g}" for e in config["simulate"]["exposures_ks"]]
 RESOLUTIONS = [str(r) for r in config["simulate"]["resolutions"]]
 DATASET = f"{OUT}/dataset/xmmsr_dataset.h5"
+REAL_DATASET = f"{OUT}/dataset/xmmsr_real.h5"
+REAL_IMAGES = real_images_from_config(config["real"], workflow.basedir)
 INSTRUMENT_FILES = {k: str(v) for k, v in instrument_files(config["instrument"], workflow.basedir).items()}
 
 
@@ -215,7 +218,17 @@ def all_targets():
     models = [f"{OUT}/models/{task}/{name}" for task in config["train"]["tasks"]
               for name in ("model.pt", "model.onnx", "history.csv")]
     report_pdf = [f"{OUT}/report/evaluation.pdf"]
-    return images + expected + masks + models + report_pdf
+    real = [f"{OUT}/metrics/{task}/real_thinned.csv" for task in config["train"]["tasks"]] if REAL_IMAGES else []
+    return images + expected + masks + models + report_pdf + real
+
+
+def finetune_start(wildcards):
+    """The model a fine-tuning starts from: this run's trained one, or the shipped pretrained one."""
+    if config["real"]["finetune"]["start"] == "shipped":
+        from xmmsr.learn.release import shipped_model
+
+        return str(shipped_model(wildcards.task))
+    return f"{OUT}/models/{wildcards.task}/model.pt"
 
 
 def release_config_name():

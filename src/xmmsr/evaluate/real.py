@@ -192,3 +192,35 @@ def score_thinned(model_path: str | Path, image_path: str | Path, input_exposure
                      "exposure_input": t.exposure_input, "exposure_remainder": t.exposure_remainder,
                      "exposure_source": t.exposure_source, "seed": seed, "pixels": int(mask.sum())})
     return pd.DataFrame(rows, columns=THINNED_COLUMNS)
+
+
+def score_real_images(models: dict[str, str | Path], images: list[Any], real_cfg: dict[str, Any],
+                      instrument_cfg: dict[str, Any], eval_cfg: dict[str, Any], seed: int, output: str | Path,
+                      base_dir: str | Path | None = None) -> pd.DataFrame:
+    """Every model of ``models`` (name -> model file) and the baselines on each real image, thinned as the
+    fine-tuning thins them (``real.input_exposure_ks``, ``real.max_input_fraction``), with one seed per
+    image shared by all methods. One CSV row per image and method (:data:`THINNED_COLUMNS` plus
+    ``image`` and ``split``), written atomically."""
+    from ..thinning import ThinningPlan
+
+    plan = ThinningPlan(real_cfg["input_exposure_ks"] * 1000.0, real_cfg["max_input_fraction"])
+    instrument = PnInstrument.from_config(instrument_cfg, base_dir=base_dir)
+    tables = []
+    for i, image in enumerate(images):
+        _, header, t_deep = read_count_image(image.path)
+        reference = image_exposure(header, _.shape, t_deep, image.exposure_map, instrument.geometry,
+                                   image.path).reference_s
+        input_s = plan.fraction(reference) * reference
+        rows = []
+        for j, (name, path) in enumerate(models.items()):
+            table = score_thinned(path, image.path, input_s, seed + i, instrument_cfg, eval_cfg, image.exposure_map,
+                                  None, base_dir)
+            table["method"] = table["method"].replace({"model": name})
+            rows.append(table if j == 0 else table[table["method"] == name])
+        table = pd.concat(rows, ignore_index=True)
+        table.insert(0, "split", image.split)
+        table.insert(0, "image", image.name)
+        tables.append(table)
+    result = pd.concat(tables, ignore_index=True)
+    write_csv(result, output)
+    return result

@@ -1,0 +1,109 @@
+"""Fine-tuning on real data: the workflow rules on the tiny config with two 'real' images made by the
+simulator, and resume after a kill."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import TINY, beta_sky, make_instrument, snakemake, write_count_image
+from test_learn import Kill, KillAtEpoch
+
+from xmmsr.evaluate.consistency import degradation_kernel
+from xmmsr.instrument.simulator import expected_image
+from xmmsr.learn.checkpoint import load_model
+from xmmsr.learn.finetune import FinetuneRun, RealPairs, finetune, pack_real
+from xmmsr.thinning import ThinningPlan, real_images_from_config
+
+FINETUNE = {"epochs": 2, "steps_per_epoch": 2, "batch_size": 2, "crop": 32, "lr": 1e-4, "warmup_steps": 1,
+            "real_weight": 0.5, "start": "trained"}
+
+
+@pytest.fixture(scope="module")
+def real_config(tiny_run):
+    """Two 'real' images (simulated 10 ks fields, one per split) and a config that fine-tunes on them."""
+    instrument = make_instrument()
+    grid = instrument.geometry.image_grid(1)
+    folder = tiny_run / "real_images"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, flux in enumerate((3e-3, 6e-3)):
+        counts = np.random.default_rng(i).poisson(expected_image(beta_sky(total_flux=flux, npix=300), instrument,
+                                                                 10_000.0, 1))
+        path = folder / f"field{i}.fits"
+        if not path.exists():
+            write_count_image(path, counts, 10_000.0, grid=grid)
+        paths.append(path)
+    real = {"images": [{"path": str(paths[0]), "split": "train"}, {"path": str(paths[1]), "split": "val"}],
+            "input_exposure_ks": 2.0, "max_input_fraction": 0.5, "finetune": FINETUNE}
+    config = tiny_run / "real.yaml"
+    config.write_text(yaml.safe_dump({"real": real}))
+    return config, real
+
+
+def test_finetune_and_real_scores_run_in_the_workflow(tiny_run, real_config):
+    config, real = real_config
+    target = "results/metrics/dn/real_thinned.csv"
+    snakemake(tiny_run, target, "--cores", "2", "--configfile", str(TINY), str(config))
+    table = pd.read_csv(tiny_run / target)
+    assert list(table["method"]) == ["input", "gaussian", "richardson_lucy", "model", "finetuned"]
+    assert set(table["image"]) == {"field1"} and set(table["split"]) == {"val"}
+    np.testing.assert_allclose(table["exposure_input"], 2000.0)
+    assert table.set_index("method").at["input", "deviance"] > table.set_index("method").at["gaussian", "deviance"]
+    model = load_model(tiny_run / "results/models/dn/finetuned.pt")
+    assert model.provenance["finetuned_from"] == "model.pt"
+    assert model.provenance["finetune_real_images"] == {"field0": "train", "field1": "val"}
+    history = pd.read_csv(tiny_run / "results/models/dn/finetune_history.csv")
+    assert len(history) == 2 and np.isfinite(history["val_real_deviance"]).all()
+    # the trained model and the simulations are untouched: nothing else reruns
+    nothing = snakemake(tiny_run, target, "-n", "--configfile", str(TINY), str(config))
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr
+
+
+def test_real_pairs_are_thinned_afresh_per_draw_and_add_up(tiny_run, real_config, tmp_path):
+    _, real = real_config
+    packed = tmp_path / "real.h5"
+    pack_real(real_images_from_config(real), packed)
+    pairs = RealPairs(packed, "train", ThinningPlan(2000.0, 0.5), crop=32)
+    a, b = pairs[(0, 1)], pairs[(0, 1)]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = pairs[(0, 2)]
+    assert not torch.equal(a["input"], c["input"])
+    whole = RealPairs(packed, "train", ThinningPlan(2000.0, 0.5))[(0, 5)]
+    assert float(whole["exposure_input"].max()) == pytest.approx(2000.0)
+    assert float(whole["exposure_remainder"].max()) == pytest.approx(8000.0)
+    total = whole["input"] + whole["remainder"]
+    assert float(whole["input"].sum() / total.sum()) == pytest.approx(0.2, abs=0.02)
+
+
+def test_killed_finetune_resumes_to_the_uninterrupted_weights(tiny_run, real_config, tmp_path):
+    _, real = real_config
+    packed = tmp_path / "real.h5"
+    pack_real(real_images_from_config(real), packed)
+    cfg = yaml.safe_load(TINY.read_text())
+    from xmmsr.config import load_config
+
+    full_cfg = load_config(TINY)
+    train_cfg = {**full_cfg["train"], "num_workers": 0}
+    kernel = degradation_kernel(make_instrument(psf={"max_radius_arcsec": 60.0}), 2)
+    ft = {**FINETUNE, "epochs": 3}
+
+    def run(ckpt):
+        return FinetuneRun("sr", tiny_run / "results/models/sr/model.pt", tiny_run / "results/dataset/xmmsr_dataset.h5",
+                           packed, train_cfg, ft, ThinningPlan(2000.0, 0.5), 11, tmp_path / ckpt)
+
+    assert cfg["model"]["features"] == 8
+    full = finetune(run("full"), tmp_path / "full.pt", tmp_path / "full.csv", kernel, threads=1)
+    with pytest.raises(Kill):
+        finetune(run("ckpt"), tmp_path / "m.pt", tmp_path / "h.csv", kernel, threads=1, callbacks=[KillAtEpoch(2)])
+    assert not (tmp_path / "m.pt").exists()
+    resumed = finetune(run("ckpt"), tmp_path / "m.pt", tmp_path / "h.csv", kernel, threads=1)
+    for (name, a), b in zip(full.generator.state_dict().items(), resumed.generator.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "h.csv").read_text() == (tmp_path / "full.csv").read_text()
+    start = load_model(tiny_run / "results/models/sr/model.pt")
+    changed = any(not torch.equal(a, b) for a, b in zip(start.generator.state_dict().values(),
+                                                         resumed.generator.state_dict().values()))
+    assert changed

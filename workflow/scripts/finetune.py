@@ -1,0 +1,29 @@
+"""Rule finetune: a trained model continued on simulated and real thinned pairs (resumes after a kill)."""
+
+import sys
+from pathlib import Path
+
+sm = snakemake  # noqa: F821 (injected by snakemake)
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+
+from xmmsr.pipeline import logged_to
+
+with logged_to(sm.log[0]):
+    from xmmsr.config import check_config
+    from xmmsr.evaluate.consistency import degradation_kernel
+    from xmmsr.instrument.model import PnInstrument
+    from xmmsr.learn.finetune import FinetuneRun, finetune
+    from xmmsr.thinning import ThinningPlan
+
+    real = sm.params.real
+    plan = ThinningPlan(real["input_exposure_ks"] * 1000.0, real["max_input_fraction"])
+    train_cfg = {**sm.params.train, "num_workers": 0}
+    run = FinetuneRun(sm.wildcards.task, Path(sm.input.start), Path(sm.input.dataset), Path(sm.input.real), train_cfg,
+                      real["finetune"], plan, sm.params.seed, Path(sm.params.checkpoint_dir))
+    kernel = None
+    if sm.wildcards.task == "sr":
+        instrument = PnInstrument.from_config(check_config({"instrument": sm.params.instrument})["instrument"],
+                                              base_dir=Path(sm.scriptdir).parents[1])
+        kernel = degradation_kernel(instrument, 2)
+    finetune(run, Path(sm.output.model), Path(sm.output.history), kernel,
+             threads=sm.config["train"]["threads"] or sm.threads)
