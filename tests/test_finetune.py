@@ -107,3 +107,21 @@ def test_killed_finetune_resumes_to_the_uninterrupted_weights(tiny_run, real_con
     changed = any(not torch.equal(a, b) for a, b in zip(start.generator.state_dict().values(),
                                                          resumed.generator.state_dict().values()))
     assert changed
+
+
+def test_report_has_a_real_data_page_per_task(tiny_run, real_config, tmp_path):
+    import pypdf
+
+    from xmmsr.config import load_config
+    from xmmsr.evaluate.report import write_report
+
+    scores = tiny_run / "results/metrics/dn/real_thinned.csv"
+    if not scores.exists():  # made by the workflow test above
+        config, _ = real_config
+        snakemake(tiny_run, "results/metrics/dn/real_thinned.csv", "--cores", "2", "--configfile", str(TINY),
+                  str(config))
+    metrics_dir = tiny_run / "results/metrics/dn"
+    write_report({"dn": metrics_dir}, {"dn": tiny_run / "results/models/dn/history.csv"}, load_config(TINY),
+                 tmp_path / "report.pdf", tmp_path / "figures", real_thinned={"dn": scores})
+    text = " ".join(page.extract_text() for page in pypdf.PdfReader(tmp_path / "report.pdf").pages)
+    assert "DN on held-out real observations" in text and "finetuned" in text

@@ -178,6 +178,8 @@ def report_inputs(wildcards):
     inputs.update({f"history_{t}": f"{OUT}/models/{t}/history.csv" for t in tasks})
     if config["evaluate"]["real_pairs"] and "dn" in tasks:
         inputs["real"] = f"{OUT}/metrics/real/real_pairs.csv"
+    if REAL_IMAGES:
+        inputs.update({f"real_thinned_{t}": f"{OUT}/metrics/{t}/real_thinned.csv" for t in tasks})
     return inputs
 
 

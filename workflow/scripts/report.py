@@ -16,5 +16,6 @@ with logged_to(sm.log[0]):
     metric_dirs = {t: Path(sm.input[f"metrics_{t}"]).parent for t in tasks}
     histories = {t: Path(sm.input[f"history_{t}"]) for t in tasks}
     real = Path(sm.input.real) if "real" in sm.input.keys() else None
+    thinned = {t: Path(sm.input[f"real_thinned_{t}"]) for t in tasks if f"real_thinned_{t}" in sm.input.keys()}
     with atomic_directory(sm.output.figures) as figures:
-        write_report(metric_dirs, histories, sm.params.config, sm.output.pdf, figures, real)
+        write_report(metric_dirs, histories, sm.params.config, sm.output.pdf, figures, real, thinned)
