@@ -6,7 +6,8 @@ real images' median exposure, bins them like the real ones, and prints one table
 sees: background by off-axis annulus (about the aim point) and in the out-of-FOV corners, zero
 fraction, total counts per 20 ks, the brightest 20" box over the background, point sources per field,
 the PSF of bright isolated point sources by off-axis bin (HEW and tangential/radial axis ratio), the
-detector-mask agreement and where the targets sit. Images on other grids (sky X/Y, 1" pixels) are listed as skipped.
+stacked PSF wings of compact sources against the model PSF, the detector-mask agreement and where the
+targets sit. Images on other grids (sky X/Y, 1" pixels) are listed as skipped.
 
     python bench/realism.py REAL_DIR [--config CONFIG.yaml] [--fields 3] [--seed 1]
 """
@@ -149,6 +150,47 @@ def psf_by_offaxis(sources: list[dict[str, float]], instrument: PnInstrument,
                 float(np.median([q for _, q in v])) if v else float("nan"), len(v)) for k, v in rows.items()}
 
 
+WING_ANNULI_ARCSEC = ((20.0, 40.0), (40.0, 60.0))
+
+
+def psf_wings(image: np.ndarray, mask: np.ndarray, sources: list[dict[str, float]], instrument: PnInstrument,
+              energy_kev: float = 1.2) -> np.ndarray:
+    """Per compact point source (>= 80 net counts within 12", at least 30 % of its net counts there):
+    rows of (core counts, then per wing annulus of :data:`WING_ANNULI_ARCSEC`: net counts, the counts the
+    model PSF at the source's off-axis angle and azimuth predicts from the core, the local level's counts).
+    The local level is the mean in the 90-130" annulus."""
+    g = instrument.geometry
+    grid = g.image_grid(1)
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    out = []
+    for src in sources:
+        x, y = src["x"], src["y"]
+        r = np.hypot(xx - x, yy - y) * grid.pixel_arcsec
+        ring = mask & (r >= 90) & (r < 130)
+        if ring.sum() < 50:
+            continue
+        level = float(image[ring].mean())
+        inner = mask & (r < 12)
+        core = float(image[inner].sum() - level * inner.sum())
+        if core < 80 or core < 0.3 * src["net"]:
+            continue
+        px = grid.x0_arcsec + (x + 0.5) * grid.pixel_arcsec - g.axis_x_arcsec
+        py = grid.y0_arcsec + (y + 0.5) * grid.pixel_arcsec - g.axis_y_arcsec
+        kernel = instrument.psf.kernel(grid.pixel_arcsec, float(np.hypot(px, py)) / 60.0, float(np.arctan2(py, px)),
+                                       energy_kev, 1)
+        h = kernel.shape[0] // 2
+        ky, kx = np.mgrid[-h: h + 1, -h: h + 1]
+        kr = np.hypot(kx, ky) * grid.pixel_arcsec
+        row = [core]
+        for lo, hi in WING_ANNULI_ARCSEC:
+            ann = mask & (r >= lo) & (r < hi)
+            per_pixel = kernel[(kr >= lo) & (kr < hi)].mean() / kernel[kr < 12].sum()
+            row += [float(image[ann].sum() - level * ann.sum()), float(per_pixel * core * ann.sum()),
+                    level * float(ann.sum())]
+        out.append(row)
+    return np.array(out).reshape(-1, 1 + 3 * len(WING_ANNULI_ARCSEC))
+
+
 def target_position(image: np.ndarray) -> tuple[float, float]:
     """Centroid (0-based x, y) of the brightest smoothed peak."""
     smooth = ndimage.gaussian_filter(image.astype(float), 6)
@@ -242,6 +284,25 @@ def main() -> None:
     print("|---" * (1 + 3 * len(psf)) + "|")
     for k in next(iter(psf.values())):
         print(f"| {k} | " + " | ".join(f"{fmt(psf[g][k][0])} | {fmt(psf[g][k][1])} | {psf[g][k][2]}" for g in psf) + " |")
+
+    print("\nPSF wings of compact point sources (>= 80 net counts within 12\"), stacked: net surface brightness "
+          "in each annulus relative to the core, over the model PSF's (at each source's off-axis angle and "
+          "azimuth, 1.2 keV; ± Poisson error):\n")
+    wing_groups = {"real": [(im, regions.mask) for im, _ in real.values()],
+                   **{f"sim {k}": [(im, regions.mask) for im in ims] for k, ims in sims.items()}}
+    print("| annulus | " + " | ".join(f"{g} (n)" for g in wing_groups) + " |")
+    print("|---" * (1 + len(wing_groups)) + "|")
+    wing_rows = {g: np.concatenate([psf_wings(im, m, point_sources(im, m), instrument) for im, m in pairs])
+                 for g, pairs in wing_groups.items()}
+    for i, (lo, hi) in enumerate(WING_ANNULI_ARCSEC):
+        cells = []
+        for g, w in wing_rows.items():
+            if len(w) == 0:
+                cells.append("—")
+                continue
+            net, model, level = w[:, 1 + 3 * i].sum(), w[:, 2 + 3 * i].sum(), w[:, 3 + 3 * i].sum()
+            cells.append(f"{net / model:.2f} ± {np.sqrt(max(net, 0.0) + 2.0 * level) / model:.2f} ({len(w)})")
+        print(f"| {lo:g}-{hi:g}\" | " + " | ".join(cells) + " |")
 
     stack = np.sum([im for im, _ in real.values()], axis=0)
     positions = [target_position(real[n][0]) for n in names]

@@ -54,6 +54,9 @@ def test_report_pdf_has_every_page_and_names_models_and_baselines(tiny_run):
     for needle in ("De-noising (DN)", "Super-resolution (SR)", "Training and validation curves",
                    "point sources and data consistency", "config hash", *[METHOD_LABELS[m] for m in METHOD_LABELS]):
         assert needle in text, needle
+    # the run's own exposures (2 ks -> 10 ks in the tiny config), never the default 20 ks -> 100 ks
+    assert "2 ks → 10 ks" in text and "2 ks at 4\" → 10 ks at 2\"" in text
+    assert "100 ks" not in text and "20 ks" not in text
     figures = sorted(p.name for p in (tiny_run / "results" / "report" / "figures").glob("*.png"))
     assert figures == ["gallery_dn.png", "gallery_sr.png", "metrics_dn.png", "metrics_sr.png", "training_curves.png"]
 

@@ -3,12 +3,14 @@ simulator, and resume after a kill."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TINY, beta_sky, make_instrument, snakemake, write_count_image
+from conftest import REPO, TINY, beta_sky, make_instrument, snakemake, write_count_image
 from test_learn import Kill, KillAtEpoch
 
 from xmmsr.evaluate.consistency import degradation_kernel
@@ -36,7 +38,9 @@ def real_config(tiny_run):
         if not path.exists():
             write_count_image(path, counts, 10_000.0, grid=grid)
         paths.append(path)
-    real = {"images": [{"path": str(paths[0]), "split": "train"}, {"path": str(paths[1]), "split": "val"}],
+    # one path relative to the workflow directory (the checkout), as users write them; one absolute
+    relative = os.path.relpath(paths[0], REPO)
+    real = {"images": [{"path": relative, "split": "train"}, {"path": str(paths[1]), "split": "val"}],
             "input_exposure_ks": 2.0, "max_input_fraction": 0.5, "finetune": FINETUNE}
     config = tiny_run / "real.yaml"
     config.write_text(yaml.safe_dump({"real": real}))
@@ -65,7 +69,7 @@ def test_finetune_and_real_scores_run_in_the_workflow(tiny_run, real_config):
 def test_real_pairs_are_thinned_afresh_per_draw_and_add_up(tiny_run, real_config, tmp_path):
     _, real = real_config
     packed = tmp_path / "real.h5"
-    pack_real(real_images_from_config(real), packed)
+    pack_real(real_images_from_config(real, REPO), packed)
     pairs = RealPairs(packed, "train", ThinningPlan(2000.0, 0.5), crop=32)
     a, b = pairs[(0, 1)], pairs[(0, 1)]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -81,7 +85,7 @@ def test_real_pairs_are_thinned_afresh_per_draw_and_add_up(tiny_run, real_config
 def test_killed_finetune_resumes_to_the_uninterrupted_weights(tiny_run, real_config, tmp_path):
     _, real = real_config
     packed = tmp_path / "real.h5"
-    pack_real(real_images_from_config(real), packed)
+    pack_real(real_images_from_config(real, REPO), packed)
     cfg = yaml.safe_load(TINY.read_text())
     from xmmsr.config import load_config
 
@@ -125,3 +129,12 @@ def test_report_has_a_real_data_page_per_task(tiny_run, real_config, tmp_path):
                  tmp_path / "report.pdf", tmp_path / "figures", real_thinned={"dn": scores})
     text = " ".join(page.extract_text() for page in pypdf.PdfReader(tmp_path / "report.pdf").pages)
     assert "DN on held-out real observations" in text and "finetuned" in text
+    held_out = set(pd.read_csv(scores)["image"])
+    assert held_out and all(f"DN on the real image {name}" in text for name in held_out)
+    with np.load(tiny_run / "results/metrics/dn/real_thinned_gallery.npz") as gallery:
+        for name in held_out:
+            remainder, mask = gallery[f"{name}/remainder"], gallery[f"{name}/mask"] > 0
+            for method in ("input", "gaussian", "model", "finetuned"):
+                # every prediction is of the remainder: same total to within the flux ratios in the table
+                ratio = gallery[f"{name}/{method}"][mask].sum() / remainder[mask].sum()
+                assert 0.5 < ratio < 2.0, (name, method, ratio)

@@ -333,3 +333,65 @@ def test_workflow_models_predict_and_export(tiny_run, tmp_path):
         y = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             np.testing.assert_allclose(y, model.generator(x).numpy(), atol=1e-4)
+
+
+# --- the model file: digest and bytes ------------------------------------------------------------------
+
+
+def _small_model():
+    from xmmsr.learn.checkpoint import TrainedModel
+
+    torch.manual_seed(0)
+    arch = Architecture("dn", features=8, growth=8, blocks=1, dense_blocks=1)
+    return TrainedModel(build_generator(arch), arch, Normalisation("asinh", 5.0e-5), 20_000.0, 100_000.0,
+                        {"train": {"lr": 1e-3}}, {"seed": 1, "steps": 3})
+
+
+def test_model_file_bytes_depend_only_on_the_content(tmp_path):
+    from xmmsr.learn.checkpoint import save_model
+
+    model = _small_model()
+    save_model(tmp_path / "a.pt", model)
+    save_model(tmp_path / "other_name.pt", model)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "other_name.pt").read_bytes()
+    assert b"other_name" not in (tmp_path / "other_name.pt").read_bytes() and b".tmp" not in (tmp_path / "a.pt").read_bytes()
+
+
+def test_a_damaged_model_file_is_refused(tmp_path):
+    from xmmsr.errors import InputError
+    from xmmsr.learn.checkpoint import save_model
+
+    path = tmp_path / "dn.pt"
+    save_model(path, _small_model())
+    load_model(path)  # intact: loads
+    data = bytearray(path.read_bytes())
+    raw = torch.load(path, weights_only=True)
+    # flip bytes inside the stored weights (located through the tensor's bytes), keeping the zip readable
+    weights = raw["state_dict"]["head.weight" if "head.weight" in raw["state_dict"] else next(iter(raw["state_dict"]))]
+    start = bytes(data).find(weights.reshape(-1).view(torch.uint8).numpy().tobytes()[:64])
+    assert start > 0
+    for i in range(start, start + 200, 7):
+        data[i] ^= 0xFF
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="digest.*damaged"):
+        load_model(damaged)
+    # an edited entry (not the weights) is caught too
+    raw["target_exposure_s"] = 50_000.0
+    torch.save(raw, tmp_path / "edited.pt")
+    with pytest.raises(InputError, match="digest"):
+        load_model(tmp_path / "edited.pt")
+
+
+def test_version_1_model_files_load_with_a_warning(tmp_path):
+    from xmmsr.learn.checkpoint import save_model
+
+    path = tmp_path / "v1.pt"
+    save_model(path, _small_model())
+    raw = torch.load(path, weights_only=True)
+    raw["format_version"] = 1
+    del raw["digest"]
+    torch.save(raw, path)
+    with pytest.warns(UserWarning, match="no digest"):
+        model = load_model(path)
+    assert model.target_exposure_s == 100_000.0

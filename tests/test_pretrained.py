@@ -3,6 +3,8 @@ are, give the right shapes, and the DN model improves on its input on a field si
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import onnx
 import pytest
@@ -16,7 +18,7 @@ from xmmsr.evaluate.metrics import poisson_deviance
 from xmmsr.instrument.simulator import expected_image
 from xmmsr.learn import TASKS, UPSCALE
 from xmmsr.learn.checkpoint import load_model
-from xmmsr.learn.predict import predict_counts
+from xmmsr.learn.predict import check_onnx, predict_counts
 from xmmsr.learn.release import CARD_NAME, shipped_model
 from xmmsr.sky.model import write_sky_model
 
@@ -40,8 +42,12 @@ def test_shipped_models_load_and_say_what_they_are(task):
     assert {p.key: p.value for p in onnx_model.metadata_props}.get("xmmsr.task") == task
     assert not [p for n in onnx_model.graph.node for p in n.metadata_props if "stack_trace" in p.key]
     assert str(REPO).encode() not in (SHIPPED / f"{task}.onnx").read_bytes()  # no machine paths shipped
+    check_onnx(SHIPPED / f"{task}.onnx")  # the graph matches its stored digest
+    assert raw["digest"].startswith("sha256:")  # and load_model checked the weights against theirs
     card = (SHIPPED / CARD_NAME).read_text()
     assert f"`{task}.pt`" in card and "Known limits" in card
+    for suffix in ("pt", "onnx"):  # the card's checksums are those of the shipped files
+        assert f"`{hashlib.sha256((SHIPPED / f'{task}.{suffix}').read_bytes()).hexdigest()[:16]}…`" in card
 
 
 def test_predict_uses_the_shipped_model_by_default(tmp_path, capsys):

@@ -180,6 +180,7 @@ def report_inputs(wildcards):
         inputs["real"] = f"{OUT}/metrics/real/real_pairs.csv"
     if REAL_IMAGES:
         inputs.update({f"real_thinned_{t}": f"{OUT}/metrics/{t}/real_thinned.csv" for t in tasks})
+        inputs.update({f"real_gallery_{t}": f"{OUT}/metrics/{t}/real_thinned_gallery.npz" for t in tasks})
     return inputs
 
 

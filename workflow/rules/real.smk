@@ -47,7 +47,8 @@ rule score_real:
         finetuned=f"{OUT}/models/{{task}}/finetuned.pt",
         images=[str(image.path) for image in REAL_IMAGES if image.split != "train"],
     output:
-        f"{OUT}/metrics/{{task}}/real_thinned.csv",
+        scores=f"{OUT}/metrics/{{task}}/real_thinned.csv",
+        gallery=f"{OUT}/metrics/{{task}}/real_thinned_gallery.npz",
     params:
         real=config["real"],
         instrument=config["instrument"],

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.pipeline import logged_to
 
@@ -15,5 +15,5 @@ with logged_to(sm.log[0]):
 
     torch.set_num_threads(sm.threads)
     table = evaluate_task(sm.input.dataset, sm.input.model, sm.params.instrument, sm.params.evaluate,
-                          Path(sm.output.json).parent, base_dir=Path(sm.scriptdir).parents[1])
+                          Path(sm.output.json).parent, base_dir=Path(sm.scriptdir).resolve().parents[1])
     print(f"{sm.output.json}: {table['sample'].nunique()} images x {table['method'].nunique()} methods")

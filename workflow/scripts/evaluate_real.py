@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.pipeline import logged_to
 
@@ -15,4 +15,4 @@ with logged_to(sm.log[0]):
 
     sigma = json.loads(Path(sm.input.simulated).read_text())["provenance"]["gaussian_sigma_px"]
     evaluate_real_pairs(sm.input.model, sm.params.pairs, sm.params.instrument, sm.params.evaluate, sm.output[0],
-                        gaussian_sigma=sigma, base_dir=Path(sm.scriptdir).parents[1])
+                        gaussian_sigma=sigma, base_dir=Path(sm.scriptdir).resolve().parents[1])

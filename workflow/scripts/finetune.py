@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.pipeline import logged_to
 
@@ -23,7 +23,7 @@ with logged_to(sm.log[0]):
     kernel = None
     if sm.wildcards.task == "sr":
         instrument = PnInstrument.from_config(check_config({"instrument": sm.params.instrument})["instrument"],
-                                              base_dir=Path(sm.scriptdir).parents[1])
+                                              base_dir=Path(sm.scriptdir).resolve().parents[1])
         kernel = degradation_kernel(instrument, 2)
     finetune(run, Path(sm.output.model), Path(sm.output.history), kernel,
              threads=sm.config["train"]["threads"] or sm.threads)

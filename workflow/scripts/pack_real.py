@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.pipeline import logged_to
 from xmmsr.thinning import real_images_from_config
@@ -12,4 +12,4 @@ from xmmsr.thinning import real_images_from_config
 with logged_to(sm.log[0]):
     from xmmsr.learn.finetune import pack_real
 
-    pack_real(real_images_from_config(sm.params.real, Path(sm.scriptdir).parents[1]), sm.output[0])
+    pack_real(real_images_from_config(sm.params.real, Path(sm.scriptdir).resolve().parents[1]), sm.output[0])

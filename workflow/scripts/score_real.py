@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # the library of this checkout
+sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.pipeline import logged_to
 from xmmsr.thinning import real_images_from_config
@@ -13,7 +13,8 @@ from xmmsr.thinning import real_images_from_config
 with logged_to(sm.log[0]):
     from xmmsr.evaluate.real import score_real_images
 
-    base = Path(sm.scriptdir).parents[1]
+    base = Path(sm.scriptdir).resolve().parents[1]
     images = [i for i in real_images_from_config(sm.params.real, base) if i.split != "train"]
     score_real_images({"model": sm.input.model, "finetuned": sm.input.finetuned}, images, sm.params.real,
-                      sm.params.instrument, sm.params.evaluate, sm.params.seed, sm.output[0], base)
+                      sm.params.instrument, sm.params.evaluate, sm.params.seed, sm.output.scores, base,
+                      sm.output.gallery)

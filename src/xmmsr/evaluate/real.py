@@ -29,6 +29,7 @@ from scipy import ndimage
 from ..errors import InputError
 from ..instrument.exposure import image_exposure
 from ..instrument.model import PnInstrument
+from ..io import atomic_path
 from ..thinning import binomial_split
 from .consistency import degradation_kernel, forward_model
 from ..learn.checkpoint import TrainedModel, load_model
@@ -177,6 +178,11 @@ def score_thinned(model_path: str | Path, image_path: str | Path, input_exposure
     instrument = PnInstrument.from_config(instrument_cfg, base_dir=base_dir)
     t = thinned_predictions(model, image_path, input_exposure_s, seed, instrument, eval_cfg, exposure_map,
                             gaussian_sigma)
+    return thinned_scores(t, seed)
+
+
+def thinned_scores(t: ThinnedPredictions, seed: int) -> pd.DataFrame:
+    """One row per method of ``t`` (:data:`THINNED_COLUMNS`): see :func:`score_thinned`."""
     mask, k = t.mask, t.remainder
     rng = metrics.data_range(k, mask)
     ka = metrics.stretch(k, "asinh", t.asinh_scale)
@@ -196,31 +202,42 @@ def score_thinned(model_path: str | Path, image_path: str | Path, input_exposure
 
 def score_real_images(models: dict[str, str | Path], images: list[Any], real_cfg: dict[str, Any],
                       instrument_cfg: dict[str, Any], eval_cfg: dict[str, Any], seed: int, output: str | Path,
-                      base_dir: str | Path | None = None) -> pd.DataFrame:
+                      base_dir: str | Path | None = None, gallery: str | Path | None = None) -> pd.DataFrame:
     """Every model of ``models`` (name -> model file) and the baselines on each real image, thinned as the
     fine-tuning thins them (``real.input_exposure_ks``, ``real.max_input_fraction``), with one seed per
     image shared by all methods. One CSV row per image and method (:data:`THINNED_COLUMNS` plus
-    ``image`` and ``split``), written atomically."""
+    ``image`` and ``split``), written atomically. ``gallery``: also an ``.npz`` of every method's
+    prediction of the remainder, the remainder and the scored mask per image (keys ``{image}/{method}``,
+    ``{image}/remainder``, ``{image}/mask``, float32), for the report."""
     from ..thinning import ThinningPlan
 
     plan = ThinningPlan(real_cfg["input_exposure_ks"] * 1000.0, real_cfg["max_input_fraction"])
     instrument = PnInstrument.from_config(instrument_cfg, base_dir=base_dir)
-    tables = []
+    loaded = {name: load_model(path) for name, path in models.items()}
+    tables, arrays = [], {}
     for i, image in enumerate(images):
-        _, header, t_deep = read_count_image(image.path)
-        reference = image_exposure(header, _.shape, t_deep, image.exposure_map, instrument.geometry,
+        counts, header, t_deep = read_count_image(image.path)
+        reference = image_exposure(header, counts.shape, t_deep, image.exposure_map, instrument.geometry,
                                    image.path).reference_s
         input_s = plan.fraction(reference) * reference
         rows = []
-        for j, (name, path) in enumerate(models.items()):
-            table = score_thinned(path, image.path, input_s, seed + i, instrument_cfg, eval_cfg, image.exposure_map,
-                                  None, base_dir)
+        for j, (name, model) in enumerate(loaded.items()):
+            t = thinned_predictions(model, image.path, input_s, seed + i, instrument, eval_cfg, image.exposure_map)
+            table = thinned_scores(t, seed + i)
             table["method"] = table["method"].replace({"model": name})
             rows.append(table if j == 0 else table[table["method"] == name])
+            for method, mean in t.remainder_mean.items():
+                if j == 0 or method == "model":
+                    arrays[f"{image.name}/{name if method == 'model' else method}"] = mean.astype(np.float32)
+            arrays[f"{image.name}/remainder"] = t.remainder.astype(np.float32)
+            arrays[f"{image.name}/mask"] = t.mask.astype(np.float32)
         table = pd.concat(rows, ignore_index=True)
         table.insert(0, "split", image.split)
         table.insert(0, "image", image.name)
         tables.append(table)
     result = pd.concat(tables, ignore_index=True)
+    if gallery is not None:
+        with atomic_path(gallery) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
     write_csv(result, output)
     return result

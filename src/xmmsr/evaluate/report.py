@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from .. import __version__  # noqa: E402
 from ..instrument.psf import describe_psf  # noqa: E402
 from ..io import atomic_path  # noqa: E402
 
-TASK_TITLES = {"dn": "De-noising (DN): 20 ks → 100 ks, 4\" pixels",
-               "sr": "Super-resolution (SR): 20 ks at 4\" → 100 ks at 2\""}
+TASK_TITLES = {"dn": "De-noising (DN): {t_in} → {t_out}, 4\" pixels",
+               "sr": "Super-resolution (SR): {t_in} at 4\" → {t_out} at 2\""}
 METHOD_LABELS = {"input": "input (scaled)", "bicubic": "bicubic", "gaussian": "Gaussian smoothing",
                  "richardson_lucy": "Richardson–Lucy", "model": "model (RRDB)", "truth": "truth (noise-free)"}
 # (column, label, better): "high", "low", "one" (closest to 1) or "truth" (closest to the truth's value)
@@ -38,13 +39,36 @@ TABLE_COLUMNS = (
     ("psnr_linear_vs_expected", "PSNR linear\nvs truth [dB]", "high"),
     ("l1_vs_expected", "L1 vs truth\n[counts/px]", "low"),
     ("deviance_vs_expected", "Poisson dev.\nvs truth", "low"),
-    ("deviance_vs_target", "Poisson dev.\nvs 100 ks", "low"),
+    ("deviance_vs_target", "Poisson dev.\nvs target data", "low"),
     ("flux_ratio", "flux ratio\n(pred/truth)", "one"),
     ("completeness", "point-source\ncompleteness", "high"),
     ("n_false", "false sources\nper field", "low"),
     ("consistency_deviance", "consistency\ndeviance", "truth"),
 )
 PAGE = (11.69, 8.27)  # A4 landscape, inches
+
+
+@dataclass(frozen=True)
+class Exposures:
+    """The run's input and target exposures (s), as the report words them."""
+
+    input_s: float
+    target_s: float
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> "Exposures":
+        return cls(1000.0 * float(config["pack"]["input_exposure_ks"]), 1000.0 * float(config["pack"]["target_exposure_ks"]))
+
+    @property
+    def t_in(self) -> str:
+        return f"{self.input_s / 1000:g} ks"
+
+    @property
+    def t_out(self) -> str:
+        return f"{self.target_s / 1000:g} ks"
+
+    def title(self, task: str) -> str:
+        return TASK_TITLES[task].format(t_in=self.t_in, t_out=self.t_out)
 
 
 def _caption(fig: plt.Figure, text: str) -> None:
@@ -56,6 +80,7 @@ def _title(fig: plt.Figure, text: str) -> None:
 
 
 def _provenance_page(pdf: PdfPages, summaries: dict[str, dict[str, Any]], config: dict[str, Any]) -> None:
+    exp = Exposures.of(config)
     fig = plt.figure(figsize=PAGE)
     _title(fig, "xmmsr evaluation report: XMM-Newton EPIC-pn de-noising and 2x super-resolution")
     lines = [f"Software: xmmsr {__version__}.   Seed: {config.get('seed')}.   Evaluation split: "
@@ -64,7 +89,7 @@ def _provenance_page(pdf: PdfPages, summaries: dict[str, dict[str, Any]], config
         p = summary["provenance"]
         mp, ds = p["model_provenance"], p["dataset"]
         arch = p["architecture"]
-        lines += ["", f"{TASK_TITLES[task]}",
+        lines += ["", exp.title(task),
                   f"    dataset: {ds['n_samples']} images (train {ds['n_train']}, val {ds['n_val']}, test "
                   f"{ds['n_test']}), config hash {ds['config_hash'][:16]}…, written by {ds['software']}",
                   f"    model: RRDB, {arch['features']} features, growth {arch['growth']}, {arch['blocks']} RRDB(s) × "
@@ -84,9 +109,9 @@ def _provenance_page(pdf: PdfPages, summaries: dict[str, dict[str, Any]], config
               "training logs (logs/train/*.log)."]
     fig.text(0.04, 0.9, "\n".join(lines), fontsize=9, va="top", family="monospace")
     _caption(fig, "All metrics are computed over the detector mask only (chip gaps, field edges and padding "
-             "excluded). 'truth' is the noise-free expected image at the target exposure; 'vs 100 ks' compares "
-             "with an independent noisy 100 ks realization. Predictions are expected counts per output pixel at "
-             "100 ks. The asinh stretch is asinh(counts / a) with a = "
+             "excluded). 'truth' is the noise-free expected image at the target exposure; 'vs target data' compares "
+             f"with an independent noisy {exp.t_out} realization. Predictions are expected counts per output pixel at "
+             f"{exp.t_out}. The asinh stretch is asinh(counts / a) with a = "
              f"{config['evaluate']['asinh_scale_counts']:g} counts per output pixel; the data range of PSNR/SSIM "
              "is that of the truth image over the mask, identical for every method.")
     pdf.savefig(fig)
@@ -115,10 +140,11 @@ def metric_table(summary: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(order)[[c for c, _, _ in TABLE_COLUMNS if c in table.columns]]
 
 
-def _table_page(pdf: PdfPages, task: str, summary: pd.DataFrame, provenance: dict[str, Any]) -> plt.Figure:
+def _table_page(pdf: PdfPages, task: str, summary: pd.DataFrame, provenance: dict[str, Any],
+                exp: Exposures) -> plt.Figure:
     table = metric_table(summary)
     fig = plt.figure(figsize=PAGE)
-    _title(fig, f"{TASK_TITLES[task]}: metrics on {provenance['n_images']} test images (median)")
+    _title(fig, f"{exp.title(task)}: metrics on {provenance['n_images']} test images (median)")
     ax = fig.add_axes([0.17, 0.25, 0.81, 0.6])
     ax.axis("off")
     labels = {c: label for c, label, _ in TABLE_COLUMNS}
@@ -142,11 +168,11 @@ def _table_page(pdf: PdfPages, task: str, summary: pd.DataFrame, provenance: dic
     _caption(fig, "Median over the test images of each metric; the best method per column is in bold (the grey "
              "'truth' row is the noise-free image itself, shown as the reference: it is not a competitor). "
              "PSNR/SSIM compare with the noise-free truth in linear counts and after the asinh stretch; L1 in "
-             "expected counts per pixel; Poisson deviance of the prediction as the mean of the independent 100 ks "
+             f"expected counts per pixel; Poisson deviance of the prediction as the mean of the independent {exp.t_out} "
              "counts (lower is better; the truth sets the floor); flux ratio = total predicted / true counts "
              "(1 is best); point sources are detected with the same settings in prediction and truth "
              "(completeness = fraction of true sources recovered, false = detections with no true source within "
-             "one PSF FWHM: hallucinated sources); consistency deviance = Poisson deviance of the 20 ks input "
+             f"one PSF FWHM: hallucinated sources); consistency deviance = Poisson deviance of the {exp.t_in} input "
              "counts given the prediction forward-modelled back to the input (PSF and 2x2 binning for SR): the "
              "truth's value is the level of Poisson noise; well above it, the prediction contradicts the data it "
              "came from (invented or lost signal); well below it, the prediction copies the input's noise (the "
@@ -163,9 +189,9 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def _breakdown_page(pdf: PdfPages, task: str, summary: pd.DataFrame) -> None:
+def _breakdown_page(pdf: PdfPages, task: str, summary: pd.DataFrame, exp: Exposures) -> None:
     fig, axes = plt.subplots(1, 3, figsize=PAGE)
-    _title(fig, f"{TASK_TITLES[task]}: by source kind and brightness")
+    _title(fig, f"{exp.title(task)}: by source kind and brightness")
     panels = (("kind", "psnr_asinh_vs_expected", "PSNR asinh vs truth [dB]"),
               ("brightness", "psnr_asinh_vs_expected", "PSNR asinh vs truth [dB]"),
               ("kind", "consistency_deviance", "consistency deviance"))
@@ -192,7 +218,7 @@ def _breakdown_page(pdf: PdfPages, task: str, summary: pd.DataFrame) -> None:
     plt.close(fig)
 
 
-def curves_figure(histories: dict[str, pd.DataFrame]) -> plt.Figure:
+def curves_figure(histories: dict[str, pd.DataFrame], exp: Exposures) -> plt.Figure:
     """Training and validation loss, and validation PSNR beside the input's, per task."""
     fig, axes = plt.subplots(len(histories), 2, figsize=PAGE, squeeze=False)
     _title(fig, "Training and validation curves")
@@ -201,7 +227,7 @@ def curves_figure(histories: dict[str, pd.DataFrame]) -> plt.Figure:
         row[0].plot(h["step"], h["val_loss"], "s-", label="validation loss (full frames)")
         row[0].set_xlabel("optimizer step")
         row[0].set_ylabel("loss")
-        row[0].set_title(TASK_TITLES[task], fontsize=10)
+        row[0].set_title(exp.title(task), fontsize=10)
         row[0].legend(fontsize=8)
         row[1].plot(h["step"], h["val_psnr"], "o-", label="model")
         row[1].plot(h["step"], h["val_psnr_input"], "--", label="input (scaled, nearest-upsampled for SR)")
@@ -211,12 +237,12 @@ def curves_figure(histories: dict[str, pd.DataFrame]) -> plt.Figure:
     fig.subplots_adjust(bottom=0.14, top=0.9, hspace=0.45)
     _caption(fig, "Loss: the configured weighted sum (L1 in normalised space, Poisson NLL on counts without the "
              "constant log k! term, so it can be negative, …) over the "
-             "detector mask. Validation PSNR is measured against the noisy 100 ks target in the network's "
+             f"detector mask. Validation PSNR is measured against the noisy {exp.t_out} target in the network's "
              "normalised (asinh) space, one point per epoch.")
     return fig
 
 
-def gallery_figure(task: str, gallery: Any, index: int, stretch_a: float) -> plt.Figure | None:
+def gallery_figure(task: str, gallery: Any, index: int, stretch_a: float, exp: Exposures) -> plt.Figure | None:
     """Input, every baseline, the model, the noisy target, the truth and the model residual for one image."""
     key = f"{index}/info"
     if key not in gallery:
@@ -227,7 +253,7 @@ def gallery_figure(task: str, gallery: Any, index: int, stretch_a: float) -> plt
     panels = [("input (scaled)", gallery[f"{index}/input"])]
     panels += [(METHOD_LABELS[m], gallery[f"{index}/{m}"]) for m in ("bicubic", "gaussian", "richardson_lucy", "model")
                if f"{index}/{m}" in gallery]
-    panels += [("100 ks target (noisy)", gallery[f"{index}/target_data"]), ("truth (noise-free)", gallery[f"{index}/truth"])]
+    panels += [(f"{exp.t_out} target (noisy)", gallery[f"{index}/target_data"]), ("truth (noise-free)", gallery[f"{index}/truth"])]
     truth = gallery[f"{index}/truth"]
     ys, xs = np.nonzero(mask)
     box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)) if ys.size else (slice(None), slice(None))
@@ -244,27 +270,27 @@ def gallery_figure(task: str, gallery: Any, index: int, stretch_a: float) -> plt
     for ax in axes.flat[len(panels):-1]:
         ax.axis("off")
     fig.colorbar(im, cax=fig.add_axes([0.88, 0.53, 0.012, 0.35]),
-                 label=f"asinh(counts per pixel / {stretch_a:g}) at 100 ks")
+                 label=f"asinh(counts per pixel / {stretch_a:g}) at {exp.t_out}")
     resid = (gallery[f"{index}/model"] - truth) / np.sqrt(np.maximum(truth, 1e-3))
     ax = axes.flat[-1]
     r = ax.imshow(np.where(mask, resid, 0.0)[box], origin="lower", cmap="coolwarm", vmin=-3, vmax=3,
                   interpolation="nearest")
     ax.set_title("model − truth", fontsize=9)
     fig.colorbar(r, cax=fig.add_axes([0.88, 0.14, 0.012, 0.33]), label="(model − truth) / √truth")
-    _title(fig, f"{TASK_TITLES[task]}: test image {index + 1} ({info['kind']}, {info['model_kind']}, source "
+    _title(fig, f"{exp.title(task)}: test image {index + 1} ({info['kind']}, {info['model_kind']}, source "
                 f"{info['source_id']})")
     _caption(fig, f"All panels share one stretch: asinh(counts / {stretch_a:g}), from 0 to the 99.9th percentile of the "
-             f"truth, in expected counts per {'2' if s == 2 else '4'}\" pixel at 100 ks, over the detector area "
+             f"truth, in expected counts per {'2' if s == 2 else '4'}\" pixel at {exp.t_out}, over the detector area "
              "(outside the mask set to 0). The input is the "
-             f"{info['exposure_input'] / 1000:g} ks image scaled to 100 ks{' and nearest-upsampled' if s == 2 else ''}. "
-             "The last panel is the model residual in units of the 100 ks Poisson noise of the truth: structure "
+             f"{info['exposure_input'] / 1000:g} ks image scaled to {exp.t_out}{' and nearest-upsampled' if s == 2 else ''}. "
+             f"The last panel is the model residual in units of the {exp.t_out} Poisson noise of the truth: structure "
              "there is signal the model lost or invented.")
     return fig
 
 
-def _points_consistency_page(pdf: PdfPages, task: str, summary: pd.DataFrame, gallery: Any) -> None:
+def _points_consistency_page(pdf: PdfPages, task: str, summary: pd.DataFrame, gallery: Any, exp: Exposures) -> None:
     fig, axes = plt.subplots(1, 4, figsize=PAGE)
-    _title(fig, f"{TASK_TITLES[task]}: point sources and data consistency")
+    _title(fig, f"{exp.title(task)}: point sources and data consistency")
     overall = summary[summary["group"] == "all"]
     methods = [m for m in METHOD_LABELS if m in set(overall["method"])]
     for ax, (metric, label) in zip(axes[:2], (("completeness", "completeness"),
@@ -286,7 +312,7 @@ def _points_consistency_page(pdf: PdfPages, task: str, summary: pd.DataFrame, ga
     _caption(fig, "Left: mean completeness and mean number of false detections per test field (point sources "
              "detected with identical settings in the prediction and in the noise-free truth; a detection with no "
              "true source within one PSF FWHM is false). Right: the first test image's consistency map: the "
-             "prediction forward-modelled to the 20 ks input (PSF ratio and 2x2 binning for SR, exposure) and "
+             f"prediction forward-modelled to the {exp.t_in} input (PSF ratio and 2x2 binning for SR, exposure) and "
              "compared with the input counts, as signed Poisson-deviance residuals; the truth's map shows the "
              "level expected from noise alone. Regions red or blue beyond it are where the prediction is "
              "inconsistent with the data.")
@@ -334,6 +360,45 @@ def _real_thinned_page(pdf: PdfPages, task: str, scores: pd.DataFrame) -> None:
     plt.close(fig)
 
 
+REAL_GALLERY_NAME = "real_thinned_gallery.npz"   # beside real_thinned.csv (evaluate.real.score_real_images)
+
+
+def real_gallery_figure(task: str, gallery: Any, image: str) -> plt.Figure | None:
+    """One held-out real image: every method's prediction of the remainder, and the remainder itself."""
+    if f"{image}/remainder" not in gallery:
+        return None
+    mask = gallery[f"{image}/mask"] > 0
+    remainder = gallery[f"{image}/remainder"]
+    methods = [k.split("/", 1)[1] for k in gallery.files if k.startswith(f"{image}/")
+               and k.split("/", 1)[1] not in ("remainder", "mask")]
+    panels = [(METHOD_LABELS.get(m, m), gallery[f"{image}/{m}"]) for m in methods] + [("remainder (counts)", remainder)]
+    ys, xs = np.nonzero(mask)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)) if ys.size else (slice(None), slice(None))
+    a = max(float(np.median(gallery[f"{image}/gaussian"][mask])) if mask.any() else 1.0, 1e-3)
+    vmax = float(np.arcsinh(np.percentile(gallery[f"{image}/gaussian"][mask], 99.9) / a)) if mask.any() else 1.0
+    cols = 4
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=PAGE, squeeze=False)
+    fig.subplots_adjust(left=0.04, right=0.88, bottom=0.12, top=0.88, wspace=0.06, hspace=0.16)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    for ax, (label, values) in zip(axes.flat, panels):
+        ax.axis("on")
+        im = ax.imshow(np.arcsinh(np.where(mask, values, 0.0)[box] / a), origin="lower", cmap="magma", vmin=0,
+                       vmax=vmax, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+    fig.colorbar(im, cax=fig.add_axes([0.90, 0.2, 0.012, 0.6]), label=f"asinh(counts per 4\" pixel / {a:.3g})")
+    _title(fig, f"{task.upper()} on the real image {image}: predictions of the independent remainder")
+    _caption(fig, "Every panel is in the remainder's counts per 4\" pixel (its exposure, per pixel), on one stretch: "
+             f"asinh(counts / {a:.3g}, the median of the Gaussian-smoothed prediction), from 0 to the 99.9th percentile "
+             "of that prediction. The predictions are made from the thinned input alone; the remainder is the "
+             "independent rest of the observation's counts, with its full Poisson noise (no method can or should "
+             "reproduce that noise). SR predictions are forward-modelled to 1x.")
+    return fig
+
+
 def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], config: dict[str, Any],
                  pdf_path: str | Path, figure_dir: str | Path, real_csv: Path | None = None,
                  real_thinned: dict[str, Path] | None = None) -> list[Path]:
@@ -343,6 +408,7 @@ def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], confi
     galleries = {t: np.load(d / "gallery.npz") for t, d in metric_dirs.items()}
     history = {t: pd.read_csv(p) for t, p in histories.items()}
     stretch_a = config["evaluate"]["asinh_scale_counts"]
+    exp = Exposures.of(config)
     figure_dir = Path(figure_dir)
     figure_dir.mkdir(parents=True, exist_ok=True)
     pngs: list[Path] = []
@@ -351,16 +417,16 @@ def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], confi
                                      "CreationDate": None, "ModDate": None}) as pdf:
             _provenance_page(pdf, summaries, config)
             for task in metric_dirs:
-                fig = _table_page(pdf, task, tables[task], summaries[task]["provenance"])
+                fig = _table_page(pdf, task, tables[task], summaries[task]["provenance"], exp)
                 pngs.append(_save_png(fig, figure_dir / f"metrics_{task}.png"))
-                _breakdown_page(pdf, task, tables[task])
-                _points_consistency_page(pdf, task, tables[task], galleries[task])
-            fig = curves_figure(history)
+                _breakdown_page(pdf, task, tables[task], exp)
+                _points_consistency_page(pdf, task, tables[task], galleries[task], exp)
+            fig = curves_figure(history, exp)
             pdf.savefig(fig)
             pngs.append(_save_png(fig, figure_dir / "training_curves.png"))
             for task in metric_dirs:
                 for index in range(config["evaluate"]["gallery"]):
-                    fig = gallery_figure(task, galleries[task], index, stretch_a)
+                    fig = gallery_figure(task, galleries[task], index, stretch_a, exp)
                     if fig is None:
                         break
                     pdf.savefig(fig)
@@ -372,6 +438,14 @@ def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], confi
                 _real_page(pdf, pd.read_csv(real_csv))
             for task, path in (real_thinned or {}).items():
                 _real_thinned_page(pdf, task, pd.read_csv(path))
+                gallery_path = path.with_name(REAL_GALLERY_NAME)
+                if gallery_path.exists():
+                    with np.load(gallery_path) as real_gallery:
+                        for image in pd.read_csv(path)["image"].unique():
+                            fig = real_gallery_figure(task, real_gallery, str(image))
+                            if fig is not None:
+                                pdf.savefig(fig)
+                                plt.close(fig)
     return pngs
 
 

@@ -2,16 +2,25 @@
 
 The file is a plain dict of tensors and built-in types (no pickled objects):
 
-* ``format``: ``"xmmsr-model"``, ``format_version``: 1, ``software``: xmmsr version
+* ``format``: ``"xmmsr-model"``, ``format_version``: 2, ``software``: xmmsr version
 * ``task``: ``"dn"`` or ``"sr"``; ``architecture``: :class:`Architecture` fields
 * ``normalisation``: :class:`Normalisation` fields
 * ``input_exposure_s`` / ``target_exposure_s``: exposures the model was trained for
 * ``train_config``: the ``train`` and ``model`` config sections; ``provenance``: dataset hash, seeds...
 * ``state_dict``: generator weights
+* ``digest``: ``sha256:`` of all the above (:func:`content_digest`), checked on load: a damaged file is
+  refused instead of giving wrong predictions. Version 1 files (no digest) still load, unchecked.
+
+The bytes depend only on the content (the zip entries are named ``archive/``, not after a temporary
+file), so the same training gives the same file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +34,8 @@ from .model import Architecture, Generator, build_generator
 from .normalise import Normalisation
 
 FORMAT = "xmmsr-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: a digest of the content
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -64,8 +74,30 @@ def save_model(path: str | Path, model: TrainedModel) -> None:
         "provenance": model.provenance,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.generator.state_dict().items()},
     }
+    payload["digest"] = content_digest(payload)
+    write_torch_file(payload, path)
+
+
+def write_torch_file(payload: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` whose bytes depend only on ``payload`` (serialised in memory, so the zip entries do not
+    carry a file name), written atomically."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
+
+
+def content_digest(payload: dict[str, Any]) -> str:
+    """``sha256:`` of a model file's content: its metadata (canonical JSON) and every weight tensor (name,
+    dtype, shape and bytes, in name order); the ``digest`` entry itself is left out."""
+    h = hashlib.sha256()
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "digest")}
+    h.update(json.dumps(meta, sort_keys=True, default=repr).encode())
+    for name in sorted(payload["state_dict"]):
+        tensor = payload["state_dict"][name].detach().cpu().contiguous()
+        h.update(f"\n{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -80,9 +112,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedM
                          "give the model.pt written by the train rule (not a Lightning .ckpt)") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(p, "format", "is not an xmmsr model file", "give the model.pt written by the train rule")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise InputError(p, "format_version", f"version {payload.get('format_version')} is not supported "
-                         f"(this xmmsr reads {FORMAT_VERSION})", "retrain or use the xmmsr version that wrote it")
+                         f"(this xmmsr reads {list(READABLE_VERSIONS)})", "retrain or use the xmmsr version that wrote it")
+    damaged = "the file is damaged (a copy or download went wrong)"
+    fix = "copy or download the model file again, or retrain it"
+    if payload["format_version"] >= 2:
+        try:
+            digest = content_digest(payload)
+        except Exception as exc:  # entries of the wrong type or shape
+            raise InputError(p, "state_dict", f"cannot be checked ({exc.__class__.__name__}): {damaged}", fix) from None
+        if payload.get("digest") != digest:
+            raise InputError(p, "digest", f"does not match the content: {damaged}", fix)
+    else:
+        warnings.warn(f"{p}: a version 1 model file has no digest, so damage cannot be detected; re-save it with "
+                      "this xmmsr (load and save_model) to add one", stacklevel=2)
     arch = Architecture(**payload["architecture"])
     generator = build_generator(arch)
     generator.load_state_dict(payload["state_dict"])

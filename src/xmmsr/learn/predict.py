@@ -8,6 +8,7 @@ exposure, on the same grid (DN) or on the 2x grid (SR), with the input WCS carri
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -310,6 +311,7 @@ def export_onnx(model: TrainedModel, path: str | Path, example_size: int = 64) -
         quiet.setLevel(level)
     _drop_stack_traces(proto)
     onnx.helper.set_model_props(proto, {
+        "xmmsr.graph_digest": onnx_graph_digest(proto),
         "xmmsr.software": f"xmmsr {__version__}", "xmmsr.task": model.task, "xmmsr.upscale": str(model.upscale),
         "xmmsr.normalisation": json.dumps(model.normalisation.to_dict()),
         "xmmsr.input_exposure_s": repr(float(model.input_exposure_s)),
@@ -322,6 +324,29 @@ def export_onnx(model: TrainedModel, path: str | Path, example_size: int = 64) -
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
     return Path(path)
+
+
+def onnx_graph_digest(proto: onnx.ModelProto) -> str:
+    """``sha256:`` of the serialised graph (nodes and weights), stored in the model's metadata."""
+    return "sha256:" + hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def check_onnx(path: str | Path) -> None:
+    """Refuse an exported model whose graph does not match the digest in its metadata (a damaged file)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:
+        raise InputError(path, "file", f"cannot be read as ONNX ({exc.__class__.__name__}): the file is damaged",
+                         "copy the .onnx file again, or export it again from the model.pt") from None
+    stored = {p.key: p.value for p in proto.metadata_props}.get("xmmsr.graph_digest")
+    if stored is None:
+        raise InputError(path, "xmmsr.graph_digest", "is missing from the metadata",
+                         "export the model with this xmmsr (rule train, or xmmsr.learn.predict.export_onnx)")
+    if stored != onnx_graph_digest(proto):
+        raise InputError(path, "xmmsr.graph_digest", "does not match the graph: the file is damaged",
+                         "copy the .onnx file again, or export it again from the model.pt")
 
 
 def _drop_stack_traces(proto: onnx.ModelProto) -> None:

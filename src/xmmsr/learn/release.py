@@ -27,6 +27,7 @@ from ..io import atomic_path
 from . import TASKS
 from .checkpoint import load_model
 from .model import count_parameters
+from .predict import check_onnx
 
 SHIPPED_DIR = "resources/models"
 CARD_NAME = "MODEL_CARD.md"
@@ -339,6 +340,8 @@ def write_release(runs: Sequence[TaskRun], dataset: Path, config_name: str, out_
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for run in runs:
+        load_model(run.model)   # refuses a damaged model file (digest)
+        check_onnx(run.onnx)
         for src, suffix in ((run.model, "pt"), (run.onnx, "onnx")):
             with atomic_path(out_dir / f"{run.task}.{suffix}") as tmp:
                 shutil.copyfile(src, tmp)
