@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -135,3 +138,62 @@ def test_aim_point_in_a_chip_gap_is_rejected(tmp_path, capsys):
     out = tmp_path / "cluster.fits"
     _assert_clean_failure(["sky", "--kind", "agn", "--config", config, "--output", out], out, capsys,
                           "instrument.geometry.aim_point_arcsec", "gaps")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["simulate", "--sky", "{sky}", "--exposure", 20000, "--resolution", 1, "--seed", -1, "--output", "{out}"],
+     "seed must be an integer >= 0"),
+    (["sky", "--kind", "agn", "--id", -3, "--output", "{out}"], "must be an integer >= 0"),
+    (["tng-project", "{sky}", "--axis", "z", "--width-kpc", 500, "--redshift", 0.05, "--npix", 0, "--output", "{out}"],
+     "pixels per side"),
+    (["bin", "{sky}", "--output", "{dir}"], "is a directory"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(sky_file, tmp_path, capsys, args, needle):
+    out = tmp_path / "out.fits"
+    args = [str(a).format(sky=sky_file, out=out, dir=tmp_path) for a in args]
+    with pytest.raises(SystemExit) as exc:
+        run(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC, errno.EACCES])
+def test_storage_failures_are_one_line_with_a_cli_fix(sky_file, tmp_path, capsys, monkeypatch, code):
+    """A read-only, full or forbidden output directory: one line naming the path, exit 2, no partial file."""
+    import xmmsr.io
+
+    def refuse(*args, dir=None, **kwargs):
+        raise OSError(code, os.strerror(code), str(dir))
+
+    monkeypatch.setattr(xmmsr.io.tempfile, "mkstemp", refuse)
+    out = tmp_path / "ev.fits"
+    assert run(["simulate", "--sky", sky_file, "--exposure", 2000, "--resolution", 1, "--seed", 1,
+                "--output", out]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in captured.err + captured.out, captured.err
+    assert str(tmp_path) in lines[0] and os.strerror(code) in lines[0] and "--output" in lines[0]
+    assert "outdir" not in lines[0]
+    assert not out.exists()
+
+
+def test_a_model_of_an_unknown_task_is_refused(tmp_path, capsys):
+    import torch
+
+    from xmmsr.learn.checkpoint import content_digest, write_torch_file
+    from xmmsr.learn.release import shipped_model
+
+    raw = torch.load(shipped_model("dn"), weights_only=True)
+    raw["task"] = "xx"
+    raw["digest"] = content_digest(raw)   # a consistent file, of a task this xmmsr does not run
+    model = tmp_path / "xx.pt"
+    write_torch_file(raw, model)
+    image = tmp_path / "in.fits"
+    fits.PrimaryHDU(np.ones((32, 32), np.int32), fits.Header({"EXPOSURE": 20000.0})).writeto(image)
+    out = tmp_path / "out.fits"
+    assert run(["predict", "--model", model, "--input", image, "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert "'xx' is not a task" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import warnings
@@ -215,6 +216,45 @@ def _non_negative(text: str) -> float:
     return value
 
 
+NPIX_RANGE = (16, 16384)   # --npix of tng-project: an image of 16384^2 float32 is 1 GiB
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer {what}") from None
+
+
+def _seed(text: str) -> int:
+    value = _integer(text, "seed")
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"seed must be an integer >= 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _integer(text, "identifier")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _npix(text: str) -> int:
+    value = _integer(text, "number of pixels")
+    if not NPIX_RANGE[0] <= value <= NPIX_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"must be {NPIX_RANGE[0]}-{NPIX_RANGE[1]} pixels per side, got {text}")
+    return value
+
+
+def _output_file(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a file name")
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory: give a file name inside it")
+    return text
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -234,36 +274,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sky", required=True, help="sky-model FITS (photon flux image + point sources)")
     p.add_argument("--exposure", required=True, type=_positive_seconds, help="exposure in seconds")
     p.add_argument("--resolution", required=True, type=int, choices=(1, 2), help="1: real pn, 2: the 2x instrument")
-    p.add_argument("--seed", required=True, type=int, help="random seed of this realization")
+    p.add_argument("--seed", required=True, type=_seed, help="random seed of this realization (>= 0)")
     p.add_argument("--no-background", action="store_true", help="leave out particle and cosmic background")
-    p.add_argument("--output", required=True, help="event-list FITS to write")
+    p.add_argument("--output", required=True, type=_output_file, help="event-list FITS to write")
     p.add_argument("--expected", help="also write the noise-free expected count image (Poisson mean) here")
     p.add_argument("--config", help="pipeline config YAML for the instrument (default: the embedded defaults)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bin", help="bin a pn event list (simulated or real) into a 0.5-2 keV count image")
     p.add_argument("events", help="event-list FITS with an EVENTS extension")
-    p.add_argument("--output", required=True, help="count-image FITS to write")
+    p.add_argument("--output", required=True, type=_output_file, help="count-image FITS to write")
     p.set_defaults(func=cmd_bin)
 
     p = sub.add_parser("sky", help="generate one synthetic sky model as the pipeline does")
     p.add_argument("--kind", required=True, choices=("extended", "agn", "background"))
-    p.add_argument("--id", type=int, default=0, help="source identifier (selects the random draw)")
-    p.add_argument("--seed", type=int, help="root seed (default: the config's)")
+    p.add_argument("--id", type=_non_negative_int, default=0, help="source identifier (>= 0; selects the random draw)")
+    p.add_argument("--seed", type=_seed, help="root seed (>= 0; default: the config's)")
     p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
-    p.add_argument("--output", required=True, help="sky-model FITS to write")
+    p.add_argument("--output", required=True, type=_output_file, help="sky-model FITS to write")
     p.set_defaults(func=cmd_sky)
 
     p = sub.add_parser("simput", help="convert a sky model into a SIMPUT source catalogue (e.g. for SIXTE)")
     p.add_argument("sky", help="sky-model FITS (photon flux image + point sources)")
-    p.add_argument("--output", required=True, help="SIMPUT FITS file to write")
+    p.add_argument("--output", required=True, type=_output_file, help="SIMPUT FITS file to write")
     p.set_defaults(func=cmd_simput)
 
     p = sub.add_parser("predict", help="de-noise or super-resolve a 1x pn count image with a trained model")
     p.add_argument("--task", choices=("dn", "sr"), help="use the pretrained model of this task (resources/models)")
     p.add_argument("--model", help="model.pt written by the train rule (instead of --task)")
     p.add_argument("--input", required=True, help="0.5-2 keV count image FITS on the 1x grid, with EXPOSURE")
-    p.add_argument("--output", required=True, help="FITS to write: expected counts at the model's target exposure")
+    p.add_argument("--output", required=True, type=_output_file, help="FITS to write: expected counts at the model's target exposure")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="auto: cuda if available, else mps, else cpu")
     p.add_argument("--exposure-map", help="exposure map of the input (SAS eexpmap, seconds); without it the "
@@ -278,10 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exposure-map", help="exposure map of --image (SAS eexpmap; default: per-CCD ONTIMEnn)")
     p.add_argument("--input-exposure", type=_positive_seconds, default=20000.0,
                    help="exposure (s) of the thinned input (default 20000)")
-    p.add_argument("--seed", type=int, help="seed of the thinning (with --image)")
+    p.add_argument("--seed", type=_seed, help="seed of the thinning (>= 0; with --image)")
     p.add_argument("--short", help="short-exposure count image FITS (1x grid, EXPOSURE)")
     p.add_argument("--long", help="independent longer-exposure count image FITS of the same target")
-    p.add_argument("--output", required=True, help="CSV of metrics per method")
+    p.add_argument("--output", required=True, type=_output_file, help="CSV of metrics per method")
     p.add_argument("--gaussian-sigma", type=_non_negative, default=None,
                    help="width (pixels) of the Gaussian baseline (default: 1 for pairs; the best for --image)")
     p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
@@ -290,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("thin", help="split a count image binomially into two independent Poisson images")
     p.add_argument("image", help="count image FITS (e.g. SAS evselect or xmmsr bin)")
     p.add_argument("--fraction", required=True, type=float, help="probability that A keeps a count (0 < P < 1)")
-    p.add_argument("--seed", required=True, type=int, help="random seed (>= 0)")
+    p.add_argument("--seed", required=True, type=_seed, help="random seed (>= 0)")
     p.add_argument("--output-a", required=True, help="FITS for the kept counts (exposure x P)")
     p.add_argument("--output-b", required=True, help="FITS for the rest (exposure x (1 - P))")
     p.set_defaults(func=cmd_thin)
@@ -300,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", required=True, choices=("x", "y", "z"), help="projection axis")
     p.add_argument("--width-kpc", required=True, type=float, help="width of the image in physical kpc")
     p.add_argument("--redshift", required=True, type=float, help="observation redshift (> 0)")
-    p.add_argument("--output", required=True, help="sky-model FITS to write (unaugmented, photon flux per pixel)")
-    p.add_argument("--npix", type=int, help="pixels per side (default sources.tng.npix, 2048)")
+    p.add_argument("--output", required=True, type=_output_file, help="sky-model FITS to write (unaugmented, photon flux per pixel)")
+    p.add_argument("--npix", type=_npix, help=f"pixels per side ({NPIX_RANGE[0]}-{NPIX_RANGE[1]}; default sources.tng.npix, 2048)")
     p.add_argument("--center", type=_center, help="centre X,Y,Z in ckpc/h (default: shrinking sphere of the emission)")
     p.add_argument("--simulation", help="provenance: simulation name (default: from the file name)")
     p.add_argument("--snapshot", type=int, help="provenance: snapshot number (default: from the file name)")
@@ -324,6 +364,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, ConfigError, TngApiError) as exc:
         message = " ".join(str(exc).split())  # one line, even when a library message spans several
         print(f"xmmsr {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"xmmsr {args.command}: error: out of memory. Fix: a smaller input, exposure or --npix", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, read-only or missing directory, permissions: one line, a CLI fix
+        where = exc.filename or getattr(args, "output", None) or ""
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"xmmsr {args.command}: error: {where}: cannot write or read the file: {reason}. Fix: check that the "
+              "path exists and is writable with room to spare, or choose another --output", file=sys.stderr)
         return 2
     return 0
 

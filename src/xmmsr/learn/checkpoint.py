@@ -127,9 +127,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedM
     else:
         warnings.warn(f"{p}: a version 1 model file has no digest, so damage cannot be detected; re-save it with "
                       "this xmmsr (load and save_model) to add one", stacklevel=2)
-    arch = Architecture(**payload["architecture"])
-    generator = build_generator(arch)
-    generator.load_state_dict(payload["state_dict"])
+    if payload.get("task") not in ("dn", "sr"):
+        raise InputError(p, "task", f"{payload.get('task')!r} is not a task this xmmsr runs (dn or sr)",
+                         "give a DN or SR model.pt written by the train rule")
+    try:
+        arch = Architecture(**payload["architecture"])
+        generator = build_generator(arch)
+        generator.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise InputError(p, "architecture", f"does not match the stored weights ({exc.__class__.__name__})",
+                         "give a model.pt written by the train rule of this xmmsr version") from None
     generator.eval().to(device)
     return TrainedModel(generator=generator, architecture=arch,
                         normalisation=Normalisation.from_dict(payload["normalisation"]),
