@@ -197,3 +197,28 @@ def test_a_model_of_an_unknown_task_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'xx' is not a task" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_simulation_too_large_for_memory_is_refused_before_drawing(sky_file, tmp_path, capsys):
+    out = tmp_path / "ev.fits"
+    assert run(["simulate", "--sky", sky_file, "--exposure", 1e9, "--resolution", 1, "--seed", 1,
+                "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert "photons" in err and "GiB" in err and "shorter exposure" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_the_memory_guard_uses_the_expected_photon_count(sky_file):
+    from conftest import make_instrument
+
+    from xmmsr.errors import InputError
+    from xmmsr.instrument.simulator import BYTES_PER_PHOTON, simulate_events
+    from xmmsr.sky.model import read_sky_model
+
+    sky, instrument = read_sky_model(sky_file), make_instrument()
+    events = simulate_events(sky, instrument, 2000.0, 1, seed=1)
+    n = len(events.columns["PI"])
+    # a limit a little above what these photons need passes; one well below is refused
+    simulate_events(sky, instrument, 2000.0, 1, seed=1, memory_limit=int(3 * n * BYTES_PER_PHOTON))
+    with pytest.raises(InputError, match="photons"):
+        simulate_events(sky, instrument, 2000.0, 1, seed=1, memory_limit=int(0.3 * n * BYTES_PER_PHOTON))

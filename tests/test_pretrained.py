@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 from astropy.io import fits
-from conftest import REPO, beta_sky
+from conftest import REPO, TINY, beta_sky
 
 from xmmsr.cli import main
 from xmmsr.errors import InputError
@@ -100,4 +100,7 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
     assert str(tiny_run) not in text  # no machine paths in a shipped file
     # facts of this run, not of the shipped one: its exposures, its sources' brightness range, its PSF
     assert "Inputs (2 ks) and targets (10 ks)" in text and "20 ks" not in text.split("## Intended use")[0]
-    assert "up to 2000× the background" in text and "ELLBETA-like" in text
+    from xmmsr.config import load_config
+
+    sigma_b_max = load_config(TINY)["sources"]["extended"]["sigma_b"][1]
+    assert f"up to {sigma_b_max:g}× the background" in text and "ELLBETA-like" in text

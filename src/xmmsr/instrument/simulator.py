@@ -13,6 +13,8 @@ detector acceptance and field of view, and block-summing onto the image grid.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -171,15 +173,63 @@ def _check_exposure(exposure_s: float, resolution: int) -> None:
         raise InputError(None, "resolution", f"{resolution!r} is not allowed", "use 1 (real pn) or 2 (2x)")
 
 
+BYTES_PER_PHOTON = 72   # peak memory per drawn photon (65 measured with tracemalloc on 8.7e7 photons), with a margin
+
+
+def expected_photons(sky: SkyModel, pixels: "_SkyPixels", instrument: PnInstrument, exposure_s: float,
+                     background: bool, field: FieldBackground = FieldBackground()) -> float:
+    """Mean number of photons and background events :func:`detect_photons` will draw (before vignetting)."""
+    response = instrument.require_response()
+    geom, bkg = instrument.geometry, instrument.background
+    total = 0.0
+    if pixels.flux.size:
+        total += float(pixels.flux.sum()) * response.spectral(*sky.spectrum, sky.nh).band_area_cm2 * exposure_s
+    for (gamma, nh), idx in _spectrum_groups(sky).items():
+        total += float(sky.points["FLUX"][idx].sum()) * response.spectral("powerlaw", gamma, nh).band_area_cm2 * exposure_s
+    if background:
+        fov_area = np.pi * geom.fov_radius_arcmin**2
+        total += bkg.cxb_flux_arcmin2 * field.cxb * fov_area * exposure_s * response.spectral(
+            "powerlaw", bkg.cxb_gamma, bkg.cxb_nh).band_area_cm2
+        total += bkg.galactic_flux_arcmin2 * field.galactic * fov_area * exposure_s * response.spectral(
+            "bremss", bkg.galactic_kt_kev, 0.0).band_area_cm2
+        total += bkg.particle_rate_arcmin2 * field.particle * geom.array_width * geom.array_height / 3600.0 * exposure_s
+        total += bkg.soft_proton_rate_arcmin2 * field.soft_protons * fov_area * exposure_s
+    return total
+
+
+def memory_limit_bytes() -> int:
+    """Half the machine's physical memory (the most one simulation may plan to use)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 2
+    except (ValueError, OSError, AttributeError):  # not reported on this platform
+        return 8 << 30
+
+
+def _check_memory(n_photons: float, exposure_s: float, limit_bytes: int | None) -> None:
+    limit = memory_limit_bytes() if limit_bytes is None else limit_bytes
+    need = n_photons * BYTES_PER_PHOTON
+    if need > limit:
+        raise InputError(None, "exposure", f"{exposure_s:g} s of this sky means about {n_photons:.3g} photons, "
+                         f"{need / 2**30:.1f} GiB of memory where {limit / 2**30:.1f} GiB is the limit (half of "
+                         "this machine's memory)", f"simulate a shorter exposure (at most ~{exposure_s * limit / need:.3g} s) "
+                         "or a fainter sky, and add independent realizations of it if needed")
+
+
 def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, resolution: int,
-                    seed: int, background: bool = True, tstart: float = 0.0) -> EventList:
-    """Simulate the pn event list of ``sky`` observed for ``exposure_s`` at resolution multiplier 1 or 2."""
+                    seed: int, background: bool = True, tstart: float = 0.0,
+                    memory_limit: int | None = None) -> EventList:
+    """Simulate the pn event list of ``sky`` observed for ``exposure_s`` at resolution multiplier 1 or 2.
+
+    Refuses (:class:`InputError`, before drawing anything) a simulation whose photons would need more than
+    ``memory_limit`` bytes (default: half the physical memory)."""
     _check_exposure(exposure_s, resolution)
     rng = np.random.default_rng(seed)
     frame = _Frame.of(sky, instrument)
     grid = instrument.geometry.image_grid(resolution)
     reach = grid.refine(1, int(np.ceil(instrument.psf.max_radius_arcsec / grid.pixel_arcsec)))
     pixels = _sky_pixels(sky, frame, reach)
+    _check_memory(expected_photons(sky, pixels, instrument, exposure_s, background, FieldBackground.of(sky.meta)),
+                  exposure_s, memory_limit)
     x, y, energy, n_sky_photons = detect_photons(rng, sky, pixels, instrument, exposure_s, resolution, background,
                                                  FieldBackground.of(sky.meta))
     live = ccd_live(sky, instrument)
