@@ -12,7 +12,8 @@ import yaml
 from astropy.io import fits
 from conftest import REPO, TINY, snakemake
 
-from xmmsr.config import ConfigError, check_config, default_config, load_config
+from xmmsr.config import ConfigError, check_config, check_outdir, default_config, load_config
+from xmmsr.io import OutdirLock
 from xmmsr.pipeline import cube_wcs, read_cube
 
 
@@ -71,6 +72,41 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     message = result.stdout + result.stderr
     assert "instrument.psf.king.alpha" in message and "> 1.0" in message
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("outdir", ["", "  ", "/", "/etc", "/usr/local/results", ".", "..", "../.."])
+def test_careless_outdirs_are_refused(tmp_path, outdir):
+    with pytest.raises(ConfigError, match="outdir"):
+        check_outdir(outdir, tmp_path / "work")
+
+
+def test_reasonable_outdirs_resolve(tmp_path):
+    work = tmp_path / "work"
+    assert check_outdir("results", work) == (work / "results").resolve()
+    assert check_outdir(str(tmp_path / "scratch" / "run1"), work) == (tmp_path / "scratch" / "run1").resolve()
+    assert check_outdir("../elsewhere", work) == (tmp_path / "elsewhere").resolve()
+
+
+def test_a_system_outdir_stops_snakemake_before_any_job(tmp_path):
+    config = write_config(tmp_path / "bad.yaml", {"outdir": "/etc/xmmsr"})
+    result = snakemake(tmp_path, "-n", "--configfile", str(TINY), str(config), check=False)
+    assert result.returncode != 0 and "system directory /etc" in result.stdout + result.stderr
+
+
+def test_two_runs_cannot_write_one_outdir(tmp_path):
+    """A run from another working directory (its own Snakemake lock) finds the outdir's lock held."""
+    out = tmp_path / "shared_results"
+    lock = OutdirLock(out)   # as a running workflow holds it
+    try:
+        config = write_config(tmp_path / "out.yaml", {"outdir": str(out)})
+        (tmp_path / "other").mkdir()
+        result = snakemake(tmp_path / "other", "--cores", "1", "--configfile", str(TINY), str(config), check=False)
+        assert result.returncode != 0
+        assert "another run is writing there" in result.stdout + result.stderr
+        assert not (out / "sky").exists() and not (out / "masks").exists()   # no job ran
+    finally:
+        lock.release()
+    OutdirLock(out).release()   # free again once the holder ends
 
 
 def test_dry_run_of_the_default_config(tmp_path):

@@ -87,6 +87,30 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: config keys 'pack.split.train' and 'pack.split.val' must be > 0 (got {split})")
 
 
+# directories an output directory must never be, nor lie inside (system trees)
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr", "/var")
+
+
+def check_outdir(outdir: str, workdir: str | Path | None = None, source: str = "config") -> Path:
+    """The resolved output directory, or :class:`ConfigError` when it is empty, the file-system root, a
+    system directory or the working directory or one of its parents (where results would mix with,
+    or be written over, other files)."""
+    key = f"{source}: config key 'outdir'"
+    if not str(outdir).strip():
+        raise ConfigError(f"{key} is empty; give a directory for the results, e.g. results")
+    work = Path(workdir if workdir is not None else Path.cwd()).resolve()
+    path = (work / Path(outdir).expanduser()).resolve()
+    if path == Path(path.anchor):
+        raise ConfigError(f"{key} ({outdir!r}) is the file-system root; give a directory of its own, e.g. results")
+    for system in SYSTEM_DIRS:
+        if path == Path(system) or Path(system) in path.parents:
+            raise ConfigError(f"{key} ({outdir!r}) lies in the system directory {system}; give a directory you own")
+    if path == work or path in work.parents:
+        raise ConfigError(f"{key} ({outdir!r}) is the working directory or one of its parents, where the results "
+                          "would mix with other files; give a directory of its own, e.g. results")
+    return path
+
+
 def default_config() -> dict[str, Any]:
     """The complete default configuration, from the schema defaults."""
     return check_config({})

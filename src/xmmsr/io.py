@@ -111,3 +111,40 @@ def open_fits(path: str | Path, what: str, verify_checksum: bool = True) -> fits
             f"the file is corrupt or truncated; regenerate the {what}",
         ) from exc
     return hdul
+
+
+class OutdirLock:
+    """An exclusive lock on an output directory (``.xmmsr.lock`` inside it), held while a run writes there:
+    two runs started from different working directories (each with its own Snakemake lock) cannot write
+    the same outputs at once. Released when the process ends."""
+
+    NAME = ".xmmsr.lock"
+
+    def __init__(self, outdir: str | Path) -> None:
+        import fcntl
+
+        self.path = Path(outdir) / self.NAME
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a+")
+        except OSError as exc:
+            raise storage_error(exc, self.path) from None
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise InputError(self.path.parent, "outdir", f"another run is writing there ({holder})",
+                             "wait for it to finish, or set a different outdir") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"pid {os.getpid()}, working directory {Path.cwd()}\n")
+        self._fh.flush()
+
+    def release(self) -> None:
+        import fcntl
+
+        if not self._fh.closed:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from snakemake.exceptions import WorkflowError
-from xmmsr.config import ConfigError, check_config, resolve_resource
+from xmmsr.config import ConfigError, check_config, check_outdir, resolve_resource
 from xmmsr.instrument.model import instrument_files
 from xmmsr.thinning import real_images_from_config
 from xmmsr.learn import TASKS as ALL_TASKS
@@ -32,7 +32,24 @@ _sorted_config = _key_sorted(config)
 config.clear()
 config.update(_sorted_config)
 
-OUT = config["outdir"]
+try:
+    OUT = str(check_outdir(config["outdir"], Path.cwd()))
+except ConfigError as exc:
+    raise WorkflowError(f"Invalid configuration. {exc}") from None
+if not Path(config["outdir"]).is_absolute():
+    OUT = config["outdir"]   # relative outputs stay relative: the same DAG from any working directory
+
+
+onstart:
+    # a lock in the output directory itself: runs from other working directories cannot share it
+    from xmmsr.io import OutdirLock
+    from xmmsr.errors import InputError
+
+    try:
+        workflow._xmmsr_outdir_lock = OutdirLock(OUT)
+    except (InputError, OSError) as exc:
+        raise WorkflowError(str(exc)) from None
+
 CONDA_ENV = "../../envs/xmmsr.yaml"
 KINDS = [k for k in SOURCE_KINDS if config["sources"][k]["n"] > 0]
 EXPOSURES_KS = [f"{e:g}" for e in config["simulate"]["exposures_ks"]]
