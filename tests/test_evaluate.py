@@ -14,7 +14,7 @@ from conftest import TINY, snakemake
 
 from xmmsr.cli import main
 from xmmsr.evaluate.real import coverage_mask
-from xmmsr.evaluate.report import METHOD_LABELS
+from xmmsr.evaluate import methods
 from xmmsr.learn.checkpoint import TrainedModel, save_model
 from xmmsr.learn.model import Architecture, build_generator
 from xmmsr.learn.normalise import Normalisation
@@ -24,10 +24,10 @@ BASELINES = {"dn": ("input", "gaussian", "richardson_lucy", "model", "truth"),
 
 
 def test_metric_files_hold_the_model_and_every_baseline(tiny_run):
-    for task, methods in BASELINES.items():
+    for task, expected_methods in BASELINES.items():
         out = tiny_run / "results" / "metrics" / task
         per_image = pd.read_csv(out / "per_image.csv")
-        assert set(per_image["method"]) == set(methods)
+        assert set(per_image["method"]) == set(expected_methods)
         assert per_image["sample"].nunique() == 1  # the one test source of the tiny config
         for column in ("psnr_asinh_vs_expected", "ssim_linear_vs_target", "deviance_vs_target", "completeness",
                        "n_false", "consistency_deviance", "flux_ratio"):
@@ -52,7 +52,8 @@ def test_report_pdf_has_every_page_and_names_models_and_baselines(tiny_run):
     assert len(reader.pages) == 1 + 2 * 3 + 1 + 2
     text = "\n".join(page.extract_text() for page in reader.pages)
     for needle in ("De-noising (DN)", "Super-resolution (SR)", "Training and validation curves",
-                   "point sources and data consistency", "config hash", *[METHOD_LABELS[m] for m in METHOD_LABELS]):
+                   "point sources and data consistency", "config hash",
+                   *[m.label for m in methods.REGISTRY.values() if m.name != "finetuned"]):
         assert needle in text, needle
     # the run's own exposures (2 ks -> 10 ks in the tiny config), never the default 20 ks -> 100 ks
     assert "2 ks → 10 ks" in text and "2 ks at 4\" → 10 ks at 2\"" in text
@@ -145,3 +146,14 @@ def test_real_pairs_in_the_config_add_the_rule(tmp_path):
     config.write_text(TINY.read_text() + f"evaluate:\n  real_pairs: [{{name: t, short: {short}, long: {long}}}]\n")
     result = snakemake(tmp_path, "-n", "--configfile", str(config))
     assert "evaluate_real" in result.stdout + result.stderr
+
+
+def test_one_registry_names_every_method_and_drops_none(tiny_run):
+    """Every method the evaluation scores is registered (label, tasks, role), and a method outside the
+    registry keeps its name instead of vanishing from tables."""
+    for task in ("dn", "sr"):
+        scored = set(pd.read_csv(tiny_run / f"results/metrics/{task}/per_image.csv")["method"])
+        assert scored <= set(methods.REGISTRY), scored - set(methods.REGISTRY)
+        assert {m.name for m in methods.baselines_for(task)} | {"model", "truth"} == scored
+    assert methods.ordered(["model", "my_method", "input"]) == ["input", "model", "my_method"]
+    assert methods.label("my_method") == "my_method" and methods.role("my_method") == "model"

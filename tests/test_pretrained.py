@@ -94,7 +94,8 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
         assert (tmp_path / "release" / f"{task}.pt").read_bytes() == (results / f"models/{task}/model.pt").read_bytes()
         assert load_model(tmp_path / "release" / f"{task}.pt").task == task
     text = card.read_text()
-    for fragment in ("| **model** |", "best Gaussian smoothing", "false sources per field", "Validation curve",
+    for fragment in ("| **model (RRDB)** |", "Gaussian smoothing (best width)", "false sources per field",
+                     "Validation curve",
                      "Known limits", "train samples", "PSNR sqrt [dB]"):
         assert fragment in text, fragment
     assert str(tiny_run) not in text  # no machine paths in a shipped file

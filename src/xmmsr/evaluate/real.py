@@ -34,10 +34,9 @@ from ..thinning import binomial_split
 from .consistency import degradation_kernel, forward_model
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.predict import predict_counts, read_count_image
-from . import baselines, metrics
+from . import baselines, methods, metrics
 from .run import write_csv
 
-REAL_METHODS = ("input", "gaussian", "richardson_lucy", "model")
 THINNED_COLUMNS = ["method", "deviance", "psnr", "psnr_asinh", "ssim_asinh", "flux_ratio", "gaussian_sigma",
                    "exposure_input", "exposure_remainder", "exposure_source", "seed", "pixels"]
 
@@ -68,10 +67,8 @@ def score_pair(model_path: str | Path, short_path: str | Path, long_path: str | 
     instrument = PnInstrument.from_config(instrument_cfg, base_dir=base_dir)
     psf = baselines.psf_kernel(instrument, 1)
     args = (short, t_short, t_long, 1)
-    preds = {"input": baselines.scaled_input(*args),
-             "gaussian": baselines.gaussian(*args, sigma_px=gaussian_sigma),
-             "richardson_lucy": baselines.richardson_lucy(*args, psf, iterations=eval_cfg["rl_iterations"]),
-             "model": predict_counts(model, short, t_short).astype(np.float64) * t_long / model.target_exposure_s}
+    preds = methods.predict_baselines("dn", *args, methods.Settings(gaussian_sigma, psf, None, eval_cfg["rl_iterations"]))
+    preds["model"] = predict_counts(model, short, t_short).astype(np.float64) * t_long / model.target_exposure_s
     a = eval_cfg["asinh_scale_counts"] * t_long / model.target_exposure_s
     rows = []
     for method, pred in preds.items():
@@ -143,13 +140,12 @@ def thinned_predictions(model: TrainedModel, image_path: str | Path, input_expos
     t_out = float(model.target_exposure_s)
     args = (corrected, t_in, t_out, 1)
     to_remainder = relative * (t_rest / t_out)               # expected remainder counts per predicted count
-    preds: dict[str, np.ndarray] = {"input": baselines.scaled_input(*args)}
     sigmas = [gaussian_sigma] if gaussian_sigma is not None else list(baselines.DEFAULT_SIGMAS)
     best = min(sigmas, key=lambda sg: metrics.poisson_deviance(baselines.gaussian(*args, sigma_px=sg) * to_remainder,
                                                                remainder, mask))
-    preds["gaussian"] = baselines.gaussian(*args, sigma_px=best)
-    preds["richardson_lucy"] = baselines.richardson_lucy(*args, baselines.psf_kernel(instrument, 1),
-                                                         iterations=eval_cfg["rl_iterations"])
+    # every method predicts at 1x here (SR is forward-modelled below): the DN baselines
+    preds = methods.predict_baselines("dn", *args, methods.Settings(best, baselines.psf_kernel(instrument, 1), None,
+                                                                    eval_cfg["rl_iterations"]))
     seconds = np.where(mask, exposure.seconds * fraction, t_in)
     pred = predict_counts(model, counts_in.astype(np.float64), seconds).astype(np.float64)
     if model.upscale != 1:

@@ -26,11 +26,10 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from .. import __version__  # noqa: E402
 from ..instrument.psf import describe_psf  # noqa: E402
 from ..io import atomic_path  # noqa: E402
+from . import methods  # noqa: E402
 
 TASK_TITLES = {"dn": "De-noising (DN): {t_in} → {t_out}, 4\" pixels",
                "sr": "Super-resolution (SR): {t_in} at 4\" → {t_out} at 2\""}
-METHOD_LABELS = {"input": "input (scaled)", "bicubic": "bicubic", "gaussian": "Gaussian smoothing",
-                 "richardson_lucy": "Richardson–Lucy", "model": "model (RRDB)", "truth": "truth (noise-free)"}
 # (column, label, better): "high", "low", "one" (closest to 1) or "truth" (closest to the truth's value)
 TABLE_COLUMNS = (
     ("psnr_asinh_vs_expected", "PSNR asinh\nvs truth [dB]", "high"),
@@ -136,7 +135,7 @@ def metric_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Median of every table column per method (overall), methods in a fixed order."""
     overall = summary[(summary["group"] == "all")]
     table = overall.pivot_table(index="method", columns="metric", values="median", aggfunc="first")
-    order = [m for m in METHOD_LABELS if m in table.index]
+    order = methods.ordered(table.index)
     return table.reindex(order)[[c for c, _, _ in TABLE_COLUMNS if c in table.columns]]
 
 
@@ -149,7 +148,7 @@ def _table_page(pdf: PdfPages, task: str, summary: pd.DataFrame, provenance: dic
     ax.axis("off")
     labels = {c: label for c, label, _ in TABLE_COLUMNS}
     cells = [[_fmt(table.at[m, c]) for c in table.columns] for m in table.index]
-    tab = ax.table(cellText=cells, rowLabels=[METHOD_LABELS[m] for m in table.index],
+    tab = ax.table(cellText=cells, rowLabels=[methods.label(m) for m in table.index],
                    colLabels=[labels[c] for c in table.columns], loc="center", cellLoc="center")
     tab.auto_set_font_size(False)
     tab.set_fontsize(8.5)
@@ -198,13 +197,13 @@ def _breakdown_page(pdf: PdfPages, task: str, summary: pd.DataFrame, exp: Exposu
     for ax, (group, metric, label) in zip(axes, panels):
         part = summary[(summary["group"] == group) & (summary["metric"] == metric)]
         values = sorted(part["value"].unique())
-        methods = [m for m in METHOD_LABELS if m in set(part["method"])]
-        width = 0.8 / max(len(methods), 1)
-        for k, method in enumerate(methods):
+        names = methods.ordered(part["method"])
+        width = 0.8 / max(len(names), 1)
+        for k, method in enumerate(names):
             sel = part[part["method"] == method].set_index("value").reindex(values)
             x = np.arange(len(values)) + k * width
             err = [np.clip(sel["median"] - sel["p16"], 0, None), np.clip(sel["p84"] - sel["median"], 0, None)]
-            ax.bar(x, sel["median"], width, yerr=err, label=METHOD_LABELS[method], capsize=2)
+            ax.bar(x, sel["median"], width, yerr=err, label=methods.label(method), capsize=2)
         ax.set_xticks(np.arange(len(values)) + 0.4 - width / 2, values, rotation=15)
         ax.set_ylabel(label)
         ax.set_title(f"{label} by {group}", fontsize=10)
@@ -251,8 +250,8 @@ def gallery_figure(task: str, gallery: Any, index: int, stretch_a: float, exp: E
     mask = gallery[f"{index}/mask_target_data"] > 0
     s = 2 if task == "sr" else 1
     panels = [("input (scaled)", gallery[f"{index}/input"])]
-    panels += [(METHOD_LABELS[m], gallery[f"{index}/{m}"]) for m in ("bicubic", "gaussian", "richardson_lucy", "model")
-               if f"{index}/{m}" in gallery]
+    panels += [(methods.label(m), gallery[f"{index}/{m}"]) for m in methods.ordered(
+        [*(b.name for b in methods.baselines_for(task)), "model"]) if m != "input" and f"{index}/{m}" in gallery]
     panels += [(f"{exp.t_out} target (noisy)", gallery[f"{index}/target_data"]), ("truth (noise-free)", gallery[f"{index}/truth"])]
     truth = gallery[f"{index}/truth"]
     ys, xs = np.nonzero(mask)
@@ -292,12 +291,12 @@ def _points_consistency_page(pdf: PdfPages, task: str, summary: pd.DataFrame, ga
     fig, axes = plt.subplots(1, 4, figsize=PAGE)
     _title(fig, f"{exp.title(task)}: point sources and data consistency")
     overall = summary[summary["group"] == "all"]
-    methods = [m for m in METHOD_LABELS if m in set(overall["method"])]
+    names = methods.ordered(overall["method"])
     for ax, (metric, label) in zip(axes[:2], (("completeness", "completeness"),
                                               ("n_false", "false (hallucinated) sources per field"))):
-        sel = overall[overall["metric"] == metric].set_index("method").reindex(methods)
-        ax.bar(range(len(methods)), sel["mean"])
-        ax.set_xticks(range(len(methods)), [METHOD_LABELS[m] for m in methods], rotation=60, fontsize=7)
+        sel = overall[overall["metric"] == metric].set_index("method").reindex(names)
+        ax.bar(range(len(names)), sel["mean"])
+        ax.set_xticks(range(len(names)), [methods.label(m) for m in names], rotation=60, fontsize=7)
         ax.set_title(label, fontsize=10)
     for ax, method in zip(axes[2:], ("model", "truth")):
         key = f"0/{method}/consistency"
@@ -305,7 +304,7 @@ def _points_consistency_page(pdf: PdfPages, task: str, summary: pd.DataFrame, ga
             mask = gallery["0/mask_input_data"] > 0
             im = ax.imshow(np.where(mask, gallery[key], 0.0), origin="lower", cmap="coolwarm", vmin=-5, vmax=5)
             fig.colorbar(im, ax=ax, shrink=0.6, label="signed deviance residual")
-            ax.set_title(f"consistency map: {METHOD_LABELS[method]}", fontsize=9)
+            ax.set_title(f"consistency map: {methods.label(method)}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
     fig.subplots_adjust(bottom=0.3, top=0.85, wspace=0.35)
@@ -369,9 +368,9 @@ def real_gallery_figure(task: str, gallery: Any, image: str) -> plt.Figure | Non
         return None
     mask = gallery[f"{image}/mask"] > 0
     remainder = gallery[f"{image}/remainder"]
-    methods = [k.split("/", 1)[1] for k in gallery.files if k.startswith(f"{image}/")
-               and k.split("/", 1)[1] not in ("remainder", "mask")]
-    panels = [(METHOD_LABELS.get(m, m), gallery[f"{image}/{m}"]) for m in methods] + [("remainder (counts)", remainder)]
+    names = methods.ordered(k.split("/", 1)[1] for k in gallery.files if k.startswith(f"{image}/")
+                            and k.split("/", 1)[1] not in ("remainder", "mask"))
+    panels = [(methods.label(m), gallery[f"{image}/{m}"]) for m in names] + [("remainder (counts)", remainder)]
     ys, xs = np.nonzero(mask)
     box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)) if ys.size else (slice(None), slice(None))
     a = max(float(np.median(gallery[f"{image}/gaussian"][mask])) if mask.any() else 1.0, 1e-3)

@@ -34,9 +34,8 @@ from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.data import PairDataset, open_dataset
 from ..learn.predict import predict_counts
-from . import baselines, consistency, metrics, points
+from . import baselines, consistency, methods, metrics, points
 
-METHODS = ("input", "bicubic", "gaussian", "richardson_lucy", "model", "truth")
 KIND_LABELS = {"extended": "extended", "agn": "AGN-dominated", "background": "background-dominated"}
 GROUPS = ("all", "kind", "brightness")
 
@@ -52,17 +51,11 @@ def _frames(ds: PairDataset) -> Iterator[dict[str, Any]]:
                "exposure_input": float(item["exposure_input"]), "exposure_target": float(item["exposure_target"])}
 
 
-def predictions(model: TrainedModel, frame: dict[str, Any], sigma: float, psf_1x_out: np.ndarray,
-                psf_out: np.ndarray, rl_iterations: int) -> dict[str, np.ndarray]:
-    """Every method's expected counts per output pixel at the target exposure for one frame."""
-    s = model.upscale
-    args = (frame["input"], frame["exposure_input"], frame["exposure_target"], s)
-    out = {"input": baselines.scaled_input(*args)}
-    if s > 1:
-        out["bicubic"] = baselines.bicubic(*args)
-    out["gaussian"] = baselines.gaussian(*args, sigma_px=sigma)
-    out["richardson_lucy"] = baselines.richardson_lucy(*args, psf_1x_out, iterations=rl_iterations,
-                                                       reconvolve=psf_out if s > 1 else None)
+def predictions(model: TrainedModel, frame: dict[str, Any], settings: methods.Settings) -> dict[str, np.ndarray]:
+    """Every method's expected counts per output pixel at the target exposure for one frame: the
+    registered baselines of the model's task, the model and the truth."""
+    out = methods.predict_baselines(model.task, frame["input"], frame["exposure_input"], frame["exposure_target"],
+                                    model.upscale, settings)
     out["model"] = predict_counts(model, frame["input"], frame["exposure_input"]).astype(np.float64)
     out["truth"] = frame["expected"]
     return out
@@ -93,6 +86,7 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     if len(test) == 0:
         raise ValueError(f"{dataset}: the {eval_cfg['split']} split is empty; raise pack.split.{eval_cfg['split']}")
 
+    settings = methods.Settings(sigma, psf_1x_out, psf_out, eval_cfg["rl_iterations"])
     rows: list[dict[str, Any]] = []
     gallery: dict[str, np.ndarray] = {}
     with open_dataset(dataset) as h5:   # the background plane of each frame (fields differ)
@@ -104,7 +98,7 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
             info = {"task": task, "sample": frame["index"], "kind": KIND_LABELS[m["kind"].decode()],
                     "source_id": int(m["source_id"]), "model_kind": m["model"].decode(),
                     "source_counts": source_counts}
-            preds = predictions(model, frame, sigma, psf_1x_out, psf_out, eval_cfg["rl_iterations"])
+            preds = predictions(model, frame, settings)
             nsigma = eval_cfg["detection_nsigma"]
             truth_sources = points.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm_px, nsigma)
             for method, pred in preds.items():

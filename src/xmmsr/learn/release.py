@@ -22,6 +22,7 @@ import h5py
 
 from ..config import PACKAGE_DATA
 from ..errors import InputError
+from ..evaluate import methods
 from ..instrument.psf import describe_psf
 from ..io import atomic_path
 from . import TASKS
@@ -33,9 +34,6 @@ SHIPPED_DIR = "resources/models"
 CARD_NAME = "MODEL_CARD.md"
 TASK_TITLES = {"dn": "DN (de-noising): {t_in} → {t_out} on the 1x grid (4\" pixels)",
                "sr": "SR (2x super-resolution): {t_in} at 4\" → {t_out} at 2\""}
-METHOD_ORDER = ("input", "bicubic", "gaussian", "richardson_lucy", "model", "truth")
-METHOD_LABELS = {"input": "input (scaled)", "bicubic": "bicubic", "gaussian": "best Gaussian smoothing",
-                 "richardson_lucy": "Richardson–Lucy", "model": "**model**", "truth": "truth (noise-free)"}
 # (metric, column label, format)
 IMAGE_COLUMNS = (("psnr_sqrt_vs_expected", "PSNR sqrt [dB]", "{:.2f}"),
                  ("psnr_asinh_vs_expected", "PSNR asinh [dB]", "{:.2f}"),
@@ -128,14 +126,15 @@ def _cell(stats: dict[str, float] | None, fmt: str) -> str:
 
 
 def _table(summary: dict, group: str, value: str, columns: Sequence[tuple[str, str, str]],
-           methods: Sequence[str]) -> list[str]:
+           names: Sequence[str]) -> list[str]:
     lines = ["| method | " + " | ".join(label for _, label, _ in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
-    for method in methods:
+    for method in names:
         cells = [_cell(summary.get((group, value, method, metric)), fmt) for metric, _, fmt in columns]
         if all(c == "–" for c in cells):
             continue
-        lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
+        name = methods.label(method)
+        lines.append(f"| {f'**{name}**' if methods.role(method) == 'model' else name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -195,8 +194,8 @@ def _measured_limits(task: str, summary: dict) -> list[str]:
         lines.append(f"- Faint point sources are smoothed away: completeness {model_c:.2f}, against "
                      f"{input_c:.2f} for the input itself at the same detection threshold.")
     false = _median(summary, "model", "n_false")
-    baselines = {m: _median(summary, m, "n_false") for m in METHOD_ORDER
-                 if m not in ("model", "truth") and ("all", "all", m, "n_false") in summary}
+    baselines = {m: _median(summary, m, "n_false") for m in methods.ordered(key[2] for key in summary)
+                 if methods.role(m) == "baseline" and ("all", "all", m, "n_false") in summary}
     fewer = [m for m, v in baselines.items() if false < v]
     if len(fewer) == len(baselines):
         verdict = "fewer than every baseline" + (", but not zero" if false > 0 else "")
@@ -299,19 +298,19 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
                 + (" (the last)." if best is history[-1] else
                    f"; the shipped weights are those of the last epoch ({history[-1]['val_psnr']:.2f} dB)."), ""]
         summary = _summary(run.summary_csv)
-        methods = [m for m in METHOD_ORDER if any(key[2] == m for key in summary)]
+        names = methods.ordered(key[2] for key in summary)
         out += ["Test split, all fields, against the noise-free truth (PSNR/SSIM over the detector mask; data "
                 "range that of the truth):", ""]
-        out += _table(summary, "all", "all", IMAGE_COLUMNS, methods)
+        out += _table(summary, "all", "all", IMAGE_COLUMNS, names)
         out += ["", "Point sources (same detection settings on every image; false = detected where the truth "
                 f"has none, i.e. hallucinated) and data consistency (the prediction forward-modelled to the {t_in} "
                 "input; the truth's value is the noise level):", ""]
-        out += _table(summary, "all", "all", POINT_COLUMNS, methods)
+        out += _table(summary, "all", "all", POINT_COLUMNS, names)
         kinds = sorted({key[1] for key in summary if key[0] == "kind"})
         for kind in kinds:
             n = summary.get(("kind", kind, "model", "psnr_asinh_vs_expected"), {}).get("n", 0)
             out += ["", f"{kind} fields ({int(n)} test images):", ""]
-            out += _table(summary, "kind", kind, KIND_COLUMNS, methods)
+            out += _table(summary, "kind", kind, KIND_COLUMNS, names)
         out += _measured_limits(run.task, summary) + [""]
     first = next(iter(models.values()))
     out += ["## Intended use", "",
