@@ -21,7 +21,7 @@ from astropy.io import fits
 
 from xmmsr.config import default_config
 from xmmsr.evaluate.real import score_thinned
-from xmmsr.learn.release import shipped_model
+from xmmsr.learn.checkpoint import shipped_model
 from xmmsr.thinning import ThinningPlan
 
 

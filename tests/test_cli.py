@@ -183,7 +183,7 @@ def test_a_model_of_an_unknown_task_is_refused(tmp_path, capsys):
     import torch
 
     from xmmsr.learn.checkpoint import content_digest, write_torch_file
-    from xmmsr.learn.release import shipped_model
+    from xmmsr.learn.checkpoint import shipped_model
 
     raw = torch.load(shipped_model("dn"), weights_only=True)
     raw["task"] = "xx"

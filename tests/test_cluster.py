@@ -25,7 +25,8 @@ from test_workflow import planned_jobs
 
 from xmmsr.errors import InputError, StorageError, storage_error
 from xmmsr.io import atomic_path, open_fits, write_fits_atomic
-from xmmsr.pipeline import atomic_directory, read_cube
+from xmmsr.cube import read_cube
+from xmmsr.io import atomic_directory
 
 WORKFLOW_PROFILE = REPO / "profiles" / "default" / "config.v8+.yaml"
 SLURM_PROFILE = REPO / "profiles" / "slurm" / "config.v8+.yaml"

@@ -13,7 +13,7 @@ from astropy.io import fits
 from conftest import TINY, snakemake
 
 from xmmsr.cli import main
-from xmmsr.evaluate.real import coverage_mask
+from xmmsr.metrics import coverage_mask
 from xmmsr.evaluate import methods
 from xmmsr.learn.checkpoint import TrainedModel, save_model
 from xmmsr.learn.model import Architecture, build_generator

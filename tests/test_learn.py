@@ -91,7 +91,7 @@ def test_poisson_loss_recovers_the_mean_where_l1_recovers_the_median():
 
 
 def test_poisson_loss_stays_finite_far_from_the_data():
-    from xmmsr.evaluate.metrics import poisson_deviance
+    from xmmsr.metrics import poisson_deviance
     from xmmsr.learn.losses import poisson_nll
 
     counts = torch.tensor([[[[0.0, 3.0, 50.0]]]])
@@ -305,7 +305,7 @@ def test_workflow_models_predict_and_export(tiny_run, tmp_path):
     from astropy.io import fits
 
     from xmmsr.cli import main
-    from xmmsr.pipeline import cube_wcs, read_cube
+    from xmmsr.cube import cube_wcs, read_cube
 
     out = tiny_run / "results"
     counts, rows, header = read_cube(out / "images" / "agn" / "shard0000" / "2ks_1x.fits")

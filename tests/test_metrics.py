@@ -11,7 +11,7 @@ from scipy.signal import fftconvolve
 
 from xmmsr.config import default_config
 from xmmsr.evaluate import baselines as bl
-from xmmsr.evaluate.metrics import (
+from xmmsr.metrics import (
     data_range,
     image_metrics,
     masked_l1,

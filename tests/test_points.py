@@ -9,7 +9,7 @@ from scipy.signal import fftconvolve
 
 from xmmsr.evaluate import consistency as cons
 from xmmsr.evaluate import points
-from xmmsr.evaluate.metrics import deviance_map
+from xmmsr.metrics import deviance_map
 
 EXP_TARGET, EXP_INPUT = 100e3, 20e3
 SHAPE = (96, 96)                  # 1x pixels (4")

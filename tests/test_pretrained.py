@@ -14,12 +14,13 @@ from conftest import REPO, TINY, beta_sky
 
 from xmmsr.cli import main
 from xmmsr.errors import InputError
-from xmmsr.evaluate.metrics import poisson_deviance
+from xmmsr.metrics import poisson_deviance
 from xmmsr.instrument.simulator import expected_image
 from xmmsr.learn import TASKS, UPSCALE
 from xmmsr.learn.checkpoint import load_model
 from xmmsr.learn.predict import check_onnx, predict_counts
-from xmmsr.learn.release import CARD_NAME, shipped_model
+from xmmsr.evaluate.release import CARD_NAME
+from xmmsr.learn.checkpoint import shipped_model
 from xmmsr.sky.model import write_sky_model
 
 SHIPPED = REPO / "resources" / "models"
@@ -82,7 +83,7 @@ def test_shipped_dn_lowers_the_deviance_against_the_truth(instrument, tmp_path):
 
 
 def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_path):
-    from xmmsr.learn.release import TaskRun, write_release
+    from xmmsr.evaluate.release import TaskRun, write_release
 
     results = tiny_run / "results"
     runs = [TaskRun(task, results / f"models/{task}/model.pt", results / f"models/{task}/model.onnx",

@@ -10,7 +10,7 @@ from conftest import REPO, beta_sky, write_count_image
 
 from xmmsr.cli import main
 from xmmsr.config import default_config
-from xmmsr.evaluate import metrics
+from xmmsr import metrics
 from xmmsr.evaluate.real import score_thinned, thinned_predictions
 from xmmsr.instrument.binning import physical_keywords
 from xmmsr.instrument.exposure import ccd_number_image, image_exposure

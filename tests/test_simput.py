@@ -11,7 +11,7 @@ from scipy.integrate import quad
 
 from xmmsr.cli import main
 from xmmsr.errors import InputError
-from xmmsr.instrument.response import photon_spectrum
+from xmmsr.sky.spectra import photon_spectrum
 from xmmsr.sky.model import SkyModel, make_wcs, write_sky_model
 from xmmsr.sky.simput import read_simput, write_simput
 

@@ -260,7 +260,7 @@ def test_simulate_rule_runs_with_the_sixte_backend(standin, tmp_path):
     import yaml
     from conftest import TINY, snakemake
 
-    from xmmsr.pipeline import read_cube
+    from xmmsr.cube import read_cube
 
     xml = _write_instrument(tmp_path / "instrument")
     config = yaml.safe_load(TINY.read_text())

@@ -14,7 +14,7 @@ from conftest import REPO, TINY, snakemake
 
 from xmmsr.config import ConfigError, check_config, check_outdir, default_config, load_config
 from xmmsr.io import OutdirLock
-from xmmsr.pipeline import cube_wcs, read_cube
+from xmmsr.cube import cube_wcs, read_cube
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -205,7 +205,7 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
 
 
 def test_killed_job_leaves_no_finished_looking_output(tmp_path):
-    from xmmsr.pipeline import atomic_directory
+    from xmmsr.io import atomic_directory
 
     target = tmp_path / "shard0000"
     with pytest.raises(KeyboardInterrupt):

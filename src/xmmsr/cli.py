@@ -88,7 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from astropy.io import fits
 
     from .learn.predict import predict_file
-    from .learn.release import shipped_model
+    from .learn.checkpoint import shipped_model
 
     if args.model is None and args.task is None:
         raise InputError(None, "--model/--task", "neither is given",
@@ -131,7 +131,7 @@ def cmd_evaluate_real(args: argparse.Namespace) -> None:
 def _evaluate_real_image(args: argparse.Namespace, config: dict, base: Path | None) -> None:
     from .evaluate.real import score_thinned
     from .evaluate.run import write_csv
-    from .learn.release import shipped_model
+    from .learn.checkpoint import shipped_model
 
     if (args.model is None) == (args.task is None):
         raise InputError(None, "--model/--task", "give exactly one", "--task dn|sr picks a pretrained model")

@@ -148,3 +148,25 @@ class OutdirLock:
         if not self._fh.closed:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary directory that replaces ``path`` only if the block succeeds."""
+    final = Path(path)
+    tmp: Path | None = None
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 directories; outputs follow the umask
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, final) from exc
+        raise

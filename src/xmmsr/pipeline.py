@@ -11,8 +11,6 @@ Layout under the output directory:
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -27,12 +25,13 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import derive_seed
-from .errors import InputError, storage_error
+from .errors import InputError
 from .instrument.binning import bin_event_file, detector_image_wcs
 from .instrument.events import write_events
 from .instrument.model import PnInstrument
+from .cube import cube_header, wcs_row, write_cube
 from .instrument.simulator import ccd_live, expected_background, expected_image, simulate_events
-from .io import current_umask, open_fits, remove_stale_temporaries, write_fits_atomic
+from .io import atomic_directory
 from .learn import TASKS
 from .sky.generate import BrightnessReference, generate_source
 from .sky.model import SOURCE_KINDS, FieldBackground, read_sky_model, write_sky_model
@@ -66,28 +65,6 @@ def brightness_reference(instrument: PnInstrument) -> BrightnessReference:
     """Background level and effective area used to set source brightness (sigma_b)."""
     area = instrument.require_response().spectral("bremss", 3.0, 3e20).band_area_cm2
     return BrightnessReference(background_rate_arcsec2=instrument.background_rate_arcsec2(), effective_area_cm2=area)
-
-
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a hidden temporary directory that replaces ``path`` only if the block succeeds."""
-    final = Path(path)
-    tmp: Path | None = None
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 directories; outputs follow the umask
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise storage_error(exc, final) from exc
-        raise
 
 
 @contextmanager
@@ -169,45 +146,6 @@ def simulate_shard(sky_dir: str | Path, instrument: PnInstrument, exposure_s: fl
             write_events(events, tmp / path.name)
 
 
-def _sources_table(rows: list[dict[str, Any]]) -> fits.BinTableHDU:
-    formats = {"SRCID": "J", "SRCKIND": "12A", "SEED": "K", "SRCSEED": "K", "NEVENTS": "J", "EXPOSURE": "D",
-               "RA_PNT": "D", "DEC_PNT": "D", "PA_PNT": "D", "CRPIX1": "D", "CRPIX2": "D", "CRVAL1": "D",
-               "CRVAL2": "D", "CD1_1": "D", "CD1_2": "D", "CD2_1": "D", "CD2_2": "D"}
-    cols = [fits.Column(name=k, format=f, array=np.array([r[k] for r in rows])) for k, f in formats.items()]
-    return fits.BinTableHDU.from_columns(cols, name="SOURCES")
-
-
-def _wcs_row(w: WCS) -> dict[str, float]:
-    cd = w.pixel_scale_matrix  # CD, or PC x CDELT (astropy may hold a CD header as PC with CDELT = 1)
-    return {"CRPIX1": w.wcs.crpix[0], "CRPIX2": w.wcs.crpix[1], "CRVAL1": w.wcs.crval[0], "CRVAL2": w.wcs.crval[1],
-            "CD1_1": cd[0, 0], "CD1_2": cd[0, 1], "CD2_1": cd[1, 0], "CD2_2": cd[1, 1]}
-
-
-def cube_wcs(row: fits.FITS_record) -> WCS:
-    """The celestial WCS of one plane of an image cube, from its SOURCES row."""
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crpix = [row["CRPIX1"], row["CRPIX2"]]
-    w.wcs.crval = [row["CRVAL1"], row["CRVAL2"]]
-    w.wcs.cd = [[row["CD1_1"], row["CD1_2"]], [row["CD2_1"], row["CD2_2"]]]
-    return w
-
-
-def _cube_header(kind: str, resolution: int, unit: str, exposure_s: float | None) -> fits.Header:
-    h = fits.Header()
-    h["BUNIT"] = (unit, "per pixel")
-    h["RESMULT"] = (resolution, "resolution multiplier")
-    h["SRCKIND"] = (kind, "source kind of the shard")
-    if exposure_s is not None:
-        h["EXPOSURE"] = (exposure_s, "[s] exposure time")
-    h["PI_MIN"], h["PI_MAX"] = 500, 2000
-    h["PATTMAX"] = (4, "events with PATTERN <= PATTMAX")
-    h["FLAGSEL"] = ("FLAG==0", "event flag selection")
-    h["CREATOR"] = (f"xmmsr {__version__}", "software that wrote this file")
-    h["COMMENT"] = "Plane i of the cube is source row i of the SOURCES table (its WCS is in that row)."
-    return h
-
-
 def bin_shard(events_dir: str | Path, output: str | Path) -> None:
     """Bin every event list of a shard into one count-image cube (int32, plane per source)."""
     files = sorted(Path(events_dir).glob("*.fits"))
@@ -221,11 +159,10 @@ def bin_shard(events_dir: str | Path, output: str | Path) -> None:
         rows.append({"SRCID": header["SRCID"], "SRCKIND": header["SRCKIND"], "SEED": header["SEED"],
                      "SRCSEED": header["SRCSEED"], "NEVENTS": header["NEVENTS"], "EXPOSURE": header["EXPOSURE"],
                      "RA_PNT": header["RA_PNT"], "DEC_PNT": header["DEC_PNT"], "PA_PNT": header["PA_PNT"],
-                     **_wcs_row(WCS(header))})
+                     **wcs_row(WCS(header))})
     assert header is not None
-    primary = fits.PrimaryHDU(np.stack(planes), header=_cube_header(header["SRCKIND"], header["RESMULT"], "count",
-                                                                     header["EXPOSURE"]))
-    write_fits_atomic(fits.HDUList([primary, _sources_table(rows)]), output)
+    write_cube(np.stack(planes), cube_header(header["SRCKIND"], header["RESMULT"], "count", header["EXPOSURE"]), rows,
+               output)
 
 
 def expected_shard(sky_dir: str | Path, instrument: PnInstrument, resolution: int, output: str | Path) -> None:
@@ -244,17 +181,11 @@ def expected_shard(sky_dir: str | Path, instrument: PnInstrument, resolution: in
                                g.aim_x_arcsec, g.aim_y_arcsec)
         rows.append({"SRCID": sky.source_id, "SRCKIND": sky.kind, "SEED": 0, "SRCSEED": sky.seed, "NEVENTS": 0,
                      "EXPOSURE": 1.0, "RA_PNT": sky.ra_pnt, "DEC_PNT": sky.dec_pnt, "PA_PNT": instrument.roll_deg,
-                     **_wcs_row(w)})
+                     **wcs_row(w)})
     bkg = np.stack(backgrounds)
-    primary = fits.PrimaryHDU(np.stack(planes), header=_cube_header(kind, resolution, "count s-1", None))
-    primary.header["EXTNAME"] = "EXPECTED"
-    primary.header["COMMENT"] = "Multiply by an exposure (s) for expected counts; subtract BACKGROUND for the sources alone."
+    header = cube_header(kind, resolution, "count s-1", None)
+    header["EXTNAME"] = "EXPECTED"
+    header["COMMENT"] = "Multiply by an exposure (s) for expected counts; subtract BACKGROUND for the sources alone."
     bkg_hdu = fits.ImageHDU(bkg, name="BACKGROUND")
     bkg_hdu.header["BUNIT"] = "count s-1"
-    write_fits_atomic(fits.HDUList([primary, bkg_hdu, _sources_table(rows)]), output)
-
-
-def read_cube(path: str | Path) -> tuple[np.ndarray, fits.FITS_rec, fits.Header]:
-    """Read an image or expected cube: (cube, SOURCES table, primary header)."""
-    with open_fits(path, "image cube") as hdul:
-        return np.asarray(hdul[0].data), hdul["SOURCES"].data, hdul[0].header.copy()
+    write_cube(np.stack(planes), header, rows, output, [bkg_hdu])

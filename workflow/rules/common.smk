@@ -245,7 +245,7 @@ def all_targets():
 def finetune_start(wildcards):
     """The model a fine-tuning starts from: this run's trained one, or the shipped pretrained one."""
     if config["real"]["finetune"]["start"] == "shipped":
-        from xmmsr.learn.release import shipped_model
+        from xmmsr.learn.checkpoint import shipped_model
 
         return str(shipped_model(wildcards.task))
     return f"{OUT}/models/{wildcards.task}/model.pt"

@@ -9,8 +9,8 @@ sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the 
 from xmmsr.pipeline import logged_to
 
 with logged_to(sm.log[0]):
-    from xmmsr.learn.release import TaskRun, write_release
-    from xmmsr.pipeline import atomic_directory
+    from xmmsr.evaluate.release import TaskRun, write_release
+    from xmmsr.io import atomic_directory
 
     runs = [TaskRun(task, Path(model), Path(onnx), Path(history), Path(summary), Path(log))
             for task, model, onnx, history, summary, log in zip(sm.params.tasks, sm.input.models, sm.input.onnx,

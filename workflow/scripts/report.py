@@ -10,7 +10,7 @@ from xmmsr.pipeline import logged_to
 
 with logged_to(sm.log[0]):
     from xmmsr.evaluate.report import write_report
-    from xmmsr.pipeline import atomic_directory
+    from xmmsr.io import atomic_directory
 
     tasks = [name.removeprefix("metrics_") for name in sm.input.keys() if name.startswith("metrics_")]
     metric_dirs = {t: Path(sm.input[f"metrics_{t}"]).parent for t in tasks}

@@ -29,7 +29,7 @@ from scipy.signal import fftconvolve
 
 from ..instrument.model import PnInstrument
 from ..instrument.psf import PsfModel
-from .metrics import deviance_map
+from ..metrics import deviance_map
 
 REGULARISATION = 1e-5       # Wiener/Tikhonov term, relative to max |FT(PSF_2x)|^2
 MU_FLOOR = 1e-3             # floor of the forward-modelled mean (counts): a zero prediction under a

@@ -24,27 +24,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
+from .. import metrics
 from ..errors import InputError
 from ..instrument.exposure import image_exposure
 from ..instrument.model import PnInstrument
 from ..io import atomic_path
-from ..thinning import binomial_split
-from .consistency import degradation_kernel, forward_model
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.predict import predict_counts, read_count_image
-from . import baselines, methods, metrics
+from ..metrics import coverage_mask
+from ..thinning import binomial_split
+from . import baselines, methods
+from .consistency import degradation_kernel, forward_model
 from .run import write_csv
 
 THINNED_COLUMNS = ["method", "deviance", "psnr", "psnr_asinh", "ssim_asinh", "flux_ratio", "gaussian_sigma",
                    "exposure_input", "exposure_remainder", "exposure_source", "seed", "pixels"]
-
-
-def coverage_mask(short: np.ndarray, long: np.ndarray) -> np.ndarray:
-    """Pixels inside the footprint covered by the counts of both images (gaps closed, holes filled)."""
-    covered = [ndimage.binary_fill_holes(ndimage.binary_closing(img > 0, iterations=3)) for img in (short, long)]
-    return covered[0] & covered[1]
 
 
 def score_pair(model_path: str | Path, short_path: str | Path, long_path: str | Path,

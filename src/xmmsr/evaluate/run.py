@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import __version__
+from .. import __version__, metrics
 from ..instrument.model import PnInstrument
 from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.data import PairDataset, open_dataset
 from ..learn.predict import predict_counts
-from . import baselines, consistency, methods, metrics, points
+from . import baselines, consistency, methods, points
 
 KIND_LABELS = {"extended": "extended", "agn": "AGN-dominated", "background": "background-dominated"}
 GROUPS = ("all", "kind", "brightness")

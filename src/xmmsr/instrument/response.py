@@ -11,8 +11,8 @@ from scipy.special import ndtr, ndtri
 
 from ..errors import InputError
 from ..io import open_fits
+from ..sky.spectra import BAND_KEV, photon_spectrum
 
-BAND_KEV = (0.5, 2.0)
 PI_RANGE_EV = (500, 2000)
 # True energies whose photons can be counted in the band (the pn redistribution reaches 0.4-4 keV), 1 eV steps.
 TRUE_ENERGY_RANGE_KEV = (0.4, 4.0)
@@ -52,24 +52,6 @@ def read_effective_area(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                          f"(photons of these true energies can be counted in the 0.5-2 keV band)",
                          "extend the table (an OGIP ARF covers it)")
     return energy, area
-
-
-def absorption_cross_section(energy_kev: np.ndarray) -> np.ndarray:
-    """Photo-electric cross-section per H atom (cm^2), power-law approximation of
-    Morrison & McCammon (1983) in 0.5-2 keV: 2.4e-22 (E / keV)^(-8/3)."""
-    return 2.4e-22 * np.power(energy_kev, -8.0 / 3.0)
-
-
-def photon_spectrum(model: str, parameter: float, nh: float, energy_kev: np.ndarray) -> np.ndarray:
-    """Unnormalised photon spectrum N(E) (ph cm-2 s-1 keV-1) of a power law (photon index) or of
-    thermal bremsstrahlung (kT in keV; Gaunt factor approximated by (E/kT)^-0.4), absorbed by ``nh``."""
-    if model == "powerlaw":
-        spec = np.power(energy_kev, -parameter)
-    elif model == "bremss":
-        spec = np.power(energy_kev / parameter, -0.4) * np.exp(-energy_kev / parameter) / energy_kev
-    else:
-        raise ValueError(f"unknown spectral model {model!r}; use 'powerlaw' or 'bremss'")
-    return spec * np.exp(-nh * absorption_cross_section(energy_kev))
 
 
 _QUANTILE_STEPS = 4096

@@ -28,8 +28,10 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..config import PACKAGE_DATA
 from ..errors import InputError
 from ..io import atomic_path
+from . import TASKS
 from .model import Architecture, Generator, build_generator
 from .normalise import Normalisation
 
@@ -127,7 +129,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedM
     else:
         warnings.warn(f"{p}: a version 1 model file has no digest, so damage cannot be detected; re-save it with "
                       "this xmmsr (load and save_model) to add one", stacklevel=2)
-    if payload.get("task") not in ("dn", "sr"):
+    if payload.get("task") not in TASKS:
         raise InputError(p, "task", f"{payload.get('task')!r} is not a task this xmmsr runs (dn or sr)",
                          "give a DN or SR model.pt written by the train rule")
     try:
@@ -142,3 +144,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedM
                         normalisation=Normalisation.from_dict(payload["normalisation"]),
                         input_exposure_s=payload["input_exposure_s"], target_exposure_s=payload["target_exposure_s"],
                         train_config=payload.get("train_config", {}), provenance=payload.get("provenance", {}))
+
+
+SHIPPED_DIR = "resources/models"   # the pretrained models inside the package (MODEL_CARD.md beside them)
+
+
+def shipped_model(task: str, root: Path | None = None) -> Path:
+    """The model file shipped for ``task`` (``resources/models/{task}.pt`` of the package)."""
+    if task not in TASKS:
+        raise InputError(None, "--task", f"{task!r} is not a task", f"use one of {list(TASKS)}")
+    path = (root if root is not None else PACKAGE_DATA / SHIPPED_DIR) / f"{task}.pt"
+    if not path.is_file():
+        raise InputError(path, "file", f"no pretrained {task} model is installed",
+                         "reinstall xmmsr, or give --model with a model.pt written by the train rule")
+    return path

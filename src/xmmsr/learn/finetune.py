@@ -26,12 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .. import __version__
+from .. import __version__, metrics
 from ..errors import InputError
-from ..evaluate import metrics
-from ..evaluate.real import coverage_mask
 from ..instrument.exposure import image_exposure
 from ..io import atomic_path
+from ..metrics import coverage_mask
 from ..thinning import RealImage, ThinningPlan, binomial_split
 from .checkpoint import TrainedModel, load_model, save_model
 from .data import EpochSampler, PairDataset

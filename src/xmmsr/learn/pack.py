@@ -36,7 +36,7 @@ from .. import __version__
 from ..config import derive_seed
 from ..errors import InputError
 from ..io import atomic_path, open_fits
-from ..pipeline import read_cube
+from ..cube import read_cube
 from ..sky.model import SOURCE_KINDS
 
 SPLITS = ("train", "val", "test")

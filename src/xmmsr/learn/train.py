@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..evaluate import metrics
+from .. import metrics
 from ..io import atomic_path
 from .checkpoint import TrainedModel, save_model
 from .data import EpochSampler, PairDataset, open_dataset

@@ -15,7 +15,8 @@ import astropy.units as u
 import numpy as np
 
 from ..errors import InputError
-from .model import BAND_KEV, empty_point_table, make_wcs
+from .model import empty_point_table, make_wcs
+from .spectra import BAND_KEV
 
 MORETTI_A1 = 1.82
 """Bright-end slope of the soft-band N(>S) (Moretti et al. 2003)."""

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..io import open_fits
-from .model import BAND_KEV
+from .spectra import BAND_KEV
 
 IMAGE_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".img", ".img.gz", ".evt", ".evt.gz")
 PN_PIXEL_ARCSEC = 4.0

@@ -26,9 +26,9 @@ from astropy.wcs import WCS
 from .. import __version__
 from ..errors import InputError
 from ..io import open_fits, write_fits_atomic
+from .spectra import BAND_KEV
 
 FLUX_UNIT = "ph cm-2 s-1"
-BAND_KEV = (0.5, 2.0)
 SPECTRAL_MODELS = ("powerlaw", "bremss")
 SOURCE_KINDS = ("extended", "agn", "background")
 POINT_COLUMNS = ("RA", "DEC", "FLUX", "GAMMA", "NH")

@@ -32,7 +32,7 @@ and read by the reference library ``libsimput``, github.com/thdauser/simput,
 Fluxes: sky models hold *photon* fluxes (ph cm-2 s-1) in 0.5-2 keV; SIMPUT ``FLUX`` is the
 *energy* flux in [E_MIN, E_MAX] = [0.5, 2] keV. The conversion is ``FLUX = photon flux *
 <E>`` with ``<E> = int E N(E) dE / int N(E) dE`` over 0.5-2 keV, the mean photon energy of the
-source's absorbed spectrum N(E) (:func:`xmmsr.instrument.response.photon_spectrum`), in erg.
+source's absorbed spectrum N(E) (:func:`xmmsr.sky.spectra.photon_spectrum`), in erg.
 ``FLUXDENSITY`` is normalised so that its 0.5-2 keV integral is the source's photon flux.
 The absorption uses the same power-law cross-section as the simulator, which is fitted in
 0.5-2 keV; outside the band the spectrum is an extrapolation of that approximation.
@@ -48,9 +48,9 @@ from astropy.wcs import WCS
 
 from .. import __version__
 from ..errors import InputError
-from ..instrument.response import photon_spectrum
 from ..io import open_fits, write_fits_atomic
-from .model import BAND_KEV, FLUX_UNIT, SkyModel, empty_point_table, validate_sky_model
+from .model import FLUX_UNIT, SkyModel, empty_point_table, validate_sky_model
+from .spectra import BAND_KEV, photon_spectrum
 
 KEV_TO_ERG = 1.602176634e-9
 SIMPUT_VERSION = "1.1.0"

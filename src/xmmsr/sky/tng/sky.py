@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from ..model import BAND_KEV, SkyModel, make_wcs
+from ..model import SkyModel, make_wcs
+from ..spectra import BAND_KEV
 from .cutout import GasCutout, read_cutout
 from .physics import AXES, KEV_K, KPC_CM, MIN_TEMPERATURE_K, cell_emission, load_emissivity, project_cells
 

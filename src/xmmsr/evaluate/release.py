@@ -4,7 +4,8 @@ Rule ``release`` copies the trained models (``.pt`` and ``.onnx``) of a run into
 with a ``MODEL_CARD.md`` written from the run's own outputs: the training history, the test-split
 metrics beside every baseline, the point-source (hallucination) figures and the provenance stored in
 the model files. ``config/pretrained.yaml`` is the run whose release is shipped in
-``resources/models/``; :func:`shipped_model` finds those files for ``xmmsr predict --task``.
+``resources/models/``; :func:`xmmsr.learn.checkpoint.shipped_model` finds those files for
+``xmmsr predict --task``.
 """
 
 from __future__ import annotations
@@ -20,17 +21,13 @@ from pathlib import Path
 
 import h5py
 
-from ..config import PACKAGE_DATA
-from ..errors import InputError
-from ..evaluate import methods
 from ..instrument.psf import describe_psf
 from ..io import atomic_path
-from . import TASKS
-from .checkpoint import load_model
-from .model import count_parameters
-from .predict import check_onnx
+from ..learn.checkpoint import load_model
+from ..learn.model import count_parameters
+from ..learn.predict import check_onnx
+from . import methods
 
-SHIPPED_DIR = "resources/models"
 CARD_NAME = "MODEL_CARD.md"
 TASK_TITLES = {"dn": "DN (de-noising): {t_in} → {t_out} on the 1x grid (4\" pixels)",
                "sr": "SR (2x super-resolution): {t_in} at 4\" → {t_out} at 2\""}
@@ -50,17 +47,6 @@ KIND_COLUMNS = (("psnr_sqrt_vs_expected", "PSNR sqrt [dB]", "{:.2f}"),
                 ("deviance_vs_expected", "Poisson dev. vs truth", "{:.3f}"),
                 ("ssim_sqrt_vs_expected", "SSIM sqrt", "{:.3f}"))
 EPOCH_LINE = re.compile(r"^epoch (\d+) step (\d+):.*?([0-9.]+) samples/s")
-
-
-def shipped_model(task: str, root: Path | None = None) -> Path:
-    """The model file shipped for ``task`` (``resources/models/{task}.pt`` of the package)."""
-    if task not in TASKS:
-        raise InputError(None, "--task", f"{task!r} is not a task", f"use one of {list(TASKS)}")
-    path = (root if root is not None else PACKAGE_DATA / SHIPPED_DIR) / f"{task}.pt"
-    if not path.is_file():
-        raise InputError(path, "file", f"no pretrained {task} model is installed",
-                         "reinstall xmmsr, or give --model with a model.pt written by the train rule")
-    return path
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Image-quality metrics over the detector mask (numpy, float64), for the model and the baselines.
+"""Image-quality metrics over the detector mask (numpy, float64): the one measure of the training's
+validation, the evaluation of the models and baselines, and the real-data scores.
 
 Images are expected counts per pixel at the target exposure (predictions, noise-free expected images)
 or the noisy target counts. Every metric uses only the pixels where ``mask`` is true (or > 0).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from scipy.special import xlogy
 from skimage.metrics import structural_similarity
 
@@ -157,3 +159,9 @@ def summarise(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFra
     out = pd.DataFrame(rows, columns=by + SUMMARY_COLUMNS)
     out["n"] = out["n"].astype(np.int64)
     return out
+
+
+def coverage_mask(short: np.ndarray, long: np.ndarray) -> np.ndarray:
+    """Pixels inside the footprint covered by the counts of both images (gaps closed, holes filled)."""
+    covered = [ndimage.binary_fill_holes(ndimage.binary_closing(img > 0, iterations=3)) for img in (short, long)]
+    return covered[0] & covered[1]
