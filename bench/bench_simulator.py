@@ -16,7 +16,8 @@ import numpy as np
 from xmmsr.config import default_config
 from xmmsr.instrument.binning import bin_counts, select_good
 from xmmsr.instrument.model import PnInstrument
-from xmmsr.instrument.simulator import _Frame, _sky_pixels, detect_photons, expected_image, simulate_events
+from xmmsr.instrument.events import Pointing
+from xmmsr.instrument.simulator import _sky_pixels, detect_photons, expected_image, simulate_events
 from xmmsr.sky.model import SkyModel, empty_point_table, make_wcs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,8 +50,8 @@ def main() -> None:
     photons = events.header["NSKYPHOT"][0]
     t_total = best_of(lambda: simulate_events(sky, instrument, exposure, 1, seed=1))
     region = instrument.geometry.image_grid(1).refine(1, 75)
-    t_projection = best_of(lambda: _sky_pixels(sky, _Frame.of(sky, instrument), region))
-    pixels = _sky_pixels(sky, _Frame.of(sky, instrument), region)
+    t_projection = best_of(lambda: _sky_pixels(sky, Pointing.of(sky, instrument), region))
+    pixels = _sky_pixels(sky, Pointing.of(sky, instrument), region)
     t_core = best_of(lambda: detect_photons(np.random.default_rng(1), sky, pixels, instrument, exposure, 1, True))
     print(f"simulate_events: {photons / 1e6:.1f} M photons in {t_total:.2f} s -> {photons / t_total / 1e6:.1f} M photons/s "
           f"for the whole call (sky projection {t_projection:.2f} s, per-photon core {t_core:.2f} s, "

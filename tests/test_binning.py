@@ -11,7 +11,8 @@ from conftest import make_instrument, point_sky
 
 from xmmsr.instrument.binning import bin_event_file, image_wcs
 from xmmsr.instrument.events import to_hdulist, write_events
-from xmmsr.instrument.simulator import EVENT_COLUMNS, EventList, simulate_events
+from xmmsr.instrument.events import EVENT_COLUMNS, EventList
+from xmmsr.instrument.simulator import simulate_events
 
 
 def hand_made_events(rows: list[tuple[int, int, int, int, int]], resolution: int = 1) -> EventList:

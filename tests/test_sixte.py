@@ -17,7 +17,7 @@ from conftest import point_sky
 from xmmsr.errors import InputError
 from xmmsr.instrument.binning import bin_event_file
 from xmmsr.instrument.events import read_events, write_events
-from xmmsr.instrument.simulator import _COLUMN_DTYPES, EVENT_COLUMNS
+from xmmsr.instrument.events import COLUMN_DTYPES, EVENT_COLUMNS
 from xmmsr.instrument.sixte import (
     derive_2x_instrument,
     find_sixte,
@@ -186,7 +186,7 @@ def test_whole_run_gives_a_binnable_event_list(standin, instrument, tmp_path, re
     assert Path(args["XMLFile"]).name == ("pn.xml" if resolution == 1 else "pn_2x.xml")
     assert "finished successfully!" in log.getvalue()
     assert tuple(events.columns) == EVENT_COLUMNS
-    assert all(events.columns[c].dtype == _COLUMN_DTYPES[c] for c in EVENT_COLUMNS)
+    assert all(events.columns[c].dtype == COLUMN_DTYPES[c] for c in EVENT_COLUMNS)
     assert 300 <= len(events) <= 400  # a few events fall into gaps or off the array
     assert np.all(np.diff(events.columns["TIME"]) >= 0)
     assert events.header["BACKEND"][0] == "sixte" and events.header["RESMULT"][0] == resolution

@@ -1,16 +1,135 @@
-"""Event-list FITS files in the layout of EPIC-pn event lists (EVENTS extension)."""
+"""Event lists: the in-memory :class:`EventList` of a simulated observation (columns and header, the
+same for the built-in simulator and SIXTE), the pointing frame that places events on the sky, and
+the FITS files in the layout of EPIC-pn event lists (EVENTS extension)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
+from .. import __version__
 from ..errors import InputError
 from ..io import open_fits, write_fits_atomic
+from ..sky.model import SkyModel
 from .geometry import DET_UNIT_ARCSEC
-from .simulator import SKY_REF_PIXEL, EventList
+from .model import PnInstrument
+
+SKY_REF_PIXEL = 25920.5  # sky X/Y reference pixel (0.05" units), as in pn event lists
+MJDREF_XMM = 50814.0     # 1998-01-01 TT, the XMM-Newton mission time origin
+EVENT_COLUMNS = ("TIME", "X", "Y", "DETX", "DETY", "RAWX", "RAWY", "CCDNR", "PI", "ENERGY", "PATTERN", "FLAG")
+COLUMN_DTYPES = {"TIME": np.float64, "X": np.int32, "Y": np.int32, "DETX": np.int16, "DETY": np.int16,
+                  "RAWX": np.int16, "RAWY": np.int16, "CCDNR": np.uint8, "PI": np.int16, "ENERGY": np.float32,
+                  "PATTERN": np.int16, "FLAG": np.int32}
+
+
+@dataclass
+class EventList:
+    """Event columns (numpy arrays of equal length) and header keywords of one simulated observation."""
+
+    columns: dict[str, np.ndarray]
+    header: dict[str, tuple[object, str]]
+
+    def __len__(self) -> int:
+        return int(self.columns["TIME"].size)
+
+
+@dataclass(frozen=True)
+class Pointing:
+    """Transformations between the sky model, the tangent plane about the pointing and the detector."""
+
+    ra_pnt: float
+    dec_pnt: float
+    cos_roll: float
+    sin_roll: float
+    aim_x: float
+    aim_y: float
+
+    @classmethod
+    def of(cls, sky: SkyModel, instrument: PnInstrument) -> "Pointing":
+        roll = np.deg2rad(instrument.roll_deg)
+        g = instrument.geometry
+        return cls(sky.ra_pnt, sky.dec_pnt, float(np.cos(roll)), float(np.sin(roll)), g.aim_x_arcsec, g.aim_y_arcsec)
+
+    def tangent(self, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gnomonic projection about the pointing: (xi east, eta north) in arcsec."""
+        a, d = np.deg2rad(ra), np.deg2rad(dec)
+        a0, d0 = np.deg2rad(self.ra_pnt), np.deg2rad(self.dec_pnt)
+        cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a - a0)
+        xi = np.cos(d) * np.sin(a - a0) / cosc
+        eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a - a0)) / cosc
+        return np.rad2deg(xi) * 3600.0, np.rad2deg(eta) * 3600.0
+
+    def to_detector(self, xi: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tangent plane (arcsec) -> detector (arcsec from the array centre); DETX grows to the west."""
+        u, v = -xi, eta
+        return (self.cos_roll * u - self.sin_roll * v + self.aim_x,
+                self.sin_roll * u + self.cos_roll * v + self.aim_y)
+
+    def to_tangent(self, dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Detector (arcsec) -> tangent plane (arcsec), in the precision of the input arrays."""
+        t = dx.dtype.type
+        ux, uy = dx - t(self.aim_x), dy - t(self.aim_y)
+        if self.sin_roll == 0.0 and self.cos_roll == 1.0:
+            return -ux, uy
+        c, s = t(self.cos_roll), t(self.sin_roll)
+        return -(c * ux + s * uy), c * uy - s * ux
+
+
+def set_positions(columns: dict[str, np.ndarray], rows: slice, dx: np.ndarray, dy: np.ndarray, xi: np.ndarray,
+                  eta: np.ndarray, instrument: PnInstrument, resolution: int) -> None:
+    """Fill the position columns (CCDNR, RAWX, RAWY, FLAG, X, Y, DETX, DETY) of ``rows`` from detector
+    positions ``dx``, ``dy`` and tangent-plane positions ``xi``, ``eta`` (arcsec)."""
+    for name, values in zip(("CCDNR", "RAWX", "RAWY", "FLAG"), instrument.geometry.locate(dx, dy, resolution)):
+        columns[name][rows] = values
+    unit = DET_UNIT_ARCSEC
+    columns["X"][rows] = np.rint(SKY_REF_PIXEL - xi / unit)
+    columns["Y"][rows] = np.rint(SKY_REF_PIXEL + eta / unit)
+    columns["DETX"][rows] = np.rint(dx / dx.dtype.type(unit))
+    columns["DETY"][rows] = np.rint(dy / dy.dtype.type(unit))
+
+
+def event_header(sky: SkyModel, instrument: PnInstrument, frame: Pointing, exposure_s: float, resolution: int,
+                  seed: int, background: bool, tstart: float) -> dict[str, tuple[object, str]]:
+    g = instrument.geometry
+    header: dict[str, tuple[object, str]] = {
+        "TELESCOP": ("XMM", "mission"),
+        "INSTRUME": ("EPN", "instrument"),
+        "DATAMODE": ("IMAGING", "instrument mode"),
+        "SUBMODE": (instrument.submode, "pn imaging mode"),
+        "FILTER": ("Thin1", "filter"),
+        "OBJECT": (f"{sky.kind} {sky.source_id}", "simulated source"),
+        "RA_PNT": (float(frame.ra_pnt), "[deg] pointing RA (optical axis)"),
+        "DEC_PNT": (float(frame.dec_pnt), "[deg] pointing Dec"),
+        "PA_PNT": (float(instrument.roll_deg), "[deg] roll of DETX/DETY relative to west/north"),
+        "AIMDETX": (g.aim_x_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETX of the pointing direction"),
+        "AIMDETY": (g.aim_y_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETY of the pointing direction"),
+        "AXISDETX": (g.axis_x_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETX of the optical axis"),
+        "AXISDETY": (g.axis_y_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETY of the optical axis"),
+        "MJDREF": (MJDREF_XMM, "[d] MJD of the mission time origin"),
+        "TIMESYS": ("TT", "time system"),
+        "TIMEUNIT": ("s", "unit of TIME"),
+        "TSTART": (float(tstart), "[s] start of the observation"),
+        "TSTOP": (float(tstart + exposure_s), "[s] end of the observation"),
+        "EXPOSURE": (float(exposure_s), "[s] exposure time"),
+        "ONTIME": (float(exposure_s), "[s] on-source time"),
+        "LIVETIME": (float(exposure_s), "[s] live time"),
+        "FRMTIME": (instrument.frame_time_s * 1000.0, "[ms] frame time"),
+        "RESMULT": (int(resolution), "resolution multiplier (1 real pn, 2 for 2x)"),
+        "BACKGRND": (bool(background), "particle and cosmic background included"),
+        "SEED": (int(seed), "random seed of this realization"),
+        "SRCKIND": (sky.kind, "source kind"),
+        "SRCID": (int(sky.source_id), "source identifier"),
+        "SRCSEED": (int(sky.seed), "seed of the sky model"),
+        "SIMULATR": ("xmmsr builtin", "simulation backend"),
+        "CREATOR": (f"xmmsr {__version__}", "software that wrote this file"),
+    }
+    for ccd in range(1, g.ccds_x * g.ccds_y + 1):
+        header[f"ONTIME{ccd:02d}"] = (float(exposure_s), f"[s] on time of CCD {ccd}")
+    return header
+
 
 _FORMATS = {
     "TIME": ("D", "s"), "X": ("J", "0.05 arcsec"), "Y": ("J", "0.05 arcsec"),

@@ -14,7 +14,6 @@ detector acceptance and field of view, and block-summing onto the image grid.
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -22,73 +21,15 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import signal
 
-from .. import __version__
 from ..errors import InputError
 from ..sky.model import FieldBackground, SkyModel, ccd_live_fractions
-from .geometry import DET_UNIT_ARCSEC, ImageGrid, coverage_1d
+from .events import COLUMN_DTYPES, EventList, Pointing, event_header, set_positions
+from .geometry import ImageGrid, coverage_1d
 from .model import PATTERN_GOOD_MAX, PnInstrument
 from .psf import PsfModel
 from .response import SpectralResponse
 
-SKY_REF_PIXEL = 25920.5  # sky X/Y reference pixel (0.05" units), as in pn event lists
-MJDREF_XMM = 50814.0     # 1998-01-01 TT, the XMM-Newton mission time origin
-EVENT_COLUMNS = ("TIME", "X", "Y", "DETX", "DETY", "RAWX", "RAWY", "CCDNR", "PI", "ENERGY", "PATTERN", "FLAG")
-
-
-@dataclass
-class EventList:
-    """Event columns (numpy arrays of equal length) and header keywords of one simulated observation."""
-
-    columns: dict[str, np.ndarray]
-    header: dict[str, tuple[object, str]]
-
-    def __len__(self) -> int:
-        return int(self.columns["TIME"].size)
-
-
-@dataclass(frozen=True)
-class _Frame:
-    """Transformations between the sky model, the tangent plane about the pointing and the detector."""
-
-    ra_pnt: float
-    dec_pnt: float
-    cos_roll: float
-    sin_roll: float
-    aim_x: float
-    aim_y: float
-
-    @classmethod
-    def of(cls, sky: SkyModel, instrument: PnInstrument) -> "_Frame":
-        roll = np.deg2rad(instrument.roll_deg)
-        g = instrument.geometry
-        return cls(sky.ra_pnt, sky.dec_pnt, float(np.cos(roll)), float(np.sin(roll)), g.aim_x_arcsec, g.aim_y_arcsec)
-
-    def tangent(self, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Gnomonic projection about the pointing: (xi east, eta north) in arcsec."""
-        a, d = np.deg2rad(ra), np.deg2rad(dec)
-        a0, d0 = np.deg2rad(self.ra_pnt), np.deg2rad(self.dec_pnt)
-        cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a - a0)
-        xi = np.cos(d) * np.sin(a - a0) / cosc
-        eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a - a0)) / cosc
-        return np.rad2deg(xi) * 3600.0, np.rad2deg(eta) * 3600.0
-
-    def to_detector(self, xi: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tangent plane (arcsec) -> detector (arcsec from the array centre); DETX grows to the west."""
-        u, v = -xi, eta
-        return (self.cos_roll * u - self.sin_roll * v + self.aim_x,
-                self.sin_roll * u + self.cos_roll * v + self.aim_y)
-
-    def to_tangent(self, dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Detector (arcsec) -> tangent plane (arcsec), in the precision of the input arrays."""
-        t = dx.dtype.type
-        ux, uy = dx - t(self.aim_x), dy - t(self.aim_y)
-        if self.sin_roll == 0.0 and self.cos_roll == 1.0:
-            return -ux, uy
-        c, s = t(self.cos_roll), t(self.sin_roll)
-        return -(c * ux + s * uy), c * uy - s * ux
-
-
-def _pixel_to_detector(sky: SkyModel, frame: _Frame, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pixel_to_detector(sky: SkyModel, frame: Pointing, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Detector position (arcsec) of sky-model pixel centres.
 
     The exact WCS + gnomonic transformation is evaluated on a coarse lattice and a cubic polynomial in
@@ -127,7 +68,7 @@ class _SkyPixels:
     point_dy: np.ndarray
 
 
-def _sky_pixels(sky: SkyModel, frame: _Frame, region: ImageGrid) -> _SkyPixels:
+def _sky_pixels(sky: SkyModel, frame: Pointing, region: ImageGrid) -> _SkyPixels:
     nx = sky.image.shape[1]
     flat = sky.image.ravel()
     nz = np.flatnonzero(flat > 0)
@@ -145,7 +86,7 @@ def _sky_pixels(sky: SkyModel, frame: _Frame, region: ImageGrid) -> _SkyPixels:
     return _SkyPixels(flat[nz[keep]].astype(np.float64), dx[keep], dy[keep], jac, qx, qy)
 
 
-def _point_positions(sky: SkyModel, frame: _Frame) -> tuple[np.ndarray, np.ndarray]:
+def _point_positions(sky: SkyModel, frame: Pointing) -> tuple[np.ndarray, np.ndarray]:
     if len(sky.points) == 0:
         return np.zeros(0), np.zeros(0)
     return frame.to_detector(*frame.tangent(sky.points["RA"], sky.points["DEC"]))
@@ -165,7 +106,8 @@ def _offaxis_arcmin(instrument: PnInstrument, dx: np.ndarray, dy: np.ndarray) ->
     return np.hypot(dx - np.float32(g.axis_x_arcsec), dy - np.float32(g.axis_y_arcsec)) / np.float32(60.0)
 
 
-def _check_exposure(exposure_s: float, resolution: int) -> None:
+def check_exposure(exposure_s: float, resolution: int) -> None:
+    """Refuse an exposure that is not a positive number of seconds, or a resolution other than 1 or 2."""
     if not (np.isfinite(exposure_s) and exposure_s > 0):
         raise InputError(None, "exposure", f"{exposure_s!r} s is not a positive number of seconds",
                          "give the exposure in seconds, e.g. 20000")
@@ -222,9 +164,9 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
 
     Refuses (:class:`InputError`, before drawing anything) a simulation whose photons would need more than
     ``memory_limit`` bytes (default: half the physical memory)."""
-    _check_exposure(exposure_s, resolution)
+    check_exposure(exposure_s, resolution)
     rng = np.random.default_rng(seed)
-    frame = _Frame.of(sky, instrument)
+    frame = Pointing.of(sky, instrument)
     grid = instrument.geometry.image_grid(resolution)
     reach = grid.refine(1, int(np.ceil(instrument.psf.max_radius_arcsec / grid.pixel_arcsec)))
     pixels = _sky_pixels(sky, frame, reach)
@@ -237,7 +179,7 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
         keep = rng.random(x.size, dtype=np.float32) < live[_ccd_index(instrument, x, y)].astype(np.float32)
         x, y, energy = x[keep], y[keep], energy[keep]
     columns = _event_columns(rng, x, y, energy, instrument, frame, exposure_s, resolution, tstart)
-    header = _event_header(sky, instrument, frame, exposure_s, resolution, seed, background, tstart)
+    header = event_header(sky, instrument, frame, exposure_s, resolution, seed, background, tstart)
     for ccd, fraction in enumerate(live, start=1):
         header[f"ONTIME{ccd:02d}"] = (float(exposure_s * fraction), f"[s] on time of CCD {ccd}")
     header["NSKYPHOT"] = (n_sky_photons, "sky photons before vignetting and geometry")
@@ -392,7 +334,7 @@ def _focus_and_detect(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, en
 
 
 def _event_columns(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, energy: np.ndarray,
-                   instrument: PnInstrument, frame: _Frame, exposure_s: float, resolution: int,
+                   instrument: PnInstrument, frame: Pointing, exposure_s: float, resolution: int,
                    tstart: float) -> dict[str, np.ndarray]:
     """Event-list columns of detected photons, in time order.
 
@@ -402,28 +344,17 @@ def _event_columns(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, energ
     n = x.size
     order = np.arange(n, dtype=np.int32)
     rng.shuffle(order)
-    columns = {name: np.empty(n, dtype=dtype) for name, dtype in _COLUMN_DTYPES.items()}
+    columns = {name: np.empty(n, dtype=dtype) for name, dtype in COLUMN_DTYPES.items()}
     columns["TIME"] = np.sort(tstart + exposure_s * rng.random(n))
-    unit = np.float32(DET_UNIT_ARCSEC)
     for a, b in _chunks(n):  # cache-sized pieces of the time-ordered list
         pick = order[a:b]
         cx, cy, ce = x[pick], y[pick], energy[pick]
-        for name, values in zip(("CCDNR", "RAWX", "RAWY", "FLAG"), instrument.geometry.locate(cx, cy, resolution)):
-            columns[name][a:b] = values
+        xi, eta = frame.to_tangent(cx, cy)
+        set_positions(columns, slice(a, b), cx, cy, xi, eta, instrument, resolution)
         columns["PI"][a:b] = instrument.require_response().to_pi(rng, ce)
         columns["PATTERN"][a:b] = _draw_patterns(rng, b - a, instrument)
-        xi, eta = frame.to_tangent(cx, cy)
-        columns["X"][a:b] = np.rint(np.float32(SKY_REF_PIXEL) - xi / unit)
-        columns["Y"][a:b] = np.rint(np.float32(SKY_REF_PIXEL) + eta / unit)
-        columns["DETX"][a:b] = np.rint(cx / unit)
-        columns["DETY"][a:b] = np.rint(cy / unit)
         columns["ENERGY"][a:b] = ce * np.float32(1000.0)
     return columns
-
-
-_COLUMN_DTYPES = {"TIME": np.float64, "X": np.int32, "Y": np.int32, "DETX": np.int16, "DETY": np.int16,
-                  "RAWX": np.int16, "RAWY": np.int16, "CCDNR": np.uint8, "PI": np.int16, "ENERGY": np.float32,
-                  "PATTERN": np.int16, "FLAG": np.int32}
 
 
 def _draw_patterns(rng: np.random.Generator, n: int, instrument: PnInstrument) -> np.ndarray:
@@ -437,50 +368,10 @@ def _draw_patterns(rng: np.random.Generator, n: int, instrument: PnInstrument) -
     return pattern
 
 
-def _event_header(sky: SkyModel, instrument: PnInstrument, frame: _Frame, exposure_s: float, resolution: int,
-                  seed: int, background: bool, tstart: float) -> dict[str, tuple[object, str]]:
-    g = instrument.geometry
-    header: dict[str, tuple[object, str]] = {
-        "TELESCOP": ("XMM", "mission"),
-        "INSTRUME": ("EPN", "instrument"),
-        "DATAMODE": ("IMAGING", "instrument mode"),
-        "SUBMODE": (instrument.submode, "pn imaging mode"),
-        "FILTER": ("Thin1", "filter"),
-        "OBJECT": (f"{sky.kind} {sky.source_id}", "simulated source"),
-        "RA_PNT": (float(frame.ra_pnt), "[deg] pointing RA (optical axis)"),
-        "DEC_PNT": (float(frame.dec_pnt), "[deg] pointing Dec"),
-        "PA_PNT": (float(instrument.roll_deg), "[deg] roll of DETX/DETY relative to west/north"),
-        "AIMDETX": (g.aim_x_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETX of the pointing direction"),
-        "AIMDETY": (g.aim_y_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETY of the pointing direction"),
-        "AXISDETX": (g.axis_x_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETX of the optical axis"),
-        "AXISDETY": (g.axis_y_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETY of the optical axis"),
-        "MJDREF": (MJDREF_XMM, "[d] MJD of the mission time origin"),
-        "TIMESYS": ("TT", "time system"),
-        "TIMEUNIT": ("s", "unit of TIME"),
-        "TSTART": (float(tstart), "[s] start of the observation"),
-        "TSTOP": (float(tstart + exposure_s), "[s] end of the observation"),
-        "EXPOSURE": (float(exposure_s), "[s] exposure time"),
-        "ONTIME": (float(exposure_s), "[s] on-source time"),
-        "LIVETIME": (float(exposure_s), "[s] live time"),
-        "FRMTIME": (instrument.frame_time_s * 1000.0, "[ms] frame time"),
-        "RESMULT": (int(resolution), "resolution multiplier (1 real pn, 2 for 2x)"),
-        "BACKGRND": (bool(background), "particle and cosmic background included"),
-        "SEED": (int(seed), "random seed of this realization"),
-        "SRCKIND": (sky.kind, "source kind"),
-        "SRCID": (int(sky.source_id), "source identifier"),
-        "SRCSEED": (int(sky.seed), "seed of the sky model"),
-        "SIMULATR": ("xmmsr builtin", "simulation backend"),
-        "CREATOR": (f"xmmsr {__version__}", "software that wrote this file"),
-    }
-    for ccd in range(1, g.ccds_x * g.ccds_y + 1):
-        header[f"ONTIME{ccd:02d}"] = (float(exposure_s), f"[s] on time of CCD {ccd}")
-    return header
-
-
 def expected_image(sky: SkyModel, instrument: PnInstrument, exposure_s: float, resolution: int,
                    background: bool = True) -> np.ndarray:
     """Poisson mean of the binned 0.5-2 keV counts (PATTERN <= 4, FLAG == 0), float64, image-grid shape."""
-    _check_exposure(exposure_s, resolution)
+    check_exposure(exposure_s, resolution)
     image = _expected_fine_sources(sky, instrument, exposure_s, resolution)
     if background:
         image += _expected_fine_background(instrument, exposure_s, resolution, FieldBackground.of(sky.meta))
@@ -491,7 +382,7 @@ def expected_background(instrument: PnInstrument, exposure_s: float, resolution:
                         field: FieldBackground = FieldBackground(), ccd_live: np.ndarray | None = None) -> np.ndarray:
     """Poisson mean of the binned background counts alone (image-grid shape), with the field's scales and
     the CCDs' live fractions."""
-    _check_exposure(exposure_s, resolution)
+    check_exposure(exposure_s, resolution)
     fine = _expected_fine_background(instrument, exposure_s, resolution, field)
     return _finish(fine, instrument, resolution, ccd_live)
 
@@ -536,7 +427,7 @@ def _block_sum(fine: np.ndarray, s: int) -> np.ndarray:
 def _expected_fine_sources(sky: SkyModel, instrument: PnInstrument, exposure_s: float, resolution: int) -> np.ndarray:
     """Expected counts of the sky model on the fine (oversampled) image grid."""
     response = instrument.require_response()
-    frame = _Frame.of(sky, instrument)
+    frame = Pointing.of(sky, instrument)
     geom, psf = instrument.geometry, instrument.psf
     grid = geom.image_grid(resolution)
     s = instrument.oversample

@@ -31,18 +31,9 @@ from astropy.io import fits
 from ..errors import InputError
 from ..io import atomic_path, open_fits
 from ..sky.model import SkyModel
-from .geometry import DET_UNIT_ARCSEC
 from .model import PnInstrument
-from .simulator import (
-    _COLUMN_DTYPES,
-    EVENT_COLUMNS,
-    MJDREF_XMM,
-    SKY_REF_PIXEL,
-    EventList,
-    _check_exposure,
-    _event_header,
-    _Frame,
-)
+from .events import COLUMN_DTYPES, EVENT_COLUMNS, MJDREF_XMM, EventList, Pointing, event_header, set_positions
+from .simulator import check_exposure
 
 EXECUTABLES = ("sixtesim", "runsixt")
 PN_XML_DIR = Path("share/sixte/instruments/xmm/epicpn")
@@ -271,7 +262,7 @@ def convert_events(sixte_evt: Path, sky: SkyModel, instrument: PnInstrument, exp
     point, so DETX/DETY, RAWX/RAWY, CCDNR and FLAG follow our CCD layout exactly as in the built-in
     simulator; PI (eV) and ENERGY (eV) come from SIGNAL (keV) x 1000, PATTERN from TYPE/NPIXELS.
     """
-    _check_exposure(exposure_s, resolution)
+    check_exposure(exposure_s, resolution)
     with open_fits(sixte_evt, "SIXTE event file", verify_checksum=False) as hdul:
         if "EVENTS" not in hdul:
             raise InputError(sixte_evt, "EVENTS extension", "missing", "give the event file written by SIXTE")
@@ -287,28 +278,22 @@ def convert_events(sixte_evt: Path, sky: SkyModel, instrument: PnInstrument, exp
         dec = np.asarray(data["DEC"], dtype=np.float64)
         energy_ev = np.asarray(data[energy_col], dtype=np.float64) * 1000.0
         pattern = _patterns(data, names)
-    frame = _Frame.of(sky, instrument)
+    frame = Pointing.of(sky, instrument)
     ok = np.isfinite(ra) & np.isfinite(dec) & np.isfinite(energy_ev) & np.isfinite(time)
     xi, eta = frame.tangent(ra[ok], dec[ok])
     dx, dy = (a.astype(np.float32) for a in frame.to_detector(xi, eta))
     on = instrument.geometry.on_chip(dx, dy)
     order = np.argsort(time[ok][on], kind="stable")
     xi, eta, dx, dy = xi[on][order], eta[on][order], dx[on][order], dy[on][order]
-    columns = {name: np.empty(dx.size, dtype=dtype) for name, dtype in _COLUMN_DTYPES.items()}
+    columns = {name: np.empty(dx.size, dtype=dtype) for name, dtype in COLUMN_DTYPES.items()}
     columns["TIME"] = time[ok][on][order]
-    for name, values in zip(("CCDNR", "RAWX", "RAWY", "FLAG"), instrument.geometry.locate(dx, dy, resolution)):
-        columns[name][:] = values
+    set_positions(columns, slice(None), dx, dy, xi, eta, instrument, resolution)
     e = energy_ev[ok][on][order]
     columns["PI"][:] = np.clip(np.rint(e), 0, np.iinfo(np.int16).max)
     columns["ENERGY"][:] = e
     columns["PATTERN"][:] = pattern[ok][on][order]
-    unit = DET_UNIT_ARCSEC
-    columns["X"][:] = np.rint(SKY_REF_PIXEL - xi / unit)
-    columns["Y"][:] = np.rint(SKY_REF_PIXEL + eta / unit)
-    columns["DETX"][:] = np.rint(dx / np.float32(unit))
-    columns["DETY"][:] = np.rint(dy / np.float32(unit))
     assert tuple(columns) == EVENT_COLUMNS
-    header = _event_header(sky, instrument, frame, exposure_s, resolution, seed, background, tstart)
+    header = event_header(sky, instrument, frame, exposure_s, resolution, seed, background, tstart)
     header["SIMULATR"] = ("SIXTE", "simulation backend")
     header["BACKEND"] = ("sixte", "simulation backend (xmmsr name)")
     header["NSIXTEEV"] = (int(ok.size), "events in the SIXTE event file")
@@ -319,7 +304,7 @@ def simulate_events_sixte(sky: SkyModel, instrument: PnInstrument, exposure_s: f
                           tstart: float, xml_1x: Path, workdir: Path, log: IO[str], background: bool = True,
                           executable: str | None = None) -> EventList:
     """Simulate the event list of ``sky`` with SIXTE at resolution 1 (``xml_1x``) or 2 (derived 2x XML)."""
-    _check_exposure(exposure_s, resolution)
+    check_exposure(exposure_s, resolution)
     if instrument.roll_deg != 0.0:
         raise InputError(None, "instrument.roll_deg", f"{instrument.roll_deg} is not supported by the SIXTE backend",
                          "use roll_deg 0 with SIXTE (it points without an attitude file), or the builtin backend")
