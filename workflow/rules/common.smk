@@ -1,9 +1,13 @@
 # Helpers shared by the rules: config validation (schema defaults filled), shard lists, paths, params.
 
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# the library of this checkout, before any installed copy: here and in every rule script (they inherit it)
+_LIBRARY = str(Path(workflow.basedir).resolve() / "src")
+sys.path.insert(0, _LIBRARY)
+os.environ["PYTHONPATH"] = os.pathsep.join([_LIBRARY, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 from snakemake.exceptions import WorkflowError
 from xmmsr.config import ConfigError, check_config, check_outdir, resolve_resource

@@ -1,10 +1,6 @@
 """Rule detector_mask: the 0/1 active-area mask at one resolution."""
 
-import sys
-from pathlib import Path
-
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.config import check_config
 from xmmsr.instrument.binning import write_detector_mask

@@ -1,10 +1,8 @@
 """Rule evaluate_real: DN on real short exposures, scored against independent long exposures."""
 
-import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.pipeline import logged_to
 

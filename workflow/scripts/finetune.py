@@ -1,10 +1,8 @@
 """Rule finetune: a trained model continued on simulated and real thinned pairs (resumes after a kill)."""
 
-import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.pipeline import logged_to
 

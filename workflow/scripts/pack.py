@@ -1,10 +1,8 @@
 """Rule pack: the HDF5 training set with train/val/test splits by source."""
 
-import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.learn.pack import ShardFiles, pack_dataset
 from xmmsr.pipeline import logged_to

@@ -1,10 +1,8 @@
 """Rule pack_real: the configured real images (counts, per-pixel exposure, split) in one HDF5 file."""
 
-import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.pipeline import logged_to
 from xmmsr.thinning import real_images_from_config

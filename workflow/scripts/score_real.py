@@ -1,11 +1,9 @@
 """Rule score_real: the model, the fine-tuned model and the baselines on the held-out real images, each
 thinned into an input and the independent remainder."""
 
-import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.pipeline import logged_to
 from xmmsr.thinning import real_images_from_config

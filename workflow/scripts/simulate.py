@@ -1,10 +1,6 @@
 """Rule simulate: event lists of one shard at one exposure and resolution (built-in simulator or SIXTE)."""
 
-import sys
-from pathlib import Path
-
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.config import check_config
 from xmmsr.instrument.model import instrument_config_with_inputs

@@ -1,10 +1,6 @@
 """Rule tng_download: select IllustrisTNG subhalos, download their gas cutouts, write the manifest."""
 
-import sys
-from pathlib import Path
-
 sm = snakemake  # noqa: F821 (injected by snakemake)
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # the library of this checkout
 
 from xmmsr.pipeline import logged_to
 from xmmsr.sky.tng.client import download_selection, write_manifest
