@@ -9,7 +9,7 @@ import pytest
 from astropy.coordinates import SkyCoord
 from scipy import integrate
 
-from xmmsr.config import default_config
+from xmmsr.config import ConfigError, check_config, default_config
 from xmmsr.errors import InputError
 from xmmsr.sky import agn
 from xmmsr.sky.augment import boresight_offset, central_mean, normalise_brightness, zoom_image
@@ -286,15 +286,15 @@ def test_round_trip_through_fits(tmp_path, kind):
     (("sky", "pixel_arcsec"), 0.0, "sources.sky.pixel_arcsec"),
 ])
 def test_bad_config_names_the_key(path, value, key):
-    cfg = sources_cfg(200)
-    cfg["extended"]["mix"] = {"cluster": 1.0}   # the bad cluster values are then always used
-    section = cfg
+    """Sources are configured through the config, checked once where it enters (schema, ranges ordered,
+    probabilities summing to 1, flux_min below flux_max), before any source is drawn."""
+    raw: dict = {"agn": {"flux_max": 1e-12}}
+    section = raw
     for p in path[:-1]:
-        section = section[p]
+        section = section.setdefault(p, {})
     section[path[-1]] = value
-    with pytest.raises(InputError) as err:
-        generate_source("extended", 0, cfg, BRIGHTNESS, 1)
-    assert err.value.field == key
+    with pytest.raises(ConfigError) as err:
+        check_config({"sources": raw})
     assert key in str(err.value)
 
 

@@ -25,6 +25,9 @@ def load_schema() -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
+_SCHEMA = load_schema()
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -66,7 +69,31 @@ def check_config(config: dict[str, Any], source: str = "config") -> dict[str, An
     return config
 
 
+def range_keys(schema: dict[str, Any], path: tuple[str, ...] = (),
+               defs: dict[str, Any] | None = None) -> list[tuple[str, ...]]:
+    """The config keys whose values are [low, high] ranges (schema ``x-range: true``, also through ``$ref``)."""
+    defs = schema.get("$defs", {}) if defs is None else defs
+    out = []
+    for key, sub in schema.get("properties", {}).items():
+        target = defs[sub["$ref"].rsplit("/", 1)[-1]] if "$ref" in sub else sub
+        if target.get("x-range"):
+            out.append((*path, key))
+        elif "properties" in target:
+            out += range_keys(target, (*path, key), defs)
+    return out
+
+
 def _check_consistency(config: dict[str, Any], source: str) -> None:
+    """What the schema cannot say: ranges ordered, probabilities summing to 1, pairs of keys ordered."""
+    for keys in range_keys(_SCHEMA):
+        value: Any = config
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and value[0] > value[1]:
+            raise ConfigError(f"{source}: config key '{'.'.join(keys)}' ({value}) must be [low, high] with low <= high")
+    mix = config["sources"]["extended"]["mix"]
+    if abs(sum(mix.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"{source}: config key 'sources.extended.mix' ({mix}) must sum to 1")
     agn = config["sources"]["agn"]
     if agn["flux_min"] >= agn["flux_max"]:
         raise ConfigError(f"{source}: config key 'sources.agn.flux_min' ({agn['flux_min']}) must be below "

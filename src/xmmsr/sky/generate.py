@@ -43,66 +43,18 @@ def source_seed(global_seed: int, kind: str, source_id: int) -> int:
     return int(state[0])
 
 
-# --------------------------------------------------------------------------- config access and checks
+# --------------------------------------------------------------------------- config access
+# The config is validated once, where it enters (xmmsr.config.check_config: the schema, ranges ordered,
+# probabilities summing to 1); here it is only read.
 
-def _section(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = cfg.get(key) if isinstance(cfg, dict) else None
-    if not isinstance(value, dict):
-        raise InputError(None, f"{where}.{key}", "is missing or not a mapping", f"give the '{where}.{key}' section")
-    return value
-
-
-def _number(section: dict[str, Any], key: str, where: str, low: float | None = None, high: float | None = None,
-            strict_low: bool = False) -> float:
-    name = f"{where}.{key}"
-    if key not in section:
-        raise InputError(None, name, "is missing", f"give '{name}'")
-    value = section[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise InputError(None, name, f"{value!r} is not a finite number", "give a number")
-    _check_bounds(name, float(value), float(value), low, high, strict_low)
-    return float(value)
-
-
-def _check_bounds(name: str, lo: float, hi: float, low: float | None, high: float | None, strict_low: bool) -> None:
-    """Raise if ``lo`` is below ``low`` (or equal, when strict) or ``hi`` above ``high``."""
-    if low is not None and (lo <= low if strict_low else lo < low):
-        raise InputError(None, name, f"{lo} is {'<=' if strict_low else '<'} {low}",
-                         f"give values {'>' if strict_low else '>='} {low}")
-    if high is not None and hi > high:
-        raise InputError(None, name, f"{hi} exceeds {high}", f"give values <= {high}")
-
-
-def _range(section: dict[str, Any], key: str, where: str, low: float | None = None, high: float | None = None,
-           strict_low: bool = False, integer: bool = False) -> tuple[float, float]:
-    name = f"{where}.{key}"
-    if key not in section:
-        raise InputError(None, name, "is missing", f"give '{name}' as [low, high]")
-    value = section[key]
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) for v in value)):
-        raise InputError(None, name, f"{value!r} is not a [low, high] pair of numbers", "give [low, high]")
-    lo, hi = float(value[0]), float(value[1])
-    if lo > hi:
-        raise InputError(None, name, f"low {value[0]} > high {value[1]}", "give [low, high] with low <= high")
-    if integer and not (lo.is_integer() and hi.is_integer()):
-        raise InputError(None, name, f"{value} are not integers", "give integer counts")
-    _check_bounds(name, lo, hi, low, high, strict_low)
-    return lo, hi
+def _pair(value: Any) -> tuple[float, float]:
+    """A [low, high] range of the config as floats."""
+    return float(value[0]), float(value[1])
 
 
 def _mix(section: dict[str, Any]) -> np.ndarray:
     """Probabilities of the extended models, in the order of ``EXTENDED_MODELS``."""
-    where = "sources.extended.mix"
-    mix = _section(section, "mix", "sources.extended")
-    unknown = sorted(set(mix) - set(EXTENDED_MODELS))
-    if unknown:
-        raise InputError(None, where, f"unknown model(s) {unknown}", f"use the models {list(EXTENDED_MODELS)}")
-    probs = np.array([_number(mix, m, where, low=0.0, high=1.0) if m in mix else 0.0 for m in EXTENDED_MODELS])
-    if abs(probs.sum() - 1.0) > 1e-6:
-        raise InputError(None, where, f"the probabilities {dict(mix)} sum to {probs.sum():.6g}",
-                         "give probabilities that sum to 1")
-    return probs
+    return np.array([float(section["mix"].get(m, 0.0)) for m in EXTENDED_MODELS])
 
 
 @dataclass(frozen=True)
@@ -123,13 +75,8 @@ class _Grid:
 
 
 def _grid(cfg: dict[str, Any]) -> _Grid:
-    sky = _section(cfg, "sky", "sources")
-    npix = _number(sky, "npix", "sources.sky", low=1.0)
-    if not npix.is_integer():
-        raise InputError(None, "sources.sky.npix", f"{sky['npix']} is not an integer", "give a pixel count")
-    return _Grid(int(npix), _number(sky, "pixel_arcsec", "sources.sky", low=0.0, strict_low=True),
-                 _number(sky, "ra_deg", "sources.sky", low=0.0, high=360.0),
-                 _number(sky, "dec_deg", "sources.sky", low=-90.0, high=90.0))
+    sky = cfg["sky"]
+    return _Grid(int(sky["npix"]), float(sky["pixel_arcsec"]), float(sky["ra_deg"]), float(sky["dec_deg"]))
 
 
 @dataclass(frozen=True)
@@ -141,14 +88,8 @@ class _AgnConfig:
 
 
 def _agn(cfg: dict[str, Any]) -> _AgnConfig:
-    agn = _section(cfg, "agn", "sources")
-    where = "sources.agn"
-    flux_min = _number(agn, "flux_min", where, low=0.0, strict_low=True)
-    flux_max = _number(agn, "flux_max", where, low=0.0, strict_low=True)
-    if flux_min >= flux_max:
-        raise InputError(None, f"{where}.flux_min", f"{flux_min} is not below flux_max {flux_max}",
-                         "give flux_min < flux_max (erg cm-2 s-1, 0.5-2 keV)")
-    return _AgnConfig(flux_min, flux_max, _number(agn, "gamma", where), _number(agn, "nh", where, low=0.0))
+    agn = cfg["agn"]
+    return _AgnConfig(float(agn["flux_min"]), float(agn["flux_max"]), float(agn["gamma"]), float(agn["nh"]))
 
 
 def _sample_agn(rng: np.random.Generator, grid: _Grid, agn: _AgnConfig, min_count: int = 0) -> np.ndarray:
@@ -167,12 +108,11 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
 
 
 def _cluster(rng: np.random.Generator, grid: _Grid, section: dict[str, Any]) -> tuple[np.ndarray, float, Meta]:
-    where = "sources.extended.cluster"
-    rc = _uniform(rng, _range(section, "rc_arcsec", where, low=0.0, strict_low=True))
-    beta = _uniform(rng, _range(section, "beta", where, low=0.0, strict_low=True))
-    ellip = _uniform(rng, _range(section, "ellipticity", where, low=0.0, high=0.95))
+    rc = _uniform(rng, _pair(section["rc_arcsec"]))
+    beta = _uniform(rng, _pair(section["beta"]))
+    ellip = _uniform(rng, _pair(section["ellipticity"]))
     pa = float(rng.uniform(0.0, 180.0))
-    n_lo, n_hi = _range(section, "clumps", where, low=0.0, integer=True)
+    n_lo, n_hi = _pair(section["clumps"])
     n_clumps = int(rng.integers(int(n_lo), int(n_hi) + 1))
     clumps = []
     for _ in range(n_clumps):
@@ -184,15 +124,15 @@ def _cluster(rng: np.random.Generator, grid: _Grid, section: dict[str, Any]) -> 
     meta: Meta = {"MODEL": "cluster", "RC_AS": rc, "BETA": beta, "ELLIP": ellip, "PA_DEG": pa, "NCLUMP": n_clumps}
 
     cool_core = None
-    if rng.random() < _number(section, "cool_core_prob", where, low=0.0, high=1.0):
-        rc_fraction = _uniform(rng, _range(section, "cool_core_rc_fraction", where, low=0.0, strict_low=True))
-        amplitude = _log_uniform(rng, _range(section, "cool_core_amplitude", where, low=0.0, strict_low=True))
+    if rng.random() < float(section["cool_core_prob"]):
+        rc_fraction = _uniform(rng, _pair(section["cool_core_rc_fraction"]))
+        amplitude = _log_uniform(rng, _pair(section["cool_core_amplitude"]))
         cool_core = CoolCore(rc_arcsec=rc * rc_fraction, amplitude=amplitude)
         meta.update(CC_RC_AS=cool_core.rc_arcsec, CC_AMP=cool_core.amplitude)
     meta["COOLCORE"] = int(cool_core is not None)
 
     cavities = None
-    if rng.random() < _number(section, "cavity_prob", where, low=0.0, high=1.0):
+    if rng.random() < float(section["cavity_prob"]):
         cavities = CavityPair(distance_arcsec=rc * float(rng.uniform(0.7, 1.5)),
                               angle_deg=float(rng.uniform(0.0, 180.0)),
                               radius_arcsec=rc * float(rng.uniform(0.3, 0.6)), axis_ratio=float(rng.uniform(0.6, 1.0)),
@@ -201,35 +141,33 @@ def _cluster(rng: np.random.Generator, grid: _Grid, section: dict[str, Any]) -> 
     meta["CAVITY"] = int(cavities is not None)
 
     shock = None
-    if rng.random() < _number(section, "shock_prob", where, low=0.0, high=1.0):
+    if rng.random() < float(section["shock_prob"]):
         shock = Shock(radius_arcsec=rc * float(rng.uniform(1.5, 4.0)), angle_deg=float(rng.uniform(0.0, 360.0)),
                       half_opening_deg=float(rng.uniform(30.0, 90.0)), jump=float(rng.uniform(1.3, 3.0)))
         meta.update(SHK_R_AS=shock.radius_arcsec, SHK_JUMP=shock.jump)
     meta["SHOCK"] = int(shock is not None)
 
-    kt = _uniform(rng, _range(section, "kT_keV", where, low=0.0, strict_low=True))
+    kt = _uniform(rng, _pair(section["kT_keV"]))
     image = beta_cluster((grid.npix, grid.npix), grid.pixel_arcsec, grid.center_pix, rc, beta, ellip, pa,
                          clumps=clumps, cool_core=cool_core, cavities=cavities, shock=shock)
     return image, kt, meta
 
 
 def _snr(rng: np.random.Generator, grid: _Grid, section: dict[str, Any]) -> tuple[np.ndarray, float, Meta]:
-    where = "sources.extended.snr"
-    r_out = _uniform(rng, _range(section, "radius_arcsec", where, low=0.0, strict_low=True))
-    thickness = _uniform(rng, _range(section, "thickness_fraction", where, low=0.0, high=1.0, strict_low=True))
+    r_out = _uniform(rng, _pair(section["radius_arcsec"]))
+    thickness = _uniform(rng, _pair(section["thickness_fraction"]))
     gradient, gradient_pa = float(rng.uniform(0.0, 0.5)), float(rng.uniform(0.0, 360.0))
-    kt = _uniform(rng, _range(section, "kT_keV", where, low=0.0, strict_low=True))
+    kt = _uniform(rng, _pair(section["kT_keV"]))
     r_in = r_out * (1.0 - thickness)
     image = snr_shell((grid.npix, grid.npix), grid.pixel_arcsec, grid.center_pix, r_in, r_out, gradient, gradient_pa)
     return image, kt, {"MODEL": "snr", "RIN_AS": r_in, "ROUT_AS": r_out, "GRAD": gradient, "GRAD_PA": gradient_pa}
 
 
 def _filament(rng: np.random.Generator, grid: _Grid, section: dict[str, Any]) -> tuple[np.ndarray, float, Meta]:
-    where = "sources.extended.filament"
-    length = _uniform(rng, _range(section, "length_arcsec", where, low=0.0, strict_low=True))
-    width = _uniform(rng, _range(section, "width_arcsec", where, low=0.0, strict_low=True))
+    length = _uniform(rng, _pair(section["length_arcsec"]))
+    width = _uniform(rng, _pair(section["width_arcsec"]))
     pa, bend = float(rng.uniform(0.0, 180.0)), float(rng.uniform(-60.0, 60.0))
-    kt = _uniform(rng, _range(section, "kT_keV", where, low=0.0, strict_low=True))
+    kt = _uniform(rng, _pair(section["kT_keV"]))
     image = filament((grid.npix, grid.npix), grid.pixel_arcsec, grid.center_pix, length, width, pa, bend)
     return image, kt, {"MODEL": "filament", "LEN_AS": length, "WID_AS": width, "PA_DEG": pa, "BEND_DEG": bend}
 
@@ -256,10 +194,8 @@ N_CCDS = 12
 def _from_tng(cfg: dict[str, Any], seed: int) -> bool:
     """Whether this extended source comes from a TNG cutout (``sources.kind``; ``mixed`` draws it)."""
     origin = cfg.get("kind", "synthetic")
-    if origin not in SOURCE_ORIGINS:
-        raise InputError(None, "sources.kind", f"{origin!r} is unknown", f"use one of {list(SOURCE_ORIGINS)}")
     if origin == "mixed":
-        fraction = _number(_section(cfg, "tng", "sources"), "mixed_fraction", "sources.tng", low=0.0, high=1.0)
+        fraction = float(cfg["tng"]["mixed_fraction"])
         return bool(np.random.default_rng([seed, TNG_STREAM]).random() < fraction)
     return origin == "tng"
 
@@ -267,16 +203,15 @@ def _from_tng(cfg: dict[str, Any], seed: int) -> bool:
 def field_background(cfg: dict[str, Any], seed: int) -> FieldBackground:
     """The background scales of one field (``sources.field_background``), from their own random stream so
     that the source draws do not depend on them."""
-    where = "sources.field_background"
     section = cfg.get("field_background") or {}
     if not section:
         return FieldBackground()
     rng = np.random.default_rng([seed, FIELD_BACKGROUND_STREAM])
-    particle = _uniform(rng, _range(section, "particle", where, low=0.0, strict_low=True))
-    cxb = _uniform(rng, _range(section, "cxb", where, low=0.0, strict_low=True))
-    galactic = _log_uniform(rng, _range(section, "galactic", where, low=0.0, strict_low=True))
-    fraction = _number(section, "soft_proton_fraction", where, low=0.0, high=1.0)
-    level = _log_uniform(rng, _range(section, "soft_protons", where, low=0.0, strict_low=True))
+    particle = _uniform(rng, _pair(section["particle"]))
+    cxb = _uniform(rng, _pair(section["cxb"]))
+    galactic = _log_uniform(rng, _pair(section["galactic"]))
+    fraction = float(section["soft_proton_fraction"])
+    level = _log_uniform(rng, _pair(section["soft_protons"]))
     soft = level if rng.random() < fraction else 0.0
     return FieldBackground(particle=particle, cxb=cxb, galactic=galactic, soft_protons=soft)
 
@@ -285,14 +220,13 @@ def field_ccd_exposure(cfg: dict[str, Any], seed: int) -> dict[str, str]:
     """In a fraction ``sources.field_exposure.fraction`` of the fields, 1 to ``max_ccds`` random CCDs lose a
     fraction (uniform in ``loss``) of the exposure, as when a CCD is switched off or flagged for part of
     an observation; returns the ``CCDLIVE`` keyword (empty when every CCD saw the whole exposure)."""
-    where = "sources.field_exposure"
     section = cfg.get("field_exposure") or {}
-    fraction = _number(section, "fraction", where, low=0.0, high=1.0) if "fraction" in section else 0.0
+    fraction = float(section["fraction"]) if "fraction" in section else 0.0
     rng = np.random.default_rng([seed, CCD_EXPOSURE_STREAM])
     if not rng.random() < fraction:
         return {}
     max_ccds = int(section.get("max_ccds", 1))
-    lo, hi = _range(section, "loss", where, low=0.0, high=1.0)
+    lo, hi = _pair(section["loss"])
     live = np.ones(N_CCDS)
     ccds = rng.choice(N_CCDS, size=int(rng.integers(1, max(1, max_ccds) + 1)), replace=False)
     live[ccds] = 1.0 - rng.uniform(lo, hi, ccds.size)
@@ -305,17 +239,16 @@ def field_agn(points: np.ndarray, cfg: dict[str, Any], seed: int, grid: _Grid,
     ``field_flux_scale``), one absorbing column for the field (log-uniform ``field_nh``) and, in a fraction
     ``target_fraction`` of the fields that may have one, a bright target AGN at the pointing (log-uniform
     ``target_flux``, erg cm-2 s-1), as in pointed observations. Drawn from their own random stream."""
-    where = "sources.agn"
-    agn_cfg, agn = _section(cfg, "agn", "sources"), _agn(cfg)
+    agn_cfg, agn = cfg["agn"], _agn(cfg)
     rng = np.random.default_rng([seed, AGN_FIELD_STREAM])
 
     def log_uniform(key: str, default: tuple[float, float]) -> float:
-        bounds = _range(agn_cfg, key, where, low=0.0, strict_low=True) if key in agn_cfg else default
+        bounds = _pair(agn_cfg[key]) if key in agn_cfg else default
         return float(f"{_log_uniform(rng, bounds):.6g}")   # exact through a FITS header
 
     scale = log_uniform("field_flux_scale", (1.0, 1.0))
     nh = log_uniform("field_nh", (agn.nh, agn.nh))
-    fraction = _number(agn_cfg, "target_fraction", where, low=0.0, high=1.0) if "target_fraction" in agn_cfg else 0.0
+    fraction = float(agn_cfg["target_fraction"]) if "target_fraction" in agn_cfg else 0.0
     target_flux = log_uniform("target_flux", (1e-13, 1e-12))
     out = points.copy()
     out["FLUX"] *= scale
@@ -333,32 +266,28 @@ def field_agn(points: np.ndarray, cfg: dict[str, Any], seed: int, grid: _Grid,
 def _extended(rng: np.random.Generator, grid: _Grid, cfg: dict[str, Any], brightness: BrightnessReference,
               wcs: Any, tng_cutouts: list[dict[str, Any]] | None = None,
               seed: int = 0) -> tuple[np.ndarray, float, float, float, np.ndarray, Meta]:
-    where = "sources.extended"
-    section = _section(cfg, "extended", "sources")
+    section = cfg["extended"]
     probs = _mix(section)
-    zoom_range = _range(section, "zoom", where, low=1.0)
-    sigma_b_range = _range(section, "sigma_b", where, low=0.0, strict_low=True)
-    offset_fraction = _number(section, "offset_sigma_fraction", where, low=0.0)
-    central_radius = _number(section, "central_radius_arcsec", where, low=0.0, strict_low=True)
+    zoom_range = _pair(section["zoom"])
+    sigma_b_range = _pair(section["sigma_b"])
+    offset_fraction = float(section["offset_sigma_fraction"])
+    central_radius = float(section["central_radius_arcsec"])
     include_agn = section.get("include_agn", True)
-    if not isinstance(include_agn, bool):
-        raise InputError(None, f"{where}.include_agn", f"{include_agn!r} is not a boolean", "give true or false")
     agn = _agn(cfg)
     if cfg.get("kind") == "images":
         from .images import image_extended
 
-        image, kt, meta = image_extended(rng, grid.npix, grid.pixel_arcsec, _section(cfg, "images", "sources"))
+        image, kt, meta = image_extended(rng, grid.npix, grid.pixel_arcsec, cfg["images"])
     elif _from_tng(cfg, seed):
         from .tng.sky import tng_extended_image
 
         if tng_cutouts is None:
             raise InputError(None, "sources.kind", f"is {cfg.get('kind')!r} but no TNG cutout manifest was given",
                              "run the workflow (rule tng_download writes the manifest) or pass the manifest's cutouts")
-        image, kt, meta = tng_extended_image(rng, grid.npix, grid.pixel_arcsec, _section(cfg, "tng", "sources"),
-                                             tng_cutouts)
+        image, kt, meta = tng_extended_image(rng, grid.npix, grid.pixel_arcsec, cfg["tng"], tng_cutouts)
     else:
         model = _choose_model(rng, probs)
-        image, kt, meta = _BUILDERS[model](rng, grid, _section(section, model, where))
+        image, kt, meta = _BUILDERS[model](rng, grid, section[model])
     zoom = _uniform(rng, zoom_range)
     image = zoom_image(image, zoom, grid.center_pix)
     sigma_b = _log_uniform(rng, sigma_b_range)
@@ -366,7 +295,7 @@ def _extended(rng: np.random.Generator, grid: _Grid, cfg: dict[str, Any], bright
                                  brightness.background_rate_arcsec2, brightness.effective_area_cm2, central_radius)
     # Real pn fields stay below ~100 counts/s in 0.5-2 keV: a bright, large source is scaled down to the
     # cap (its sigma_b becomes the one that reaches it), so bright fields come from compact cores.
-    max_rate = _number(section, "max_count_rate", where, low=0.0, strict_low=True)
+    max_rate = float(section["max_count_rate"])
     rate = float(image.sum(dtype=np.float64)) * brightness.effective_area_cm2
     if rate > max_rate:
         image *= np.float32(max_rate / rate)
