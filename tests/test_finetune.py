@@ -138,3 +138,17 @@ def test_report_has_a_real_data_page_per_task(tiny_run, real_config, tmp_path):
                 # every prediction is of the remainder: same total to within the flux ratios in the table
                 ratio = gallery[f"{name}/{method}"][mask].sum() / remainder[mask].sum()
                 assert 0.5 < ratio < 2.0, (name, method, ratio)
+
+
+def test_the_sr_forward_model_of_fine_tuning_is_the_consistency_checks():
+    """Fine-tuning forward-models SR predictions to 1x exactly as evaluate-real and the consistency check
+    do (the same kernel, a true convolution, 2x2 sums), with torch FFTs."""
+    from xmmsr.evaluate.consistency import forward_model
+    from xmmsr.learn.finetune import forward_to_1x
+
+    kernel = degradation_kernel(make_instrument(), 2)
+    pred = np.random.default_rng(3).gamma(0.5, 2.0, (96, 80))
+    pred[40:44, 30:34] += 500.0   # a bright compact source near the middle
+    expected = forward_model(pred, 2, kernel, 1.0, 1.0)
+    got = forward_to_1x(torch.from_numpy(pred)[None, None], torch.from_numpy(kernel), 2)[0, 0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9 * pred.max())
