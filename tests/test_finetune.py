@@ -152,3 +152,24 @@ def test_the_sr_forward_model_of_fine_tuning_is_the_consistency_checks():
     expected = forward_model(pred, 2, kernel, 1.0, 1.0)
     got = forward_to_1x(torch.from_numpy(pred)[None, None], torch.from_numpy(kernel), 2)[0, 0].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9 * pred.max())
+
+
+def test_release_of_fine_tuned_models_names_the_real_data(tiny_run, real_config):
+    """The fine-tuned models are released with ONNX exports and a card from the run's files: the real
+    observations that trained them, the fine-tuning history and the held-out real scores."""
+    from xmmsr.learn.predict import check_onnx
+
+    config, _ = real_config
+    snakemake(tiny_run, "release_finetuned", "--cores", "2", "--configfile", str(TINY), str(config))
+    release = tiny_run / "results" / "release_finetuned"
+    for task in ("dn", "sr"):
+        assert load_model(release / f"{task}.pt").provenance["finetune_real_images"] == {"field0": "train",
+                                                                                        "field1": "val"}
+        check_onnx(release / f"{task}.onnx")
+    card = (release / "MODEL_CARD.md").read_text()
+    assert "Fine-tuning on real pn observations" in card and "Real training observations: field0" in card
+    assert "fine-tuned on 1 real observation(s) (field0)" in card and "Trained on simulations only" not in card
+    history = pd.read_csv(tiny_run / "results/models/dn/finetune_history.csv")
+    assert f"{history['val_real_deviance'].iloc[-1]:.4f}" in card       # figures from the run's own files
+    scores = pd.read_csv(tiny_run / "results/metrics/dn/real_thinned.csv").set_index("method")
+    assert f"{scores.at['finetuned', 'deviance']:.4f}" in card and "**this model**" in card

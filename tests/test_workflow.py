@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -213,3 +214,12 @@ def test_killed_job_leaves_no_finished_looking_output(tmp_path):
             (tmp / "a.fits").write_bytes(b"partial")
             raise KeyboardInterrupt
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_rule_scripts_import_the_library_of_the_checkout(monkeypatch, tmp_path):
+    from xmmsr.pipeline import use_checkout_library
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/elsewhere", str(tmp_path.resolve() / "src")]))
+    library = use_checkout_library(tmp_path)
+    assert library == str(tmp_path.resolve() / "src")
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == [library, "/elsewhere"]

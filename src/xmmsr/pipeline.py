@@ -11,6 +11,7 @@ Layout under the output directory:
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,15 @@ from .sky.model import SOURCE_KINDS, FieldBackground, read_sky_model, write_sky_
 
 SIMULATION_STREAM = 1  # seed-derivation key separating simulation seeds from source seeds
 TRAINING_STREAM = 3  # seed-derivation key of the training seeds (2 is the split assignment)
+
+
+def use_checkout_library(workflow_dir: str | Path) -> str:
+    """Put the library of the checkout at ``workflow_dir`` first on the ``PYTHONPATH`` that the rule scripts
+    inherit (also in conda environments, which do not install xmmsr); returns the path."""
+    library = str(Path(workflow_dir).resolve() / "src")
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != library]
+    os.environ["PYTHONPATH"] = os.pathsep.join([library, *rest])
+    return library
 
 
 def shard_source_ids(n_sources: int, shard_size: int, shard: int) -> range:

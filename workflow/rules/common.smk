@@ -1,20 +1,18 @@
 # Helpers shared by the rules: config validation (schema defaults filled), shard lists, paths, params.
 
-import os
 import sys
 from pathlib import Path
 
-# the library of this checkout, before any installed copy: here and in every rule script (they inherit it)
-_LIBRARY = str(Path(workflow.basedir).resolve() / "src")
-sys.path.insert(0, _LIBRARY)
-os.environ["PYTHONPATH"] = os.pathsep.join([_LIBRARY, *filter(None, [os.environ.get("PYTHONPATH")])])
+sys.path.insert(0, str(Path(workflow.basedir).resolve() / "src"))  # the library of this checkout
 
 from snakemake.exceptions import WorkflowError
 from xmmsr.config import ConfigError, check_config, check_outdir, resolve_resource
 from xmmsr.instrument.model import instrument_files
 from xmmsr.thinning import real_images_from_config
 from xmmsr.learn import TASKS as ALL_TASKS
-from xmmsr.pipeline import n_shards, shard_source_ids, training_seed as _training_seed
+from xmmsr.pipeline import n_shards, shard_source_ids, training_seed as _training_seed, use_checkout_library
+
+use_checkout_library(workflow.basedir)  # every rule script (conda environments too) imports this checkout's library
 from xmmsr.sky.model import SOURCE_KINDS
 
 try:

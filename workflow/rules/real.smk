@@ -61,3 +61,53 @@ rule score_real:
         CONDA_ENV
     script:
         "../scripts/score_real.py"
+
+
+rule export_finetuned:
+    input:
+        f"{OUT}/models/{{task}}/finetuned.pt",
+    output:
+        f"{OUT}/models/{{task}}/finetuned.onnx",
+    log:
+        "logs/finetune/{task}_onnx.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/export_onnx.py"
+
+
+use rule evaluate as evaluate_finetuned with:
+    input:
+        dataset=DATASET,
+        model=f"{OUT}/models/{{task}}/finetuned.pt",
+    output:
+        per_image=f"{OUT}/metrics/{{task}}/finetuned/per_image.csv",
+        summary=f"{OUT}/metrics/{{task}}/finetuned/summary.csv",
+        json=f"{OUT}/metrics/{{task}}/finetuned/summary.json",
+        gallery=f"{OUT}/metrics/{{task}}/finetuned/gallery.npz",
+    log:
+        "logs/evaluate/{task}_finetuned.log",
+
+
+# The release of the fine-tuned models, with a card that names the real observations that trained them:
+#   snakemake --cores all release_finetuned --configfile config/pretrained.yaml config/finetune_real.yaml
+rule release_finetuned:
+    input:
+        dataset=DATASET,
+        models=expand(f"{OUT}/models/{{task}}/finetuned.pt", task=config["train"]["tasks"]),
+        onnx=expand(f"{OUT}/models/{{task}}/finetuned.onnx", task=config["train"]["tasks"]),
+        histories=expand(f"{OUT}/models/{{task}}/finetune_history.csv", task=config["train"]["tasks"]),
+        summaries=expand(f"{OUT}/metrics/{{task}}/finetuned/summary.csv", task=config["train"]["tasks"]),
+        real_scores=expand(f"{OUT}/metrics/{{task}}/real_thinned.csv", task=config["train"]["tasks"]),
+    output:
+        directory(f"{OUT}/release_finetuned"),
+    params:
+        tasks=config["train"]["tasks"],
+        config_name=release_config_name(),
+    log:
+        "logs/release_finetuned.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/release_finetuned.py"

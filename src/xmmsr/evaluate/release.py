@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 
@@ -56,9 +57,11 @@ class TaskRun:
     task: str
     model: Path
     onnx: Path
-    history: Path
+    history: Path | None     # the training history (None for a fine-tuned model of another run's model)
     summary_csv: Path
     train_log: Path | None = None
+    finetune_history: Path | None = None   # a fine-tuned model: its fine-tuning history ...
+    real_scores: Path | None = None        # ... and its scores on the held-out real images (score_real)
 
 
 def _sha256(path: Path) -> str:
@@ -250,9 +253,8 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
         model = models[run.task]
         train = model.train_config["train"]
         prov = model.provenance
-        history = _history(run.history)
+        history = _history(run.history) if run.history is not None else []
         seconds = training_seconds(run.train_log, int(train["batch_size"]), int(train["steps_per_epoch"]))
-        best = max(history, key=lambda r: r["val_psnr"])
         arch = model.architecture.to_dict()
         t_in, t_out = _ks(model.input_exposure_s), _ks(model.target_exposure_s)
         out += [f"## {TASK_TITLES[run.task].format(t_in=t_in, t_out=t_out)}", "",
@@ -269,20 +271,12 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
                    "included)." if seconds else "."),
                 f"- Dataset config hash `{prov.get('dataset_config_hash', '')[:12]}`, software "
                 f"`{prov.get('dataset_software', '')}`; model file software `{_software(run.model)}`.",
-                "",
-                f"Validation curve (masked PSNR in normalised space, Poisson deviance against the {t_out} counts; "
-                "the input's own scores beside them):", "",
-                "| epoch | step | train loss | val loss | val PSNR [dB] | input PSNR [dB] | val deviance | "
-                "input deviance |", "|---|---|---|---|---|---|---|---|"]
-        shown = sorted({0, len(history) // 4, len(history) // 2, 3 * len(history) // 4, len(history) - 1})
-        for i in shown:
-            r = history[i]
-            out.append(f"| {int(r['epoch'])} | {int(r['step'])} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | "
-                       f"{r['val_psnr']:.2f} | {r['val_psnr_input']:.2f} | {r['val_poisson_deviance']:.3f} | "
-                       f"{r['val_poisson_deviance_input']:.3f} |")
-        out += ["", f"Best validation PSNR at epoch {int(best['epoch'])} of {len(history)}"
-                + (" (the last)." if best is history[-1] else
-                   f"; the shipped weights are those of the last epoch ({history[-1]['val_psnr']:.2f} dB)."), ""]
+                ""]
+        out += _validation_curve(history, t_out) if history else [
+            f"The validation curve of the training on simulations is in the card of `{prov.get('finetuned_from')}`, "
+            "the model this one continues.", ""]
+        if run.finetune_history is not None:
+            out += _finetuning(run, model)
         summary = _summary(run.summary_csv)
         names = methods.ordered(key[2] for key in summary)
         out += ["Test split, all fields, against the noise-free truth (PSNR/SSIM over the detector mask; data "
@@ -299,6 +293,8 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             out += _table(summary, "kind", kind, KIND_COLUMNS, names)
         out += _measured_limits(run.task, summary) + [""]
     first = next(iter(models.values()))
+    real_names = sorted({name for m in models.values()
+                         for name, split in m.provenance.get("finetune_real_images", {}).items() if split == "train"})
     out += ["## Intended use", "",
             "EPIC-pn full-frame, thin-filter 0.5–2 keV count images binned like the simulations (DETX/DETY in "
             "bins of 80 = 4\"; `xmmsr bin` on PPS event lists or SAS `evselect`), with an exposure near "
@@ -307,8 +303,11 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             "estimate, not data: check features against the input with the consistency map, and do not use "
             "them for photometry of faint sources without the completeness and flux-ratio figures above.", "",
             "## Known limits", "",
-            f"- Trained on simulations only ({_simulated_instrument(recorded)}; no spectral lines): real instrument "
-            "details differ.",
+            (f"- Trained on simulations only ({_simulated_instrument(recorded)}; no spectral lines): real instrument "
+             "details differ." if not real_names else
+             f"- Trained on simulations ({_simulated_instrument(recorded)}; no spectral lines) and fine-tuned on "
+             f"{len(real_names)} real observation(s) ({', '.join(real_names)}): real instrument details and skies "
+             "unlike them may differ."),
             f"- Not trained on: piled-up sources, extended emission brighter than the brightest simulated "
             f"sources (central surface brightness up to {_max_sigma_b(recorded)}× the background), other pn modes "
             "(large/small window, timing), other bands, MOS, flaring background, out-of-FoV stray light, or "
@@ -318,6 +317,63 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             "method.",
             "- The detector mask is applied to the metrics only; the networks see the chip gaps as zeros."]
     return "\n".join(out) + "\n"
+
+
+def _validation_curve(history: list[dict[str, float]], t_out: str) -> list[str]:
+    """The training's validation curve (five epochs of it) and where it was best."""
+    out = [f"Validation curve (masked PSNR in normalised space, Poisson deviance against the {t_out} counts; "
+           "the input's own scores beside them):", "",
+           "| epoch | step | train loss | val loss | val PSNR [dB] | input PSNR [dB] | val deviance | "
+           "input deviance |", "|---|---|---|---|---|---|---|---|"]
+    shown = sorted({0, len(history) // 4, len(history) // 2, 3 * len(history) // 4, len(history) - 1})
+    for i in shown:
+        r = history[i]
+        out.append(f"| {int(r['epoch'])} | {int(r['step'])} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | "
+                   f"{r['val_psnr']:.2f} | {r['val_psnr_input']:.2f} | {r['val_poisson_deviance']:.3f} | "
+                   f"{r['val_poisson_deviance_input']:.3f} |")
+    best = max(history, key=lambda r: r["val_psnr"])
+    return out + ["", f"Best validation PSNR at epoch {int(best['epoch'])} of {len(history)}"
+                  + (" (the last)." if best is history[-1] else
+                     f"; the shipped weights are those of the last epoch ({history[-1]['val_psnr']:.2f} dB)."), ""]
+
+
+def _finetuning(run: TaskRun, model: Any) -> list[str]:
+    """What fine-tuned the model on real data, and how it scores on the held-out real images."""
+    prov, ft = model.provenance, model.train_config.get("finetune", {})
+    images = prov.get("finetune_real_images", {})
+    train = [n for n, split in images.items() if split == "train"]
+    watched = [n for n, split in images.items() if split == "val"]
+    with open(run.finetune_history, newline="") as fh:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    scores = []
+    if run.real_scores is not None:
+        with open(run.real_scores, newline="") as fh:
+            scores = list(csv.DictReader(fh))
+    only_scored = sorted({r["image"] for r in scores if r["split"] == "test"})
+    w = float(ft.get("real_weight", float("nan")))
+    out = ["Fine-tuning on real pn observations:", "",
+           f"- Continued from `{prov.get('finetuned_from')}` for {int(prov.get('finetune_steps', 0)):,} steps "
+           f"({ft.get('epochs')} epochs of {ft.get('steps_per_epoch')}; batches of {ft.get('batch_size')} simulated "
+           f"and {ft.get('batch_size')} real {ft.get('crop')}² crops; lr {float(ft.get('lr', float('nan'))):g}) on "
+           f"the simulated pairs above (weight {1 - w:g}) and real observations thinned at every draw into an input "
+           f"and the independent remainder (weight {w:g}; Poisson likelihood of the remainder's counts).",
+           f"- Real training observations: {', '.join(train) or 'none'}; watched during fine-tuning: "
+           f"{', '.join(watched) or 'none'}; only scored (never seen): {', '.join(only_scored) or 'none'}.", "",
+           "| epoch | step | real loss | held-out real deviance |", "|---|---|---|---|"]
+    if history:
+        out.append(f"| start | 0 | – | {history[0]['val_real_deviance_start']:.4f} |")
+    out += [f"| {int(r['epoch'])} | {int(r['step'])} | {r['train_real_loss']:.4f} | {r['val_real_deviance']:.4f} |"
+            for r in history]
+    if scores:
+        label = {"gaussian": "best Gaussian smoothing", "model": f"`{prov.get('finetuned_from')}` (before)",
+                 "finetuned": "**this model**"}
+        out += ["", "Held-out real observations: the input thinned from each image, scored against the independent "
+                "remainder (Poisson deviance per 1x pixel, lower is better; PSNR in linear counts; the Gaussian's "
+                "width chosen on the remainder):", "",
+                "| image | split | method | deviance | PSNR [dB] | flux ratio |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['image']} | {r['split']} | {label[r['method']]} | {float(r['deviance']):.4f} | "
+                f"{float(r['psnr']):.2f} | {float(r['flux_ratio']):.3f} |" for r in scores if r["method"] in label]
+    return out + [""]
 
 
 def write_release(runs: Sequence[TaskRun], dataset: Path, config_name: str, out_dir: str | Path) -> Path:

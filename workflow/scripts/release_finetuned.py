@@ -1,0 +1,19 @@
+"""Rule release_finetuned: the fine-tuned models and their model card (real observations named)."""
+
+from pathlib import Path
+
+sm = snakemake  # noqa: F821 (injected by snakemake)
+
+from xmmsr.pipeline import logged_to
+
+with logged_to(sm.log[0]):
+    from xmmsr.evaluate.release import TaskRun, write_release
+    from xmmsr.io import atomic_directory
+
+    runs = [TaskRun(task, Path(model), Path(onnx), None, Path(summary), None, Path(history), Path(scores))
+            for task, model, onnx, history, summary, scores in zip(sm.params.tasks, sm.input.models, sm.input.onnx,
+                                                                  sm.input.histories, sm.input.summaries,
+                                                                  sm.input.real_scores)]
+    with atomic_directory(sm.output[0]) as tmp:
+        card = write_release(runs, Path(sm.input.dataset), sm.params.config_name, tmp)
+    print(f"{sm.output[0]}: fine-tuned {', '.join(sm.params.tasks)} models and {card.name}")
