@@ -297,6 +297,14 @@ def test_paper_config_is_a_valid_overlay():
     assert cfg["sources"]["extended"]["n"] >= 1000
 
 
+def test_real_fine_tuning_config_is_a_valid_overlay_holding_out_observations():
+    raw = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
+    raw.update(yaml.safe_load((REPO / "config" / "finetune_real.yaml").read_text()))
+    real = check_config(raw)["real"]
+    splits = [image["split"] for image in real["images"]]
+    assert splits.count("train") >= 1 and splits.count("val") + splits.count("test") >= 2
+
+
 def test_workflow_models_predict_and_export(tiny_run, tmp_path):
     """The train rule's outputs: a model file that predicts on a simulated 1x image, the same
     generator in ONNX, and one history row per epoch."""

@@ -229,8 +229,9 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
     """The model card (Markdown) of the released models, from the run's outputs."""
     counts = _dataset_counts(dataset)
     recorded, exposure_in, exposure_out = _dataset_config(dataset)
+    rule = "release_finetuned" if any(run.finetune_history is not None for run in runs) else "release"
     out = ["# xmmsr pretrained models: model card", "",
-           "Written by the `release` rule of the xmmsr pipeline from the outputs of the run that trained the "
+           f"Written by the `{rule}` rule of the xmmsr pipeline from the outputs of the run that trained the "
            f"models (`{config_name}`); every figure below comes from that run's files. Metrics are medians "
            "over the simulated **test split** (sources never seen in training); the 16th–84th percentiles are "
            "in the run's `metrics/{task}/summary.csv`.", "",
@@ -273,8 +274,8 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
                 f"`{prov.get('dataset_software', '')}`; model file software `{_software(run.model)}`.",
                 ""]
         out += _validation_curve(history, t_out) if history else [
-            f"The validation curve of the training on simulations is in the card of `{prov.get('finetuned_from')}`, "
-            "the model this one continues.", ""]
+            f"The validation curve of the training on simulations is in the card released with "
+            f"`{prov.get('finetuned_from')}`, the model this one continues.", ""]
         if run.finetune_history is not None:
             out += _finetuning(run, model)
         summary = _summary(run.summary_csv)
