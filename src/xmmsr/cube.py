@@ -13,6 +13,7 @@ from astropy.wcs import WCS
 
 from . import __version__
 from .io import open_fits, write_fits_atomic
+from .sky.model import tan_wcs
 
 SOURCE_COLUMNS = {"SRCID": "J", "SRCKIND": "12A", "SEED": "K", "SRCSEED": "K", "NEVENTS": "J", "EXPOSURE": "D",
                   "RA_PNT": "D", "DEC_PNT": "D", "PA_PNT": "D", "CRPIX1": "D", "CRPIX2": "D", "CRVAL1": "D",
@@ -34,12 +35,8 @@ def wcs_row(w: WCS) -> dict[str, float]:
 
 def cube_wcs(row: fits.FITS_record) -> WCS:
     """The celestial WCS of one plane of an image cube, from its SOURCES row."""
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crpix = [row["CRPIX1"], row["CRPIX2"]]
-    w.wcs.crval = [row["CRVAL1"], row["CRVAL2"]]
-    w.wcs.cd = [[row["CD1_1"], row["CD1_2"]], [row["CD2_1"], row["CD2_2"]]]
-    return w
+    return tan_wcs([row["CRVAL1"], row["CRVAL2"]], [row["CRPIX1"], row["CRPIX2"]],
+                   cd=[[row["CD1_1"], row["CD1_2"]], [row["CD2_1"], row["CD2_2"]]])
 
 
 def cube_header(kind: str, resolution: int, unit: str, exposure_s: float | None) -> fits.Header:

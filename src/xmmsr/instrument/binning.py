@@ -12,6 +12,7 @@ from astropy.wcs import WCS
 from .. import __version__
 from ..errors import InputError
 from ..io import write_fits_atomic
+from ..sky.model import tan_wcs
 from .events import column, read_events
 from .geometry import DET_UNIT_ARCSEC, ImageGrid, PnGeometry
 from .model import PATTERN_GOOD_MAX
@@ -80,25 +81,13 @@ def exposure_of(header: fits.Header, path: str | Path | None = None) -> float:
     return value
 
 
-def _empty_tan_wcs() -> WCS:
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.cunit = ["deg", "deg"]
-    w.wcs.radesys = "ICRS"
-    w.wcs.equinox = 2000.0
-    return w
-
-
 def detector_image_wcs(grid: ImageGrid, ra_pnt: float, dec_pnt: float, roll_deg: float,
                        aim_x_arcsec: float, aim_y_arcsec: float) -> WCS:
     """Exact WCS of a detector image whose optical axis (at ``aim``) points at (ra_pnt, dec_pnt)."""
     c, s = np.cos(np.deg2rad(roll_deg)), np.sin(np.deg2rad(roll_deg))
-    w = _empty_tan_wcs()
-    w.wcs.crval = [ra_pnt, dec_pnt]
-    w.wcs.crpix = [(aim_x_arcsec - grid.x0_arcsec) / grid.pixel_arcsec + 0.5,
-                   (aim_y_arcsec - grid.y0_arcsec) / grid.pixel_arcsec + 0.5]
-    w.wcs.cd = grid.pixel_arcsec / 3600.0 * np.array([[-c, -s], [-s, c]])
-    return w
+    return tan_wcs([ra_pnt, dec_pnt], [(aim_x_arcsec - grid.x0_arcsec) / grid.pixel_arcsec + 0.5,
+                                       (aim_y_arcsec - grid.y0_arcsec) / grid.pixel_arcsec + 0.5],
+                   cd=grid.pixel_arcsec / 3600.0 * np.array([[-c, -s], [-s, c]]))
 
 
 def physical_keywords(grid: ImageGrid) -> dict[str, tuple[object, str]]:
@@ -152,11 +141,7 @@ def image_wcs(data: fits.FITS_rec, header: fits.Header, grid: ImageGrid, path: s
     offset = np.array([ax[2], ay[2]])
     # image pixel p (1-based) -> DET = (x0, y0) + (p - 0.5) * b -> sky pixel = affine @ DET + offset
     det_of_ref = np.linalg.solve(affine, crpx - offset)
-    w = _empty_tan_wcs()
-    w.wcs.crval = crval
-    w.wcs.crpix = (det_of_ref - [x0, y0]) / b + 0.5
-    w.wcs.cd = np.diag(cdelt) @ affine * b
-    return w
+    return tan_wcs(crval, (det_of_ref - [x0, y0]) / b + 0.5, cd=np.diag(cdelt) @ affine * b)
 
 
 def bin_event_file(path: str | Path, geometry: PnGeometry | None = None) -> tuple[np.ndarray, fits.Header]:

@@ -16,8 +16,10 @@ with power-law spectra).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -102,18 +104,29 @@ class SkyModel:
         return float(self.image.sum(dtype=np.float64) + self.points["FLUX"].sum())
 
 
-def make_wcs(center_ra: float, center_dec: float, npix: tuple[int, int], pixel_arcsec: float) -> WCS:
-    """A TAN WCS of ``npix = (ny, nx)`` pixels of ``pixel_arcsec`` centred on (ra, dec), east to the left."""
-    ny, nx = npix
+def tan_wcs(crval: Sequence[float], crpix: Sequence[float], *, cdelt: Sequence[float] | None = None,
+            cd: Any = None) -> WCS:
+    """The one celestial TAN WCS builder (ICRS, degrees): reference value and pixel, and either CDELT
+    (axes aligned with east-west and north-south) or a CD matrix (rotated, e.g. detector images)."""
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [center_ra, center_dec]
-    w.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]
-    w.wcs.cdelt = [-pixel_arcsec / 3600.0, pixel_arcsec / 3600.0]
+    w.wcs.crval = list(crval)
+    w.wcs.crpix = list(crpix)
+    if cd is not None:
+        w.wcs.cd = cd
+    else:
+        w.wcs.cdelt = list(cdelt)
     w.wcs.cunit = ["deg", "deg"]
     w.wcs.radesys = "ICRS"
     w.wcs.equinox = 2000.0
     return w
+
+
+def make_wcs(center_ra: float, center_dec: float, npix: tuple[int, int], pixel_arcsec: float) -> WCS:
+    """A TAN WCS of ``npix = (ny, nx)`` pixels of ``pixel_arcsec`` centred on (ra, dec), east to the left."""
+    ny, nx = npix
+    return tan_wcs([center_ra, center_dec], [(nx + 1) / 2.0, (ny + 1) / 2.0],
+                   cdelt=[-pixel_arcsec / 3600.0, pixel_arcsec / 3600.0])
 
 
 def to_hdulist(model: SkyModel) -> fits.HDUList:
