@@ -97,7 +97,7 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
     text = card.read_text()
     for fragment in ("| **model (RRDB)** |", "Gaussian smoothing (best width)", "false sources per field",
                      "Validation curve",
-                     "Known limits", "train samples", "PSNR sqrt [dB]"):
+                     "Known limits", "train samples", "PSNR sqrt vs truth [dB]"):
         assert fragment in text, fragment
     assert str(tiny_run) not in text  # no machine paths in a shipped file
     # facts of this run, not of the shipped one: its exposures, its sources' brightness range, its PSF

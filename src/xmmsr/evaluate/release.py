@@ -21,32 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import pandas as pd
 
 from ..instrument.psf import describe_psf
 from ..io import atomic_path
 from ..learn.checkpoint import load_model
 from ..learn.model import count_parameters
 from ..learn.predict import check_onnx
-from . import methods
+from . import methods, tables
 
 CARD_NAME = "MODEL_CARD.md"
 TASK_TITLES = {"dn": "DN (de-noising): {t_in} → {t_out} on the 1x grid (4\" pixels)",
                "sr": "SR (2x super-resolution): {t_in} at 4\" → {t_out} at 2\""}
 # (metric, column label, format)
-IMAGE_COLUMNS = (("psnr_sqrt_vs_expected", "PSNR sqrt [dB]", "{:.2f}"),
-                 ("psnr_asinh_vs_expected", "PSNR asinh [dB]", "{:.2f}"),
-                 ("ssim_sqrt_vs_expected", "SSIM sqrt", "{:.3f}"),
-                 ("ssim_linear_vs_expected", "SSIM linear", "{:.3f}"),
-                 ("deviance_vs_expected", "Poisson dev. vs truth", "{:.3f}"),
-                 ("deviance_vs_target", "Poisson dev. vs target data", "{:.3f}"),
-                 ("flux_ratio", "flux ratio", "{:.3f}"))
-POINT_COLUMNS = (("completeness", "completeness", "{:.2f}"), ("n_false", "false sources per field", "{:.2f}"),
-                 ("median_flux_ratio", "flux ratio (matched)", "{:.2f}"),
-                 ("median_offset_arcsec", "position error [\"]", "{:.2f}"),
-                 ("consistency_deviance", "consistency deviance", "{:.3f}"))
-KIND_COLUMNS = (("psnr_sqrt_vs_expected", "PSNR sqrt [dB]", "{:.2f}"),
-                ("deviance_vs_expected", "Poisson dev. vs truth", "{:.3f}"),
-                ("ssim_sqrt_vs_expected", "SSIM sqrt", "{:.3f}"))
 EPOCH_LINE = re.compile(r"^epoch (\d+) step (\d+):.*?([0-9.]+) samples/s")
 
 
@@ -70,17 +57,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _summary(path: Path) -> dict[tuple[str, str, str, str], dict[str, float]]:
-    """(group, value, method, metric) -> {median, p16, p84, mean, n} of a ``summary.csv``."""
-    table = {}
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            table[(row["group"], row["value"], row["method"], row["metric"])] = {
-                k: float(row[k]) if row[k] not in ("", "nan") else float("nan") for k in ("mean", "median", "p16",
-                                                                                            "p84", "n")}
-    return table
 
 
 def _history(path: Path) -> list[dict[str, float]]:
@@ -108,18 +84,13 @@ def _software(model_file: Path) -> str:
     return str(torch.load(model_file, map_location="cpu", weights_only=True).get("software", ""))
 
 
-def _cell(stats: dict[str, float] | None, fmt: str) -> str:
-    if stats is None or stats["n"] == 0 or stats["median"] != stats["median"]:
-        return "–"
-    return fmt.format(stats["median"])
-
-
-def _table(summary: dict, group: str, value: str, columns: Sequence[tuple[str, str, str]],
-           names: Sequence[str]) -> list[str]:
-    lines = ["| method | " + " | ".join(label for _, label, _ in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
-    for method in names:
-        cells = [_cell(summary.get((group, value, method, metric)), fmt) for metric, _, fmt in columns]
+def _table(summary: pd.DataFrame, group: str, value: str, metrics: Sequence[str]) -> list[str]:
+    """A Markdown table of the medians of ``metrics`` per method (methods with no value left out)."""
+    table = tables.median_table(summary, metrics, group, value)
+    lines = ["| method | " + " | ".join(tables.METRICS[m].label for m in table.columns) + " |",
+             "|---" * (len(table.columns) + 1) + "|"]
+    for method in table.index:
+        cells = ["–" if pd.isna(v) else tables.METRICS[m].fmt.format(v) for m, v in table.loc[method].items()]
         if all(c == "–" for c in cells):
             continue
         name = methods.label(method)
@@ -167,24 +138,21 @@ def _dataset_counts(dataset: Path) -> dict[str, int]:
     return counts
 
 
-def _median(summary: dict, method: str, metric: str) -> float:
-    return summary.get(("all", "all", method, metric), {}).get("median", float("nan"))
-
-
-def _measured_limits(task: str, summary: dict) -> list[str]:
+def _measured_limits(task: str, summary: pd.DataFrame) -> list[str]:
     """The weaknesses this run measured, in words (flux bias, lost point sources, hallucinations)."""
     lines = [f"Measured limits of the {task.upper()} model on this test split:", ""]
-    flux = _median(summary, "model", "flux_ratio")
+    flux = tables.median(summary, "model", "flux_ratio")
     if abs(flux - 1.0) > 0.05:
         lines.append(f"- The total flux is {'under' if flux < 1 else 'over'}estimated: median flux ratio "
                      f"{flux:.2f} (truth 1). Do not use the output for flux measurements.")
-    model_c, input_c = _median(summary, "model", "completeness"), _median(summary, "input", "completeness")
+    model_c, input_c = tables.median(summary, "model", "completeness"), tables.median(summary, "input", "completeness")
     if model_c < input_c:
         lines.append(f"- Faint point sources are smoothed away: completeness {model_c:.2f}, against "
                      f"{input_c:.2f} for the input itself at the same detection threshold.")
-    false = _median(summary, "model", "n_false")
-    baselines = {m: _median(summary, m, "n_false") for m in methods.ordered(key[2] for key in summary)
-                 if methods.role(m) == "baseline" and ("all", "all", m, "n_false") in summary}
+    false = tables.median(summary, "model", "n_false")
+    scored = summary[(summary["group"] == "all") & (summary["metric"] == "n_false")]["method"]
+    baselines = {m: tables.median(summary, m, "n_false") for m in methods.ordered(scored)
+                 if methods.role(m) == "baseline"}
     fewer = [m for m, v in baselines.items() if false < v]
     if len(fewer) == len(baselines):
         verdict = "fewer than every baseline" + (", but not zero" if false > 0 else "")
@@ -193,8 +161,8 @@ def _measured_limits(task: str, summary: dict) -> list[str]:
     else:
         verdict = f"fewer than {', '.join(fewer)}; not fewer than {', '.join(m for m in baselines if m not in fewer)}"
     lines.append(f"- {false:.1f} detections per field that are not in the truth (the input: "
-                 f"{_median(summary, 'input', 'n_false'):.0f}; Gaussian smoothing: "
-                 f"{_median(summary, 'gaussian', 'n_false'):.0f}): {verdict}.")
+                 f"{tables.median(summary, 'input', 'n_false'):.0f}; Gaussian smoothing: "
+                 f"{tables.median(summary, 'gaussian', 'n_false'):.0f}): {verdict}.")
     return lines
 
 
@@ -278,20 +246,19 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             f"`{prov.get('finetuned_from')}`, the model this one continues.", ""]
         if run.finetune_history is not None:
             out += _finetuning(run, model)
-        summary = _summary(run.summary_csv)
-        names = methods.ordered(key[2] for key in summary)
+        summary = tables.read_summary(run.summary_csv)
         out += ["Test split, all fields, against the noise-free truth (PSNR/SSIM over the detector mask; data "
                 "range that of the truth):", ""]
-        out += _table(summary, "all", "all", IMAGE_COLUMNS, names)
+        out += _table(summary, "all", "all", tables.CARD_IMAGES)
         out += ["", "Point sources (same detection settings on every image; false = detected where the truth "
                 f"has none, i.e. hallucinated) and data consistency (the prediction forward-modelled to the {t_in} "
                 "input; the truth's value is the noise level):", ""]
-        out += _table(summary, "all", "all", POINT_COLUMNS, names)
-        kinds = sorted({key[1] for key in summary if key[0] == "kind"})
-        for kind in kinds:
-            n = summary.get(("kind", kind, "model", "psnr_asinh_vs_expected"), {}).get("n", 0)
-            out += ["", f"{kind} fields ({int(n)} test images):", ""]
-            out += _table(summary, "kind", kind, KIND_COLUMNS, names)
+        out += _table(summary, "all", "all", tables.CARD_POINTS)
+        for kind in sorted(summary[summary["group"] == "kind"]["value"].astype(str).unique()):
+            n = summary[(summary["group"] == "kind") & (summary["value"].astype(str) == kind)
+                        & (summary["method"] == "model") & (summary["metric"] == "psnr_asinh_vs_expected")]["n"]
+            out += ["", f"{kind} fields ({int(n.iloc[0]) if len(n) else 0} test images):", ""]
+            out += _table(summary, "kind", kind, tables.CARD_KINDS)
         out += _measured_limits(run.task, summary) + [""]
     first = next(iter(models.values()))
     real_names = sorted({name for m in models.values()

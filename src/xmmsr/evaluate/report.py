@@ -26,24 +26,10 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from .. import __version__  # noqa: E402
 from ..instrument.psf import describe_psf  # noqa: E402
 from ..io import atomic_path  # noqa: E402
-from . import methods  # noqa: E402
+from . import methods, tables  # noqa: E402
 
 TASK_TITLES = {"dn": "De-noising (DN): {t_in} → {t_out}, 4\" pixels",
                "sr": "Super-resolution (SR): {t_in} at 4\" → {t_out} at 2\""}
-# (column, label, better): "high", "low", "one" (closest to 1) or "truth" (closest to the truth's value)
-TABLE_COLUMNS = (
-    ("psnr_asinh_vs_expected", "PSNR asinh\nvs truth [dB]", "high"),
-    ("ssim_asinh_vs_expected", "SSIM asinh\nvs truth", "high"),
-    ("psnr_sqrt_vs_expected", "PSNR sqrt\nvs truth [dB]", "high"),
-    ("psnr_linear_vs_expected", "PSNR linear\nvs truth [dB]", "high"),
-    ("l1_vs_expected", "L1 vs truth\n[counts/px]", "low"),
-    ("deviance_vs_expected", "Poisson dev.\nvs truth", "low"),
-    ("deviance_vs_target", "Poisson dev.\nvs target data", "low"),
-    ("flux_ratio", "flux ratio\n(pred/truth)", "one"),
-    ("completeness", "point-source\ncompleteness", "high"),
-    ("n_false", "false sources\nper field", "low"),
-    ("consistency_deviance", "consistency\ndeviance", "truth"),
-)
 PAGE = (11.69, 8.27)  # A4 landscape, inches
 
 
@@ -132,11 +118,8 @@ def _best(values: pd.Series, better: str, reference: float = 1.0) -> set[str]:
 
 
 def metric_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Median of every table column per method (overall), methods in a fixed order."""
-    overall = summary[(summary["group"] == "all")]
-    table = overall.pivot_table(index="method", columns="metric", values="median", aggfunc="first")
-    order = methods.ordered(table.index)
-    return table.reindex(order)[[c for c, _, _ in TABLE_COLUMNS if c in table.columns]]
+    """Median of every column of the report's table per method (overall), methods in registry order."""
+    return tables.median_table(summary, tables.REPORT_OVERALL)
 
 
 def _table_page(pdf: PdfPages, task: str, summary: pd.DataFrame, provenance: dict[str, Any],
@@ -146,15 +129,16 @@ def _table_page(pdf: PdfPages, task: str, summary: pd.DataFrame, provenance: dic
     _title(fig, f"{exp.title(task)}: metrics on {provenance['n_images']} test images (median)")
     ax = fig.add_axes([0.17, 0.25, 0.81, 0.6])
     ax.axis("off")
-    labels = {c: label for c, label, _ in TABLE_COLUMNS}
     cells = [[_fmt(table.at[m, c]) for c in table.columns] for m in table.index]
     tab = ax.table(cellText=cells, rowLabels=[methods.label(m) for m in table.index],
-                   colLabels=[labels[c] for c in table.columns], loc="center", cellLoc="center")
+                   colLabels=[textwrap.fill(tables.METRICS[c].label, 14) for c in table.columns], loc="center",
+                   cellLoc="center")
     tab.auto_set_font_size(False)
     tab.set_fontsize(8.5)
     tab.scale(1.0, 2.4)
     candidates = [m for m in table.index if m != "truth"]
-    for j, (column, _, better) in enumerate(c for c in TABLE_COLUMNS if c[0] in table.columns):
+    for j, column in enumerate(table.columns):
+        better = tables.METRICS[column].better
         for i, method in enumerate(table.index):
             reference = table.at["truth", column] if better == "truth" and "truth" in table.index else 1.0
             if method in _best(table.loc[candidates, column], better, reference):
