@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
+from astropy.io import fits
 from scipy import integrate
 
 from xmmsr.config import ConfigError, check_config, default_config
@@ -14,7 +15,7 @@ from xmmsr.errors import InputError
 from xmmsr.sky import agn
 from xmmsr.sky.augment import boresight_offset, central_mean, normalise_brightness, zoom_image
 from xmmsr.sky.generate import BrightnessReference, generate_source, source_seed
-from xmmsr.sky.model import empty_point_table, make_wcs, read_sky_model, write_sky_model
+from xmmsr.sky.model import SkyModel, empty_point_table, make_wcs, read_sky_model, write_sky_model
 from xmmsr.sky.synthetic import CavityPair, Clump, Shock, beta_cluster, filament, snr_shell
 
 BRIGHTNESS = BrightnessReference(background_rate_arcsec2=2e-6, effective_area_cm2=600.0)
@@ -342,3 +343,29 @@ def test_bright_draws_are_capped_at_the_count_rate_of_real_fields():
         assert central_mean(m.image, 1.0, (199.5, 199.5), 30.0) == pytest.approx(target, rel=1e-4)
         capped += m.meta["SIGMA_B"] < 4000.0
     assert capped > 0
+
+
+@pytest.mark.parametrize("bunit, scale", [("ph cm-2 s-1", 1.0), ("photon/(cm2 s)", 1.0), ("ph/cm2/s", 1.0),
+                                          ("photon cm-2 s-1", 1.0), ("ph/(m2 s)", 1e-4)])
+def test_any_spelling_of_photon_flux_is_read_and_converted(tmp_path, bunit, scale):
+    model = SkyModel(np.full((20, 20), 1e-6, np.float32), make_wcs(150.0, 2.0, (20, 20), 1.0), 150.0, 2.0,
+                     "extended", points=empty_point_table())
+    path = tmp_path / "sky.fits"
+    write_sky_model(model, path)
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["BUNIT"] = bunit
+    back = read_sky_model(path)
+    np.testing.assert_allclose(back.image, 1e-6 * scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bunit", ["erg/(cm2 s)", "count", "count/s", "", "not a unit"])
+def test_a_unit_that_is_no_photon_flux_is_refused_with_the_fix(tmp_path, bunit):
+    model = SkyModel(np.full((20, 20), 1e-6, np.float32), make_wcs(150.0, 2.0, (20, 20), 1.0), 150.0, 2.0,
+                     "extended", points=empty_point_table())
+    path = tmp_path / "sky.fits"
+    write_sky_model(model, path)
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["BUNIT"] = bunit
+    with pytest.raises(InputError, match="BUNIT") as err:
+        read_sky_model(path)
+    assert "photon flux" in str(err.value)

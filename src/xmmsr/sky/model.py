@@ -3,7 +3,9 @@
 Layout of one sky-model file:
 
 * Primary HDU: float32 image of photon flux per pixel in the 0.5-2 keV band
-  (``BUNIT = 'ph cm-2 s-1'``), celestial TAN WCS with ``CDELT`` in degrees, pointing in
+  (``BUNIT = 'ph cm-2 s-1'`` is written; on reading, any unit astropy parses as a photon flux is
+  accepted and converted, e.g. ``photon/(cm2 s)`` or ``ph/(m2 s)``), celestial TAN WCS with ``CDELT`` in
+  degrees, pointing in
   ``RA_PNT``/``DEC_PNT``, spectrum of the extended emission in ``SPECMOD``/``SPECPAR``
   (``powerlaw`` photon index or ``bremss`` temperature in keV) and ``NH`` (cm^-2),
   provenance (``SRCKIND``, ``SRCID``, ``SEED``, augmentation keywords).
@@ -122,6 +124,27 @@ def tan_wcs(crval: Sequence[float], crpix: Sequence[float], *, cdelt: Sequence[f
     return w
 
 
+def _photon_flux_scale(bunit: object, path: str | Path) -> float:
+    """The factor turning an image in ``bunit`` into ph cm-2 s-1: the unit is parsed (astropy.units), so any
+    spelling of a photon flux is accepted (``ph cm-2 s-1``, ``photon/(cm2 s)``, ``ph/m2/s``...)."""
+    import warnings
+
+    import astropy.units as u
+
+    text = str(bunit).strip()
+    fix = "convert the image to 0.5-2 keV photon flux per pixel and set BUNIT (e.g. 'ph cm-2 s-1')"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", u.UnitsWarning)
+            unit = u.Unit(text)
+    except ValueError:
+        raise InputError(path, "BUNIT", f"{text!r} is not a unit astropy can read", fix) from None
+    target = u.Unit(FLUX_UNIT)
+    if not text or not unit.is_equivalent(target):
+        raise InputError(path, "BUNIT", f"is {text!r}, not a photon flux ({FLUX_UNIT})", fix)
+    return float(unit.to(target))
+
+
 def make_wcs(center_ra: float, center_dec: float, npix: tuple[int, int], pixel_arcsec: float) -> WCS:
     """A TAN WCS of ``npix = (ny, nx)`` pixels of ``pixel_arcsec`` centred on (ra, dec), east to the left."""
     ny, nx = npix
@@ -188,10 +211,7 @@ def read_sky_model(path: str | Path) -> SkyModel:
         if not wcs.has_celestial or not wcs.wcs.ctype[0].endswith("TAN"):
             raise InputError(path, "CTYPE1/CTYPE2", f"expected a celestial TAN WCS, found {list(wcs.wcs.ctype)}",
                              "write RA---TAN/DEC--TAN with CRVAL, CRPIX and CDELT in degrees")
-        bunit = str(header.get("BUNIT", "")).strip()
-        if bunit != FLUX_UNIT:
-            raise InputError(path, "BUNIT", f"is {bunit!r}, expected {FLUX_UNIT!r}",
-                             "convert the image to 0.5-2 keV photon flux per pixel and set BUNIT")
+        image = image * np.float32(_photon_flux_scale(header.get("BUNIT", ""), path))
         if "POINTSRC" in hdul:
             table = hdul["POINTSRC"].data
             missing = [c for c in POINT_COLUMNS if table is not None and c not in table.columns.names]
