@@ -403,3 +403,19 @@ def test_version_1_model_files_load_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="no digest"):
         model = load_model(path)
     assert model.target_exposure_s == 100_000.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine whose torch sees no GPU")
+def test_training_refuses_the_cpu_when_a_gpu_was_asked_for_or_given():
+    from xmmsr.errors import InputError
+    from xmmsr.learn.device import training_device
+
+    assert training_device("auto", {}) in ("cpu", "mps")
+    assert training_device("cpu", {"CUDA_VISIBLE_DEVICES": "0"}) == "cpu"   # deliberately on the CPU
+    assert training_device("auto", {"CUDA_VISIBLE_DEVICES": "", "SLURM_GPUS_ON_NODE": "0"}) in ("cpu", "mps")
+    with pytest.raises(InputError, match="train.accelerator"):
+        training_device("gpu", {})
+    for env in ({"CUDA_VISIBLE_DEVICES": "0"}, {"SLURM_JOB_GPUS": "1"}, {"SLURM_GPUS_ON_NODE": "2"}):
+        with pytest.raises(InputError, match="given GPUs") as err:
+            training_device("auto", env)
+        assert "train.accelerator: cpu" in str(err.value)

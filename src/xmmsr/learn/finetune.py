@@ -34,7 +34,7 @@ from ..metrics import coverage_mask
 from ..thinning import RealImage, ThinningPlan, binomial_split
 from .checkpoint import TrainedModel, load_model, save_model
 from .data import EpochSampler, PairDataset
-from .device import auto_device_type
+from .device import training_device
 from .losses import poisson_nll
 from .model import build_generator
 from .predict import read_count_image
@@ -237,7 +237,7 @@ def finetune(run: FinetuneRun, model_path: Path, history_path: Path, kernel: np.
                    "plan": [run.plan.input_exposure_s, run.plan.max_input_fraction],
                    "start_weights": float(sum(float(p.detach().double().sum()) for p in start.generator.parameters()))}
     resume = _prepare_checkpoints(run, fingerprint)  # type: ignore[arg-type]
-    accelerator = auto_device_type(cfg["accelerator"])
+    accelerator = training_device(cfg["accelerator"])
     precision = choose_precision(cfg["precision"], accelerator)
     pl.seed_everything(run.seed, workers=True, verbose=False)
     total = ft["epochs"] * ft["steps_per_epoch"]

@@ -26,7 +26,7 @@ from .. import metrics
 from ..io import atomic_path
 from .checkpoint import TrainedModel, save_model
 from .data import EpochSampler, PairDataset, open_dataset
-from .device import auto_device_type
+from .device import training_device
 from .losses import LOSS_TERMS, MS_SSIM_MIN_SIZE, loss_terms, masked_mean
 from .model import Architecture, build_generator, count_parameters
 from .normalise import Normalisation
@@ -235,7 +235,7 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
         target_exposure_s = float(h5.attrs["target_exposure_s"])
     resume = _prepare_checkpoints(run, _fingerprint(run, dataset_hash))
 
-    accelerator = auto_device_type(cfg["accelerator"])
+    accelerator = training_device(cfg["accelerator"])
     precision = choose_precision(cfg["precision"], accelerator)
     compile_model = cfg["compile"] == "on" or (cfg["compile"] == "auto" and accelerator == "cuda")
     pl.seed_everything(run.seed, workers=True, verbose=False)
