@@ -38,7 +38,7 @@ from .device import training_device
 from .losses import poisson_nll
 from .model import build_generator
 from .predict import read_count_image
-from .train import Restoration, _prepare_checkpoints, choose_precision, cluster_plugins
+from .train import Restoration, _prepare_checkpoints, choose_precision, resumable_trainer
 
 REAL_FORMAT_VERSION = 1
 FINETUNE_HISTORY_FIELDS = ("epoch", "step", "lr", "train_loss", "train_sim_loss", "train_real_loss",
@@ -259,16 +259,8 @@ def finetune(run: FinetuneRun, model_path: Path, history_path: Path, kernel: np.
     start_deviance = _start_deviance(start, val, kernel)
     print(f"fine-tuning {run.task} from {run.start_model.name}: {len(real)} real training images, {len(val)} "
           f"held-out; held-out real deviance at the start {start_deviance:.4f}", flush=True)
-    checkpointing = pl.callbacks.ModelCheckpoint(
-        dirpath=run.checkpoint_dir, filename="epoch{epoch:04d}", auto_insert_metric_name=False, save_last=True,
-        monitor="step", mode="max", save_top_k=2, every_n_epochs=1, save_on_train_epoch_end=True)
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=1, precision=precision, max_epochs=ft["epochs"],
-        limit_train_batches=ft["steps_per_epoch"], gradient_clip_val=cfg["gradient_clip"] or None,
-        num_sanity_val_steps=0, deterministic=accelerator == "cpu", use_distributed_sampler=False,
-        callbacks=[checkpointing, *callbacks], enable_progress_bar=False, enable_model_summary=False,
-        logger=pl.loggers.CSVLogger(run.checkpoint_dir, name="logs", version=0), log_every_n_steps=1,
-        default_root_dir=run.checkpoint_dir, plugins=cluster_plugins())
+    trainer = resumable_trainer(run.checkpoint_dir, accelerator, 1, precision, ft["epochs"], ft["steps_per_epoch"],
+                                cfg["gradient_clip"], callbacks, False)
     trainer.fit(module, loaders, val_loader, ckpt_path=resume)
     generator = build_generator(start.architecture)
     generator.load_state_dict({k: v.detach().cpu() for k, v in module.generator.state_dict().items()})

@@ -256,17 +256,8 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
     train_loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, drop_last=True, **loader_opts)
     val_loader = DataLoader(val_set, batch_size=1, shuffle=False, **loader_opts)
 
-    checkpointing = pl.callbacks.ModelCheckpoint(
-        dirpath=run.checkpoint_dir, filename="epoch{epoch:04d}", auto_insert_metric_name=False, save_last=True,
-        monitor="step", mode="max", save_top_k=2, every_n_epochs=1, save_on_train_epoch_end=True)
-    interactive = sys.stderr.isatty()
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=cfg["devices"], precision=precision, max_epochs=cfg["epochs"],
-        limit_train_batches=cfg["steps_per_epoch"], gradient_clip_val=cfg["gradient_clip"] or None,
-        num_sanity_val_steps=0, deterministic=accelerator == "cpu", use_distributed_sampler=False,
-        callbacks=[checkpointing, *callbacks], enable_progress_bar=interactive, enable_model_summary=False,
-        logger=pl.loggers.CSVLogger(run.checkpoint_dir, name="logs", version=0), log_every_n_steps=1,
-        default_root_dir=run.checkpoint_dir, plugins=cluster_plugins())
+    trainer = resumable_trainer(run.checkpoint_dir, accelerator, cfg["devices"], precision, cfg["epochs"],
+                                cfg["steps_per_epoch"], cfg["gradient_clip"], callbacks, sys.stderr.isatty())
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
 
     generator = build_generator(run.arch)  # a plain copy: no torch.compile wrapper, no DDP, on the CPU
@@ -287,6 +278,24 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
 
             export_onnx(model, onnx_path)
     return model
+
+
+def resumable_trainer(checkpoint_dir: Path, accelerator: str, devices: int, precision: str, epochs: int,
+                      steps_per_epoch: int, gradient_clip: float | None, callbacks: Sequence[pl.Callback],
+                      progress_bar: bool) -> pl.Trainer:
+    """The Lightning trainer of training and fine-tuning: epochs of ``steps_per_epoch`` steps, a checkpoint
+    after each (``epoch{NNNN}.ckpt`` and ``last.ckpt`` in ``checkpoint_dir``, what :func:`_prepare_checkpoints`
+    resumes from), deterministic on the CPU, the cluster environment of :func:`cluster_plugins`."""
+    checkpointing = pl.callbacks.ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="epoch{epoch:04d}", auto_insert_metric_name=False, save_last=True,
+        monitor="step", mode="max", save_top_k=2, every_n_epochs=1, save_on_train_epoch_end=True)
+    return pl.Trainer(
+        accelerator=accelerator, devices=devices, precision=precision, max_epochs=epochs,
+        limit_train_batches=steps_per_epoch, gradient_clip_val=gradient_clip or None,
+        num_sanity_val_steps=0, deterministic=accelerator == "cpu", use_distributed_sampler=False,
+        callbacks=[checkpointing, *callbacks], enable_progress_bar=progress_bar, enable_model_summary=False,
+        logger=pl.loggers.CSVLogger(checkpoint_dir, name="logs", version=0), log_every_n_steps=1,
+        default_root_dir=checkpoint_dir, plugins=cluster_plugins())
 
 
 def cluster_plugins() -> list[Any]:
