@@ -131,7 +131,7 @@ def test_evaluate_real_on_a_simulated_deep_image_ranks_methods_as_the_truth_does
     np.testing.assert_allclose(table["exposure_input"], input_t)
     assert np.all(table["flux_ratio"].between(0.9, 1.1))
     # the same predictions scored against the remainder's true mean
-    t = thinned_predictions(load_model(DN_MODEL), src, input_t, 3, instrument, cfg["evaluate"])
+    t = thinned_predictions({"model": load_model(DN_MODEL)}, src, input_t, 3, instrument, cfg["evaluate"])
     remainder_truth = truth * (1 - input_t / deep_t)
     by_data = {m: metrics.poisson_deviance(mu, t.remainder, t.mask) for m, mu in t.remainder_mean.items()}
     by_truth = {m: metrics.poisson_deviance(mu, remainder_truth, t.mask) for m, mu in t.remainder_mean.items()}

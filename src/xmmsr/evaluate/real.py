@@ -112,11 +112,12 @@ class ThinnedPredictions:
     asinh_scale: float
 
 
-def thinned_predictions(model: TrainedModel, image_path: str | Path, input_exposure_s: float, seed: int,
+def thinned_predictions(models: dict[str, TrainedModel], image_path: str | Path, input_exposure_s: float, seed: int,
                         instrument: PnInstrument, eval_cfg: dict[str, Any], exposure_map: str | Path | None = None,
                         gaussian_sigma: float | None = None) -> ThinnedPredictions:
-    """Thin a deep real image to an input of ``input_exposure_s`` and predict the independent remainder
-    with every method (see :func:`score_thinned`)."""
+    """Thin a deep real image once to an input of ``input_exposure_s`` and predict the independent remainder
+    with every baseline and every model of ``models`` (name -> model; see :func:`score_thinned`). The
+    baselines and the asinh scale use the first model's target exposure."""
     deep, header, t_deep = read_count_image(image_path)
     exposure = image_exposure(header, deep.shape, t_deep, exposure_map, instrument.geometry, image_path)
     fraction = float(input_exposure_s) / exposure.reference_s
@@ -132,7 +133,7 @@ def thinned_predictions(model: TrainedModel, image_path: str | Path, input_expos
     mask = coverage_mask(deep, deep) & (relative > 0.01)
     # exposure-corrected input: the counts it would have with the nominal exposure everywhere
     corrected = np.where(mask, counts_in / np.maximum(relative, 1e-12), 0.0)
-    t_out = float(model.target_exposure_s)
+    t_out = float(next(iter(models.values())).target_exposure_s)
     args = (corrected, t_in, t_out, 1)
     to_remainder = relative * (t_rest / t_out)               # expected remainder counts per predicted count
     sigmas = [gaussian_sigma] if gaussian_sigma is not None else list(baselines.DEFAULT_SIGMAS)
@@ -141,13 +142,14 @@ def thinned_predictions(model: TrainedModel, image_path: str | Path, input_expos
     # every method predicts at 1x here (SR is forward-modelled below): the DN baselines
     preds = methods.predict_baselines("dn", *args, methods.Settings(best, baselines.psf_kernel(instrument, 1), None,
                                                                     eval_cfg["rl_iterations"]))
+    means = {m: p * to_remainder for m, p in preds.items()}
     seconds = np.where(mask, exposure.seconds * fraction, t_in)
-    pred = predict_counts(model, counts_in.astype(np.float64), seconds).astype(np.float64)
-    if model.upscale != 1:
-        pred = forward_model(pred, model.upscale, degradation_kernel(instrument, model.upscale), t_out, t_out)
-    preds["model"] = pred
-    return ThinnedPredictions({m: p * to_remainder for m, p in preds.items()}, remainder.astype(np.float64), mask,
-                              float(best), t_in, t_rest, exposure.source,
+    for name, model in models.items():
+        pred = predict_counts(model, counts_in.astype(np.float64), seconds).astype(np.float64)
+        if model.upscale != 1:
+            pred = forward_model(pred, model.upscale, degradation_kernel(instrument, model.upscale), 1.0, 1.0)
+        means[name] = pred * relative * (t_rest / float(model.target_exposure_s))
+    return ThinnedPredictions(means, remainder.astype(np.float64), mask, float(best), t_in, t_rest, exposure.source,
                               eval_cfg["asinh_scale_counts"] * t_rest / t_out)
 
 
@@ -167,7 +169,7 @@ def score_thinned(model_path: str | Path, image_path: str | Path, input_exposure
     the deep image's footprint."""
     model = load_model(model_path)
     instrument = PnInstrument.from_config(instrument_cfg, base_dir=base_dir)
-    t = thinned_predictions(model, image_path, input_exposure_s, seed, instrument, eval_cfg, exposure_map,
+    t = thinned_predictions({"model": model}, image_path, input_exposure_s, seed, instrument, eval_cfg, exposure_map,
                             gaussian_sigma)
     return thinned_scores(t, seed)
 
@@ -211,18 +213,12 @@ def score_real_images(models: dict[str, str | Path], images: list[Any], real_cfg
         reference = image_exposure(header, counts.shape, t_deep, image.exposure_map, instrument.geometry,
                                    image.path).reference_s
         input_s = plan.fraction(reference) * reference
-        rows = []
-        for j, (name, model) in enumerate(loaded.items()):
-            t = thinned_predictions(model, image.path, input_s, seed + i, instrument, eval_cfg, image.exposure_map)
-            table = thinned_scores(t, seed + i)
-            table["method"] = table["method"].replace({"model": name})
-            rows.append(table if j == 0 else table[table["method"] == name])
-            for method, mean in t.remainder_mean.items():
-                if j == 0 or method == "model":
-                    arrays[f"{image.name}/{name if method == 'model' else method}"] = mean.astype(np.float32)
-            arrays[f"{image.name}/remainder"] = t.remainder.astype(np.float32)
-            arrays[f"{image.name}/mask"] = t.mask.astype(np.float32)
-        table = pd.concat(rows, ignore_index=True)
+        t = thinned_predictions(loaded, image.path, input_s, seed + i, instrument, eval_cfg, image.exposure_map)
+        for method, mean in t.remainder_mean.items():
+            arrays[f"{image.name}/{method}"] = mean.astype(np.float32)
+        arrays[f"{image.name}/remainder"] = t.remainder.astype(np.float32)
+        arrays[f"{image.name}/mask"] = t.mask.astype(np.float32)
+        table = thinned_scores(t, seed + i)
         table.insert(0, "split", image.split)
         table.insert(0, "image", image.name)
         tables.append(table)
