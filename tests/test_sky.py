@@ -345,27 +345,25 @@ def test_bright_draws_are_capped_at_the_count_rate_of_real_fields():
     assert capped > 0
 
 
-@pytest.mark.parametrize("bunit, scale", [("ph cm-2 s-1", 1.0), ("photon/(cm2 s)", 1.0), ("ph/cm2/s", 1.0),
-                                          ("photon cm-2 s-1", 1.0), ("ph/(m2 s)", 1e-4)])
-def test_any_spelling_of_photon_flux_is_read_and_converted(tmp_path, bunit, scale):
+def _sky_file_with_bunit(tmp_path, bunit: str):
     model = SkyModel(np.full((20, 20), 1e-6, np.float32), make_wcs(150.0, 2.0, (20, 20), 1.0), 150.0, 2.0,
                      "extended", points=empty_point_table())
     path = tmp_path / "sky.fits"
     write_sky_model(model, path)
     with fits.open(path, mode="update") as hdul:
         hdul[0].header["BUNIT"] = bunit
-    back = read_sky_model(path)
+    return path
+
+
+@pytest.mark.parametrize("bunit, scale", [("ph cm-2 s-1", 1.0), ("photon/(cm2 s)", 1.0), ("ph/cm2/s", 1.0),
+                                          ("photon cm-2 s-1", 1.0), ("ph/(m2 s)", 1e-4)])
+def test_any_spelling_of_photon_flux_is_read_and_converted(tmp_path, bunit, scale):
+    back = read_sky_model(_sky_file_with_bunit(tmp_path, bunit))
     np.testing.assert_allclose(back.image, 1e-6 * scale, rtol=1e-6)
 
 
 @pytest.mark.parametrize("bunit", ["erg/(cm2 s)", "count", "count/s", "", "not a unit"])
 def test_a_unit_that_is_no_photon_flux_is_refused_with_the_fix(tmp_path, bunit):
-    model = SkyModel(np.full((20, 20), 1e-6, np.float32), make_wcs(150.0, 2.0, (20, 20), 1.0), 150.0, 2.0,
-                     "extended", points=empty_point_table())
-    path = tmp_path / "sky.fits"
-    write_sky_model(model, path)
-    with fits.open(path, mode="update") as hdul:
-        hdul[0].header["BUNIT"] = bunit
     with pytest.raises(InputError, match="BUNIT") as err:
-        read_sky_model(path)
+        read_sky_model(_sky_file_with_bunit(tmp_path, bunit))
     assert "photon flux" in str(err.value)

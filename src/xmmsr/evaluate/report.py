@@ -303,17 +303,21 @@ def _points_consistency_page(pdf: PdfPages, task: str, summary: pd.DataFrame, ga
     plt.close(fig)
 
 
+def _frame_table(fig: plt.Figure, rect: list[float], frame: pd.DataFrame, fontsize: float, row_height: float) -> None:
+    """A table of ``frame`` (its columns as headers, floats formatted) in the axes box ``rect`` of ``fig``."""
+    ax = fig.add_axes(rect)
+    ax.axis("off")
+    tab = ax.table(cellText=[[_fmt(v) if isinstance(v, float) else str(v) for v in row] for row in frame.values],
+                   colLabels=list(frame.columns), loc="center", cellLoc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(fontsize)
+    tab.scale(1.0, row_height)
+
+
 def _real_page(pdf: PdfPages, real: pd.DataFrame) -> None:
     fig = plt.figure(figsize=PAGE)
     _title(fig, "Real observations: DN on the short exposure scored against an independent long exposure")
-    ax = fig.add_axes([0.05, 0.25, 0.9, 0.6])
-    ax.axis("off")
-    cols = [c for c in real.columns if c not in ("pair",)]
-    tab = ax.table(cellText=[[_fmt(v) if isinstance(v, float) else str(v) for v in row] for row in real[cols].values],
-                   colLabels=cols, loc="center", cellLoc="center")
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(8)
-    tab.scale(1.0, 1.8)
+    _frame_table(fig, [0.05, 0.25, 0.9, 0.6], real[[c for c in real.columns if c != "pair"]], 8, 1.8)
     _caption(fig, "Each method's prediction, rescaled to the long exposure, against the long image's counts over "
              "the area both images cover. Only the noisy long image is available as a reference, so these numbers "
              "include its Poisson noise.")
@@ -324,15 +328,9 @@ def _real_page(pdf: PdfPages, real: pd.DataFrame) -> None:
 def _real_thinned_page(pdf: PdfPages, task: str, scores: pd.DataFrame) -> None:
     fig = plt.figure(figsize=PAGE)
     _title(fig, f"{task.upper()} on held-out real observations: thinned input against the independent remainder")
-    ax = fig.add_axes([0.05, 0.2, 0.9, 0.65])
-    ax.axis("off")
     cols = ["image", "split", "method", "deviance", "psnr", "psnr_asinh", "flux_ratio", "gaussian_sigma",
             "exposure_input", "exposure_remainder"]
-    tab = ax.table(cellText=[[_fmt(v) if isinstance(v, float) else str(v) for v in row] for row in scores[cols].values],
-                   colLabels=cols, loc="center", cellLoc="center")
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(7)
-    tab.scale(1.0, 1.5)
+    _frame_table(fig, [0.05, 0.2, 0.9, 0.65], scores[cols], 7, 1.5)
     _caption(fig, "Each held-out real image is thinned binomially into an input and the independent remainder "
              "(same seed for every method); predictions from the input, turned into the remainder's expected "
              "counts with its per-pixel exposure (SR forward-modelled to 1x), are scored against the remainder's "
