@@ -283,11 +283,24 @@ def test_training_config_errors_name_the_key():
         check_config({"pack": {"input_exposure_ks": 30}})
     with pytest.raises(ConfigError, match="train.crop"):
         check_config({"train": {"crop": 4}})
-    from xmmsr.learn.train import check_training_config
+    with pytest.raises(ConfigError, match="train.loss.ms_ssim.*gives 96 for sr"):
+        check_config({"train": {"tasks": ["sr"], "loss": {"l1": 0.0, "ms_ssim": 1.0}, "crop": 48}})
+    assert check_config({"train": {"tasks": ["sr"], "loss": {"ms_ssim": 1.0}, "crop": 96}})["train"]["crop"] == 96
+    with pytest.raises(ConfigError, match="every weight is 0"):
+        check_config({"train": {"loss": {"l1": 0.0, "poisson": 0.0}}})
 
-    cfg = check_config({"train": {"loss": {"l1": 0.0, "ms_ssim": 1.0}, "crop": 48}})
-    with pytest.raises(ValueError, match="train.loss.ms_ssim"):
-        check_training_config(cfg["train"], "sr")
+
+def test_config_is_validated_once_with_defaults_filled_and_keys_sorted():
+    raw = {"train": {"lr": 1e-3}, "seed": 3}
+    cfg = check_config(raw)
+    assert cfg is raw and list(cfg) == sorted(cfg) and list(cfg["train"]) == sorted(cfg["train"])
+    assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["loss"]["l1"] == 1.0  # nested defaults filled
+    again = check_config({"seed": 3, "train": {"lr": 1e-3}})
+    assert repr(again) == repr(cfg)  # the order of the given keys does not matter
+    assert check_config({}) is not check_config({})  # defaults are copies, never the schema's own objects
+    first = check_config({})
+    first["train"]["loss"]["l1"] = 7.0
+    assert check_config({})["train"]["loss"]["l1"] == 1.0
 
 
 def test_paper_config_is_a_valid_overlay():

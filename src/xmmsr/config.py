@@ -13,6 +13,7 @@ import yaml
 
 PACKAGE_DATA = Path(str(files("xmmsr") / "data"))
 SCHEMA_PATH = PACKAGE_DATA / "config.schema.yaml"
+MS_SSIM_MIN_SIZE = 176   # MS-SSIM's five scales need output images of at least this many pixels a side
 
 
 class ConfigError(ValueError):
@@ -48,23 +49,45 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config key '{key}': {error.message}{hint}"
 
 
+def _filling_validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    """A Draft 2020-12 validator that also fills each missing property with a copy of its schema default
+    (as snakemake's ``validate(..., set_default=True)`` does), in the same single pass."""
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, subschema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for name, prop in props.items():
+                if "default" in prop and name not in instance:
+                    instance[name] = copy.deepcopy(prop["default"])
+        yield from check_properties(validator, props, instance, subschema)
+
+    return jsonschema.validators.extend(base, {"properties": properties})(schema)
+
+
+def _key_sorted(value: Any) -> Any:
+    """Nested dicts with sorted keys (lists keep their order)."""
+    if isinstance(value, dict):
+        return {k: _key_sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_key_sorted(v) for v in value]
+    return value
+
+
 def check_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Validate ``config`` in place with snakemake's validator, filling defaults from the schema.
+    """Validate ``config`` once, where it enters, and normalise it in place: schema defaults filled, keys
+    sorted (so that equal settings compare, hash and print alike whatever the order of the config files),
+    then the checks the schema cannot express. Every later reader trusts it.
 
     Raises :class:`ConfigError` naming the offending key and the allowed values.
     """
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
-
-    schema = load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    errors = sorted(_filling_validator(_SCHEMA).iter_errors(config),
+                    key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in errors[:5]))
-    try:
-        validate(config, str(SCHEMA_PATH), set_default=True)
-    except WorkflowError as exc:  # pragma: no cover - caught by the jsonschema pass above
-        raise ConfigError(f"{source}: {exc}") from exc
+    normalised = _key_sorted(config)
+    config.clear()
+    config.update(normalised)
     _check_consistency(config, source)
     return config
 
@@ -112,6 +135,16 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
     split = config["pack"]["split"]
     if split["train"] <= 0 or split["val"] <= 0:
         raise ConfigError(f"{source}: config keys 'pack.split.train' and 'pack.split.val' must be > 0 (got {split})")
+    train = config["train"]
+    if not any(weight > 0 for weight in train["loss"].values()):
+        raise ConfigError(f"{source}: config key 'train.loss': every weight is 0; give at least one positive weight")
+    crop = train["crop"]
+    for task in train["tasks"]:
+        out = None if crop is None else crop * (2 if task == "sr" else 1)
+        if train["loss"]["ms_ssim"] > 0 and out is not None and out < MS_SSIM_MIN_SIZE:
+            raise ConfigError(f"{source}: config key 'train.loss.ms_ssim' needs output crops >= {MS_SSIM_MIN_SIZE} "
+                              f"pixels; train.crop = {crop} gives {out} for {task}: raise train.crop or set "
+                              "train.loss.ms_ssim to 0")
 
 
 # directories an output directory must never be, nor lie inside (system trees)

@@ -16,23 +16,10 @@ use_checkout_library(workflow.basedir)  # every rule script (conda environments 
 from xmmsr.sky.model import SOURCE_KINDS
 
 try:
-    check_config(config, "config")
+    check_config(config, "config")  # defaults filled, keys sorted: params compare equal whatever the file order
 except ConfigError as exc:
     raise WorkflowError(f"Invalid configuration. {exc}") from None
 
-
-def _key_sorted(value):
-    """Nested dicts with sorted keys: params then compare equal whatever the order of the config files."""
-    if isinstance(value, dict):
-        return {k: _key_sorted(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_key_sorted(v) for v in value]
-    return value
-
-
-_sorted_config = _key_sorted(config)
-config.clear()
-config.update(_sorted_config)
 
 try:
     OUT = str(check_outdir(config["outdir"], Path.cwd()))

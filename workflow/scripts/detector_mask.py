@@ -2,12 +2,10 @@
 
 sm = snakemake  # noqa: F821 (injected by snakemake)
 
-from xmmsr.config import check_config
 from xmmsr.instrument.binning import write_detector_mask
-from xmmsr.instrument.model import PnInstrument
+from xmmsr.instrument.model import geometry_from_config
 from xmmsr.pipeline import logged_to
 
 with logged_to(sm.log[0]):
-    cfg = check_config({"instrument": {"geometry": sm.params.geometry}})
-    geometry = PnInstrument.from_config(cfg["instrument"]).geometry
+    geometry = geometry_from_config(sm.params.geometry)
     write_detector_mask(geometry, sm.params.resolution, sm.output[0])

@@ -7,7 +7,6 @@ sm = snakemake  # noqa: F821 (injected by snakemake)
 from xmmsr.pipeline import logged_to
 
 with logged_to(sm.log[0]):
-    from xmmsr.config import check_config
     from xmmsr.evaluate.consistency import degradation_kernel
     from xmmsr.instrument.model import PnInstrument
     from xmmsr.learn.finetune import FinetuneRun, finetune
@@ -20,7 +19,7 @@ with logged_to(sm.log[0]):
                       real["finetune"], plan, sm.params.seed, Path(sm.params.checkpoint_dir))
     kernel = None
     if sm.wildcards.task == "sr":
-        instrument = PnInstrument.from_config(check_config({"instrument": sm.params.instrument})["instrument"],
+        instrument = PnInstrument.from_config(sm.params.instrument,
                                               base_dir=Path(sm.scriptdir).resolve().parents[1])
         kernel = degradation_kernel(instrument, 2)
     finetune(run, Path(sm.output.model), Path(sm.output.history), kernel,

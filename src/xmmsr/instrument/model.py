@@ -105,6 +105,24 @@ class PatternFractions:
         return self.single + self.double
 
 
+def geometry_from_config(g: dict[str, Any], base_dir: str | Path | None = None) -> PnGeometry:
+    """The detector geometry of the validated ``instrument.geometry`` config section."""
+    dead = read_dead_pixels(resolve_resource(g["dead_pixels_file"], base_dir)) if g["dead_pixels_file"] else ()
+    return PnGeometry(
+        pixel_arcsec=g["pixel_arcsec"], ccd_columns=g["ccd_columns"], ccd_rows=g["ccd_rows"],
+        ccds_x=g["ccds_x"], ccds_y=g["ccds_y"], gap_x_arcsec=g["gap_x_arcsec"], gap_y_arcsec=g["gap_y_arcsec"],
+        array_center_x_arcsec=g["array_center_arcsec"][0], array_center_y_arcsec=g["array_center_arcsec"][1],
+        aim_x_arcsec=g["aim_point_arcsec"][0], aim_y_arcsec=g["aim_point_arcsec"][1],
+        axis_x_arcsec=g["optical_axis_arcsec"][0], axis_y_arcsec=g["optical_axis_arcsec"][1],
+        fov_center_x_arcsec=g["fov_center_arcsec"][0], fov_center_y_arcsec=g["fov_center_arcsec"][1],
+        fov_radius_arcmin=g["fov_radius_arcmin"],
+        image_origin_det=(float(g["image_origin_det"][0]), float(g["image_origin_det"][1])),
+        bad_columns=tuple((int(c), int(x)) for c, x in g["bad_columns"]),
+        flag_ccd_border=g["flag_ccd_border"],
+        dead_pixels=dead,
+    )
+
+
 @dataclass(frozen=True)
 class PnInstrument:
     """Everything the built-in simulator needs to know about EPIC-pn."""
@@ -123,35 +141,18 @@ class PnInstrument:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], base_dir: str | Path | None = None) -> "PnInstrument":
-        """Build from the ``instrument`` config section (see workflow/schemas/config.schema.yaml)."""
+        """Build from the ``instrument`` config section (schema: ``xmmsr/data/config.schema.yaml``)."""
         g = cfg["geometry"]
-        dead = read_dead_pixels(resolve_resource(g["dead_pixels_file"], base_dir)) if g["dead_pixels_file"] else ()
-        geometry = PnGeometry(
-            pixel_arcsec=g["pixel_arcsec"], ccd_columns=g["ccd_columns"], ccd_rows=g["ccd_rows"],
-            ccds_x=g["ccds_x"], ccds_y=g["ccds_y"], gap_x_arcsec=g["gap_x_arcsec"], gap_y_arcsec=g["gap_y_arcsec"],
-            array_center_x_arcsec=g["array_center_arcsec"][0], array_center_y_arcsec=g["array_center_arcsec"][1],
-            aim_x_arcsec=g["aim_point_arcsec"][0], aim_y_arcsec=g["aim_point_arcsec"][1],
-            axis_x_arcsec=g["optical_axis_arcsec"][0], axis_y_arcsec=g["optical_axis_arcsec"][1],
-            fov_center_x_arcsec=g["fov_center_arcsec"][0], fov_center_y_arcsec=g["fov_center_arcsec"][1],
-            fov_radius_arcmin=g["fov_radius_arcmin"],
-            image_origin_det=(float(g["image_origin_det"][0]), float(g["image_origin_det"][1])),
-            bad_columns=tuple((int(c), int(x)) for c, x in g["bad_columns"]),
-            flag_ccd_border=g["flag_ccd_border"],
-            dead_pixels=dead,
-        )
+        geometry = geometry_from_config(g, base_dir)
         aim = np.array([[geometry.aim_x_arcsec], [geometry.aim_y_arcsec]], dtype=np.float32)
         if not geometry.on_chip(aim[0], aim[1])[0] or geometry.locate(aim[0], aim[1], 1)[3][0] != 0:
             raise InputError(None, "instrument.geometry.aim_point_arcsec", f"{list(g['aim_point_arcsec'])} is not on an "
                              "active, unflagged CCD pixel", "put the optical axis on a CCD, clear of gaps and borders "
                              "(the default is [5.6, -7.4], where SAS pn images have their targets)")
-        files = instrument_files(cfg, base_dir)
-        energy, area = read_effective_area(files["effective_area"])
-        redistribution = (Redistribution.from_file(files["redistribution"]) if "redistribution" in files
-                          else Redistribution.gaussian(cfg["energy_resolution_fwhm_ev"]))
         return cls(
             geometry=geometry,
             psf=psf_from_config(cfg["psf"]),
-            response=Response(energy, area, redistribution),
+            response=response_from_config(cfg, base_dir),
             vignetting=Vignetting.from_file(resolve_resource(cfg["vignetting"]["file"], base_dir)),
             background=Background(**cfg["background"]),
             patterns=PatternFractions(**cfg["pattern_fractions"]),
@@ -193,6 +194,16 @@ def instrument_files(cfg: dict[str, Any], base_dir: str | Path | None = None) ->
     if cfg.get("redistribution_file"):
         files["redistribution"] = resolve_resource(cfg["redistribution_file"], base_dir)
     return files
+
+
+def response_from_config(cfg: dict[str, Any], base_dir: str | Path | None = None) -> Response:
+    """The spectral response of an ``instrument`` section: the effective area and the redistribution file
+    of :func:`instrument_files` (or a Gaussian of ``energy_resolution_fwhm_ev`` without one)."""
+    files = instrument_files(cfg, base_dir)
+    energy, area = read_effective_area(files["effective_area"])
+    redistribution = (Redistribution.from_file(files["redistribution"]) if "redistribution" in files
+                      else Redistribution.gaussian(cfg["energy_resolution_fwhm_ev"]))
+    return Response(energy, area, redistribution)
 
 
 def instrument_config_with_inputs(cfg: dict[str, Any], inputs: Any) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 POISSON_FLOOR = 1.0e-2  # counts: softplus sharpness of the positivity constraint of the Poisson mean
 LOG_FLOOR = 1.0e-8  # counts: floor of the mean inside logarithms (softplus underflows to 0 far below zero)
 LOSS_TERMS = ("l1", "poisson", "ssim", "ms_ssim")
-MS_SSIM_MIN_SIZE = 176  # 5 scales of an 11-pixel window
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from ..io import atomic_path
 from .checkpoint import TrainedModel, save_model
 from .data import EpochSampler, PairDataset, open_dataset
 from .device import training_device
-from .losses import LOSS_TERMS, MS_SSIM_MIN_SIZE, loss_terms, masked_mean
+from .losses import loss_terms, masked_mean
 from .model import Architecture, build_generator, count_parameters
 from .normalise import Normalisation
 
@@ -208,23 +208,10 @@ def _prepare_checkpoints(run: TrainingRun, fingerprint: dict[str, Any]) -> Path 
     return None
 
 
-def check_training_config(train_cfg: dict[str, Any], task: str) -> None:
-    """Consistency checks that the schema cannot express."""
-    weights = train_cfg["loss"]
-    if not any(weights[t] > 0 for t in LOSS_TERMS):
-        raise ValueError("config key 'train.loss': every weight is 0; give at least one positive weight")
-    crop = train_cfg["crop"]
-    out = None if crop is None else crop * (2 if task == "sr" else 1)
-    if weights["ms_ssim"] > 0 and out is not None and out < MS_SSIM_MIN_SIZE:
-        raise ValueError(f"config key 'train.loss.ms_ssim' needs output crops >= {MS_SSIM_MIN_SIZE} pixels; "
-                         f"train.crop = {crop} gives {out} for {task}: raise train.crop or set ms_ssim to 0")
-
-
 def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Path | None = None,
           threads: int = 0, callbacks: Sequence[pl.Callback] = ()) -> TrainedModel:
     """Train (or resume) one model; write the final model file, its ONNX export and the history CSV."""
     cfg = run.train_cfg
-    check_training_config(cfg, run.task)
     if threads > 0:
         torch.set_num_threads(threads)
     with open_dataset(run.dataset) as h5:
