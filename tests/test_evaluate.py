@@ -19,8 +19,8 @@ from xmmsr.learn.checkpoint import TrainedModel, save_model
 from xmmsr.learn.model import Architecture, build_generator
 from xmmsr.learn.normalise import Normalisation
 
-BASELINES = {"dn": ("input", "gaussian", "richardson_lucy", "model", "truth"),
-             "sr": ("input", "bicubic", "gaussian", "richardson_lucy", "model", "truth")}
+BASELINES = {"dn": ("input", "gaussian", "adaptive_smoothing", "wavelet", "richardson_lucy", "model", "truth"),
+             "sr": ("input", "bicubic", "gaussian", "adaptive_smoothing", "wavelet", "richardson_lucy", "model", "truth")}
 
 
 def test_metric_files_hold_the_model_and_every_baseline(tiny_run):
@@ -39,6 +39,10 @@ def test_metric_files_hold_the_model_and_every_baseline(tiny_run):
         summary = json.loads((out / "summary.json").read_text())
         assert summary["provenance"]["task"] == task and summary["provenance"]["dataset"]["n_test"] == 1
         assert summary["provenance"]["gaussian_sigma_px"] > 0
+        tuned = summary["provenance"]["tuned_parameters"]   # chosen on val among the configured candidates
+        assert tuned["adaptive_smoothing"] in (2.0, 3.0, 4.0, 5.0, 7.0)
+        assert tuned["wavelet"] in (0.125, 0.1875, 0.25, 0.375, 0.5, 0.75, 1.0) and tuned["gaussian"] == summary["provenance"][
+            "gaussian_sigma_px"]
         table = pd.read_csv(out / "summary.csv")
         assert {"all", "kind", "brightness"} <= set(table["group"])
         assert {"mean", "median", "p16", "p84", "n"} <= set(table.columns)
@@ -48,10 +52,11 @@ def test_report_pdf_has_every_page_and_names_models_and_baselines(tiny_run):
     pypdf = pytest.importorskip("pypdf")
     pdf = tiny_run / "results" / "report" / "evaluation.pdf"
     reader = pypdf.PdfReader(pdf)
-    # provenance; per task: table, breakdown, points/consistency; curves; one gallery page per task
-    assert len(reader.pages) == 1 + 2 * 3 + 1 + 2
+    # provenance; per task: table, breakdown, points/consistency; curves; one gallery page per task; de-blending
+    assert len(reader.pages) == 1 + 2 * 3 + 1 + 2 + 1
     text = "\n".join(page.extract_text() for page in reader.pages)
     for needle in ("De-noising (DN)", "Super-resolution (SR)", "Training and validation curves",
+                   "de-blending close point-source pairs",
                    "point sources and data consistency", "config hash",
                    *[m.label for m in methods.REGISTRY.values() if m.name != "finetuned"]):
         assert needle in text, needle
@@ -59,7 +64,8 @@ def test_report_pdf_has_every_page_and_names_models_and_baselines(tiny_run):
     assert "2 ks → 10 ks" in text and "2 ks at 4\" → 10 ks at 2\"" in text
     assert "100 ks" not in text and "20 ks" not in text
     figures = sorted(p.name for p in (tiny_run / "results" / "report" / "figures").glob("*.png"))
-    assert figures == ["gallery_dn.png", "gallery_sr.png", "metrics_dn.png", "metrics_sr.png", "training_curves.png"]
+    assert figures == ["deblending.png", "gallery_dn.png", "gallery_sr.png", "metrics_dn.png", "metrics_sr.png",
+                       "training_curves.png"]
 
 
 def test_report_is_reproducible(tiny_run, tmp_path):
@@ -108,7 +114,7 @@ def test_evaluate_real_scores_a_hand_made_pair(tmp_path, capsys):
     assert main(["evaluate-real", "--model", str(model), "--short", str(short), "--long", str(long),
                  "--output", str(out)]) == 0
     table = pd.read_csv(out).set_index("method")
-    assert list(table.index) == ["input", "gaussian", "richardson_lucy", "model"]
+    assert list(table.index) == ["input", "gaussian", "adaptive_smoothing", "wavelet", "richardson_lucy", "model"]
     assert (table["exposure_long"] == 4e4).all() and (table["exposure_short"] == 1e4).all()
     # smoothing a flat field with a smooth blob beats the raw 10 ks counts against the independent 40 ks counts
     assert table.at["gaussian", "deviance_vs_long"] < table.at["input", "deviance_vs_long"]

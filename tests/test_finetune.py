@@ -52,7 +52,7 @@ def test_finetune_and_real_scores_run_in_the_workflow(tiny_run, real_config):
     target = "results/metrics/dn/real_thinned.csv"
     snakemake(tiny_run, target, "--cores", "2", "--configfile", str(TINY), str(config))
     table = pd.read_csv(tiny_run / target)
-    assert list(table["method"]) == ["input", "gaussian", "richardson_lucy", "model", "finetuned"]
+    assert list(table["method"]) == ["input", "gaussian", "adaptive_smoothing", "wavelet", "richardson_lucy", "model", "finetuned"]
     assert set(table["image"]) == {"field1"} and set(table["split"]) == {"val"}
     np.testing.assert_allclose(table["exposure_input"], 2000.0)
     assert table.set_index("method").at["input", "deviance"] > table.set_index("method").at["gaussian", "deviance"]

@@ -11,6 +11,8 @@ from scipy.signal import fftconvolve
 
 from xmmsr.config import default_config
 from xmmsr.evaluate import baselines as bl
+from xmmsr.evaluate import methods
+from xmmsr.evaluate.run import masked_mse
 from xmmsr.metrics import (
     data_range,
     image_metrics,
@@ -230,11 +232,75 @@ def test_best_gaussian_sigma_flat_vs_point_sources():
             y, x = rng.uniform(8, 40, 2)
             truth += 2000.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 0.6**2)) / (2 * np.pi * 0.6**2)
         points.append((rng.poisson(truth / 5.0).astype(float), 20e3, 100e3, truth, mask))
-    s_flat = bl.best_gaussian_sigma(flat, 1)
-    s_points = bl.best_gaussian_sigma(points, 1)
+    def best_sigma(samples, sigmas=(0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)):
+        settings = methods.tune("dn", methods.Settings(1.0, np.ones((1, 1))), {"gaussian_sigma_px": sigmas},
+                                (((c, t_in, t_out, 1), (e, m)) for c, t_in, t_out, e, m in samples), masked_mse)
+        return settings.gaussian_sigma_px
+
+    s_flat = best_sigma(flat)
+    s_points = best_sigma(points)
     assert s_flat >= 3.0
     assert s_points <= 1.0
-    assert bl.best_gaussian_sigma(iter(flat), 1, sigmas=(0.5, 1.0)) == 1.0
+    assert best_sigma(iter(flat), sigmas=(0.5, 1.0)) == 1.0
+
+
+def _field(rng, shape=(96, 96)):
+    """Poisson counts of a faint flat background, a bright compact source and a broad faint blob."""
+    yy, xx = np.indices(shape)
+    truth = np.full(shape, 0.05)
+    truth += 40.0 * np.exp(-((yy - 48) ** 2 + (xx - 30) ** 2) / (2 * 1.5**2)) / (2 * np.pi * 1.5**2)
+    truth += 1.5 * np.exp(-((yy - 40) ** 2 + (xx - 65) ** 2) / (2 * 12.0**2))
+    return truth, rng.poisson(truth).astype(float)
+
+
+@pytest.mark.parametrize("name", ["adaptive_smoothing", "wavelet"])
+def test_new_baselines_denoise_conserve_flux_and_upsample(name):
+    rng = np.random.default_rng(7)
+    truth, counts = _field(rng)
+    settings = methods.Settings(1.0, np.ones((1, 1)))
+    method = methods.REGISTRY[name]
+    pred = method.predict(counts, 20e3, 100e3, 1, settings)
+    target = 5.0 * truth
+    mse_input = np.mean((5.0 * counts - target) ** 2)
+    assert np.mean((pred - target) ** 2) < 0.3 * mse_input
+    assert pred.min() >= 0.0
+    assert abs(pred.sum() / target.sum() - 1.0) < 0.05       # flux kept within 5 % (Poisson draw included)
+    up = method.predict(counts, 20e3, 100e3, 2, settings)
+    assert up.shape == (192, 192)
+    np.testing.assert_allclose(up.reshape(96, 2, 96, 2).sum(axis=(1, 3)), pred, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(method.predict(np.zeros((32, 32)), 20e3, 100e3, 1, settings), 0.0, atol=1e-12)
+
+
+def test_adaptive_smoothing_grows_the_kernel_where_counts_are_few():
+    rng = np.random.default_rng(3)
+    truth, counts = _field(rng)
+    low, high = (bl.adaptive_smoothing(counts, 1.0, 1.0, 1, snr_min=s) for s in (2.0, 5.0))
+    faint = (slice(80, 96), slice(0, 16))     # background only: the higher S/N smooths it more
+    assert np.std(high[faint]) < np.std(low[faint])
+    assert high[48, 30] > 0.5 * truth[48, 30]  # the bright source keeps a small kernel
+
+
+def test_inverse_anscombe_is_unbiased_for_the_poisson_mean():
+    rng = np.random.default_rng(11)
+    for mean in (0.5, 2.0, 10.0, 100.0):
+        expected_transform = bl.anscombe(rng.poisson(mean, 400_000)).mean()
+        assert bl.inverse_anscombe(np.array(expected_transform)) == pytest.approx(mean, rel=0.03, abs=0.03)
+    assert bl.inverse_anscombe(np.array(bl.ANSCOMBE_ZERO)) == pytest.approx(0.0, abs=1e-12)
+    # the plain algebraic inverse is biased low at few counts
+    assert ((bl.anscombe(rng.poisson(2.0, 400_000)).mean() / 2) ** 2 - 0.375) < 1.8
+
+
+def test_tuning_picks_each_baselines_parameter_on_the_samples():
+    rng = np.random.default_rng(5)
+    truth, _ = _field(rng)
+    samples = [((rng.poisson(truth).astype(float), 1.0, 1.0, 1), (truth, np.ones(truth.shape, bool))) for _ in range(2)]
+    settings = methods.tune("dn", methods.Settings(1.0, np.ones((1, 1))),
+                            {"adaptive_snr": [0.5, 5.0], "wavelet_threshold": [0.01, 0.5]}, samples, masked_mse)
+    assert settings.adaptive_snr == 5.0 and settings.wavelet_threshold == 0.5 and settings.gaussian_sigma_px == 1.0
+    assert methods.tuned_values("dn", settings) == {"gaussian": 1.0, "adaptive_smoothing": 5.0, "wavelet": 0.5}
+    assert methods.describe_parameter("adaptive_smoothing", 5.0) == "S/N 5"
+    assert methods.describe_parameter("input", 1.0) == ""
+    assert methods.with_values(settings, {"wavelet": 0.75}).wavelet_threshold == 0.75
 
 
 def test_richardson_lucy_sharpens_point_source(pn):

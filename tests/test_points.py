@@ -233,3 +233,39 @@ def test_expected_deviance_matches_poisson_draws():
         k = rng.poisson(mu, 200_000)
         assert deviance_map(mu, k).mean() == pytest.approx(float(cons.expected_deviance(mu)), rel=0.02)
     assert float(cons.expected_deviance(1e5)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_pair_is_resolved_only_by_two_distinct_detections_near_both_positions():
+    from xmmsr.evaluate.deblend import resolved
+
+    truth = np.array([[10.0, 10.0], [14.0, 10.0]])
+    both = pd.DataFrame({"x": [10.3, 13.8], "y": [10.1, 9.9]})
+    assert resolved(both, truth, 2.0)
+    assert not resolved(both.iloc[:1], truth, 2.0)                             # one detection
+    assert not resolved(pd.DataFrame({"x": [12.0, 30.0], "y": [10.0, 10.0]}), truth, 2.0)  # one between them
+    assert not resolved(both, truth, 0.1)                                       # too far from the positions
+
+
+def test_deblending_resolves_wide_pairs_in_the_truth_and_never_pairs_below_the_pixel(instrument):
+    """The SR-model test uses an untrained network (its figures are not judged); the truth and the input
+    are: wide pairs are two sources, pairs far below the PSF never, and the draws repeat with the seed."""
+    import torch
+
+    from xmmsr.evaluate.deblend import METHODS, deblending
+    from xmmsr.learn.checkpoint import TrainedModel
+    from xmmsr.learn.model import Architecture, build_generator
+    from xmmsr.learn.normalise import Normalisation
+
+    torch.manual_seed(0)
+    arch = Architecture(task="sr", features=8, growth=8, blocks=1, dense_blocks=1)
+    model = TrainedModel(build_generator(arch).eval(), arch, Normalisation(), 2e4, 1e5)
+    args = (model, instrument, 2e4, 1e5, 400.0, [0.2, 3.0], [1.0], 3)
+    table = deblending(*args, 5, 5.0, 10)
+    assert set(table["method"]) == set(METHODS) and len(table) == 2 * len(METHODS)
+    frac = table.set_index(["separation_fwhm", "method"])["resolved_fraction"]
+    assert frac[(3.0, "truth")] == 1.0 and frac[(3.0, "input")] >= 2 / 3
+    assert frac[(0.2, "truth")] == 0.0 and frac[(0.2, "input")] == 0.0
+    pd.testing.assert_frame_equal(deblending(*args, 5, 5.0, 10), table)
+    dn = Architecture(task="dn", features=8, growth=8, blocks=1, dense_blocks=1)
+    with pytest.raises(ValueError, match="SR model"):
+        deblending(TrainedModel(build_generator(dn), dn, Normalisation(), 2e4, 1e5), *args[1:], 5, 5.0, 10)

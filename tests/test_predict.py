@@ -131,8 +131,13 @@ def test_predict_sas_image_through_the_cli(task, model_files, tmp_path, capsys):
     model = load_model(model_files[task])
     ref = reference(model, counts, INPUT_EXPOSURE)
     margin = s * (receptive_radius(model.architecture) + 3)
-    np.testing.assert_allclose(data[:-margin, :-margin], ref[:-margin, :-margin], rtol=1e-4, atol=1e-6)
-    assert abs(data.sum() / ref.sum() - 1) < 1e-3
+    # flux conservation: the total is the input's counts at the target exposure; the shape is the network's
+    conserved = counts.sum() * TARGET_EXPOSURE / INPUT_EXPOSURE
+    assert data.sum(dtype=np.float64) == pytest.approx(conserved, rel=1e-4)
+    np.testing.assert_allclose(data[:-margin, :-margin], (ref * conserved / ref.sum())[:-margin, :-margin],
+                               rtol=1e-3, atol=1e-6)  # the padded edges differ, and so the totals slightly
+    np.testing.assert_allclose(predict_counts(model, counts, INPUT_EXPOSURE, conserve_flux=False)[:-margin, :-margin],
+                               ref[:-margin, :-margin], rtol=1e-4, atol=1e-6)
 
     # WCS: the same sky at the same place of the image, on the finer grid for SR
     x = np.array([0.0, 17.0, 201.3, 402.0])
@@ -172,6 +177,59 @@ def test_predict_simulated_image(model_files, tmp_path):
         np.testing.assert_allclose(data, predict_counts(load_model(model_files[task]), counts, 20000.0), rtol=1e-6)
         px = np.array([10.0, 200.0, 390.0])
         assert_same_sky(header, h, s, px, px[::-1])
+
+
+def test_flux_conservation_uses_the_per_pixel_exposure():
+    model = tiny_model("sr", seed=1)
+    counts = np.random.default_rng(3).poisson(0.4, (40, 44)).astype(float)
+    seconds = np.full(counts.shape, INPUT_EXPOSURE)
+    seconds[:, 22:] /= 2  # a CCD with half the exposure: its counts stand for twice the rate
+    out = predict_counts(model, counts, seconds)
+    expected = (counts[:, :22].sum() + 2 * counts[:, 22:].sum()) * TARGET_EXPOSURE / INPUT_EXPOSURE
+    assert out.sum(dtype=np.float64) == pytest.approx(expected, rel=1e-5)
+    assert not predict_counts(model, np.zeros((40, 44)), INPUT_EXPOSURE).any()  # no counts, no flux
+
+
+def test_bootstrap_uncertainty_is_calibrated_for_an_unbiased_estimator(monkeypatch):
+    """With a 'model' that is the scaled input itself (unbiased, its error the input's Poisson noise), the
+    bootstrap spread is that noise: the truth lies within +-1 sigma in 68 % of the pixels."""
+    import xmmsr.learn.predict as predict_module
+    from xmmsr.learn.predict import predict_uncertainty
+    from xmmsr.metrics import interval_coverage
+
+    monkeypatch.setattr(predict_module, "predict_counts", lambda m, c, e, **k: np.asarray(c) * (1e5 / np.asarray(e)))
+    model = tiny_model("dn")
+    rng = np.random.default_rng(8)
+    rate = rng.uniform(20.0, 200.0, (64, 64))    # expected input counts
+    counts = rng.poisson(rate).astype(float)
+    sigma = predict_uncertainty(model, counts, INPUT_EXPOSURE, draws=40, seed=2)
+    truth = rate * TARGET_EXPOSURE / INPUT_EXPOSURE
+    pred = counts * TARGET_EXPOSURE / INPUT_EXPOSURE
+    assert interval_coverage(pred, sigma, truth, np.ones(rate.shape, bool)) == pytest.approx(0.683, abs=0.04)
+    assert interval_coverage(pred, sigma, truth, np.ones(rate.shape, bool), 2.0) == pytest.approx(0.954, abs=0.03)
+    np.testing.assert_array_equal(sigma, predict_uncertainty(model, counts, INPUT_EXPOSURE, draws=40, seed=2))
+    with pytest.raises(ValueError, match="draws"):
+        predict_uncertainty(model, counts, INPUT_EXPOSURE, draws=1)
+
+
+@pytest.mark.parametrize("task", ["dn", "sr"])
+def test_predict_writes_the_uncertainty_beside_the_prediction(task, model_files, tmp_path, capsys):
+    image = write_image(tmp_path / "in.fits", sas_counts(), sas_header())
+    out, sigma = tmp_path / "out.fits", tmp_path / "out_sigma.fits"
+    assert run(["predict", "--model", model_files[task], "--input", image, "--output", out, "--uncertainty", sigma,
+                "--draws", 3, "--seed", 5]) == 0
+    assert "1-sigma uncertainty (3 bootstrap draws)" in capsys.readouterr().out
+    data, s_data, s_head = fits.getdata(out), fits.getdata(sigma), fits.getheader(sigma)
+    assert s_data.shape == data.shape and np.isfinite(s_data).all() and s_data.min() >= 0 and s_data.max() > 0
+    assert (s_head["UNCDRAWS"], s_head["UNCSEED"], s_head["PREDFILE"]) == (3, 5, "out.fits")
+    assert s_head["RESMULT"] == fits.getheader(out)["RESMULT"]
+    assert run(["predict", "--model", model_files[task], "--input", image, "--output", tmp_path / "b.fits",
+                "--uncertainty", tmp_path / "b.fits"]) == 2
+    assert "its own file name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(["predict", "--model", model_files[task], "--input", image, "--output", tmp_path / "c.fits",
+             "--uncertainty", tmp_path / "c_sigma.fits", "--draws", 1])
+    assert "needs at least 2 draws" in capsys.readouterr().err
 
 
 def test_receptive_radius_is_what_the_generator_sees():

@@ -178,11 +178,15 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
 
     lr = write_config(tmp_path / "lr.yaml", {"train": {"lr": 1.0e-3}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(lr)))
-    assert set(jobs) == {"train", "evaluate", "report", "all"} and jobs["train"] == 2  # the dataset is untouched
+    assert set(jobs) == {"train", "evaluate", "deblend", "report", "all"} and jobs["train"] == 2  # dataset untouched
+
+    deblend = write_config(tmp_path / "deblend.yaml", {"evaluate": {"deblend": {"trials": 3}}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(deblend)))
+    assert set(jobs) == {"deblend", "report", "all"}  # nor the models' evaluation
 
     sr_only = write_config(tmp_path / "sr.yaml", {"model": {"features": 4}, "train": {"tasks": ["sr"]}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(sr_only)))
-    assert set(jobs) == {"train", "evaluate", "report", "all"} and jobs["train"] == jobs["evaluate"] == 1
+    assert set(jobs) == {"train", "evaluate", "deblend", "report", "all"} and jobs["train"] == jobs["evaluate"] == 1
 
     workers = write_config(tmp_path / "workers.yaml", {"train": {"num_workers": 2, "threads": 1}})
     assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(workers)).stdout)
@@ -198,11 +202,11 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
 
     oversample = write_config(tmp_path / "os.yaml", {"instrument": {"expected_oversample": 4}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(oversample)))
-    assert set(jobs) == {"expected", "pack", "train", "evaluate", "report", "all"}
+    assert set(jobs) == {"expected", "pack", "train", "evaluate", "deblend", "report", "all"}
 
     rl = write_config(tmp_path / "rl.yaml", {"evaluate": {"rl_iterations": 7}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(rl)))
-    assert set(jobs) == {"evaluate", "report", "all"}  # evaluation settings retrain nothing
+    assert set(jobs) == {"evaluate", "deblend", "report", "all"}  # evaluation settings retrain nothing
 
 
 def test_killed_job_leaves_no_finished_looking_output(tmp_path):

@@ -99,12 +99,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         out = predict_file(args.model or shipped_model(args.task), args.input, args.output, args.device,
-                           args.exposure_map)
+                           args.exposure_map, args.uncertainty, args.draws, args.seed)
     for w in caught:
         print(f"xmmsr predict: warning: {w.message}", file=sys.stderr)
     h = fits.getheader(out)
     print(f"{out}: {h['MODTASK']} prediction, {h['NAXIS1']} x {h['NAXIS2']} pixels ({h['RESMULT']}x grid), "
-          f"expected counts for {h['EXPOSURE']:g} s from a {h['INEXPOS']:g} s image")
+          f"expected counts for {h['EXPOSURE']:g} s from a {h['INEXPOS']:g} s image"
+          + (f"; 1-sigma uncertainty ({args.draws} bootstrap draws) in {args.uncertainty}" if args.uncertainty else ""))
 
 
 def cmd_evaluate_real(args: argparse.Namespace) -> None:
@@ -121,7 +122,7 @@ def cmd_evaluate_real(args: argparse.Namespace) -> None:
                          "and --long")
     table = evaluate_real_pairs(args.model, [{"name": Path(args.short).stem, "short": args.short, "long": args.long}],
                                 config["instrument"], config["evaluate"], args.output,
-                                1.0 if args.gaussian_sigma is None else args.gaussian_sigma, base)
+                                None if args.gaussian_sigma is None else {"gaussian": args.gaussian_sigma}, base)
     scores = table.set_index("method")
     print(f"{args.output}: PSNR vs the long exposure: model {scores.at['model', 'psnr_linear_vs_long']:.2f} dB, input "
           f"{scores.at['input', 'psnr_linear_vs_long']:.2f} dB "
@@ -143,11 +144,12 @@ def _evaluate_real_image(args: argparse.Namespace, config: dict, base: Path | No
     if output.is_dir():
         raise InputError(output, "--output", "is a directory", "give a CSV file name")
     table = score_thinned(args.model or shipped_model(args.task), args.image, args.input_exposure, args.seed,
-                          config["instrument"], config["evaluate"], args.exposure_map, args.gaussian_sigma, base)
+                          config["instrument"], config["evaluate"], args.exposure_map,
+                          None if args.gaussian_sigma is None else {"gaussian": args.gaussian_sigma}, base)
     write_csv(table, output)
     s = table.set_index("method")
     print(f"{output}: deviance per pixel vs the independent remainder: model {s.at['model', 'deviance']:.4f}, "
-          f"best Gaussian (sigma {s.at['gaussian', 'gaussian_sigma']:g} px) {s.at['gaussian', 'deviance']:.4f}, "
+          f"best Gaussian ({s.at['gaussian', 'parameter']}) {s.at['gaussian', 'deviance']:.4f}, "
           f"input {s.at['input', 'deviance']:.4f}; PSNR model {s.at['model', 'psnr']:.2f} dB, "
           f"Gaussian {s.at['gaussian', 'psnr']:.2f} dB ({s.at['model', 'exposure_source']})")
 
@@ -255,6 +257,16 @@ def _output_file(text: str) -> str:
     return text
 
 
+def _draws(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"needs at least 2 draws, got {value}")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -308,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: cuda if available, else mps, else cpu")
     p.add_argument("--exposure-map", help="exposure map of the input (SAS eexpmap, seconds); without it the "
                    "per-CCD ONTIMEnn of the header are used when they differ, else EXPOSURE")
+    p.add_argument("--uncertainty", type=_output_file, help="also write the per-pixel 1-sigma uncertainty to this FITS "
+                   "(parametric bootstrap: Poisson inputs drawn from the prediction, predicted again)")
+    p.add_argument("--draws", type=_draws, default=8, help="bootstrap draws of --uncertainty (>= 2, default 8)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap draws (default 0)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate-real", help="score a model and the baselines on real data: a deep image thinned "

@@ -165,3 +165,13 @@ def coverage_mask(short: np.ndarray, long: np.ndarray) -> np.ndarray:
     """Pixels inside the footprint covered by the counts of both images (gaps closed, holes filled)."""
     covered = [ndimage.binary_fill_holes(ndimage.binary_closing(img > 0, iterations=3)) for img in (short, long)]
     return covered[0] & covered[1]
+
+
+def interval_coverage(pred: np.ndarray, sigma: np.ndarray, truth: np.ndarray, mask: np.ndarray,
+                      k: float = 1.0) -> float:
+    """Fraction of the masked pixels whose truth lies within ``pred`` +- ``k`` ``sigma`` (0.683 for k = 1
+    and 0.954 for k = 2 when ``sigma`` is a calibrated Gaussian error)."""
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return float("nan")
+    return float(np.mean(np.abs(np.asarray(pred)[m] - np.asarray(truth)[m]) <= k * np.asarray(sigma)[m]))

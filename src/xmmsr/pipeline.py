@@ -39,6 +39,7 @@ from .sky.model import SOURCE_KINDS, FieldBackground, read_sky_model, write_sky_
 
 SIMULATION_STREAM = 1  # seed-derivation key separating simulation seeds from source seeds
 TRAINING_STREAM = 3  # seed-derivation key of the training seeds (2 is the split assignment)
+DEBLEND_STREAM = 19  # seed-derivation key of the de-blending draws (7-17 are the sky generation's)
 
 
 def use_checkout_library(workflow_dir: str | Path) -> str:
@@ -69,6 +70,11 @@ def simulation_seed(root_seed: int, kind: str, source_id: int, exposure_s: float
 def training_seed(root_seed: int, task: str) -> int:
     """Seed of the training of one task (weights initialisation, crops, augmentation)."""
     return derive_seed(root_seed, TRAINING_STREAM, TASKS.index(task)) % 2**31
+
+
+def deblend_seed(root_seed: int) -> int:
+    """Seed of the de-blending evaluation's Poisson draws."""
+    return derive_seed(root_seed, DEBLEND_STREAM)
 
 
 def brightness_reference(instrument: PnInstrument) -> BrightnessReference:

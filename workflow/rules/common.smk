@@ -10,7 +10,8 @@ from xmmsr.config import ConfigError, check_config, check_outdir, resolve_resour
 from xmmsr.instrument.model import instrument_files
 from xmmsr.thinning import real_images_from_config
 from xmmsr.learn import TASKS as ALL_TASKS
-from xmmsr.pipeline import n_shards, shard_source_ids, training_seed as _training_seed, use_checkout_library
+from xmmsr.pipeline import (n_shards, shard_source_ids, training_seed as _training_seed,
+                            deblend_seed as _deblend_seed, use_checkout_library)
 
 use_checkout_library(workflow.basedir)  # every rule script (conda environments too) imports this checkout's library
 from xmmsr.sky.model import SOURCE_KINDS
@@ -184,6 +185,8 @@ def report_inputs(wildcards):
     inputs.update({f"history_{t}": f"{OUT}/models/{t}/history.csv" for t in tasks})
     if config["evaluate"]["real_pairs"] and "dn" in tasks:
         inputs["real"] = f"{OUT}/metrics/real/real_pairs.csv"
+    if "sr" in tasks:
+        inputs["deblend"] = f"{OUT}/metrics/sr/deblend.csv"
     if REAL_IMAGES:
         inputs.update({f"real_thinned_{t}": f"{OUT}/metrics/{t}/real_thinned.csv" for t in tasks})
         inputs.update({f"real_gallery_{t}": f"{OUT}/metrics/{t}/real_thinned_gallery.npz" for t in tasks})
@@ -196,6 +199,11 @@ def report_config():
              for k in ("seed", "sources", "instrument", "simulate", "pack", "model", "evaluate")}
     shown["train"] = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads")}
     return shown
+
+
+def deblend_seed():
+    """Seed of the de-blending draws, derived from the root seed."""
+    return _deblend_seed(config["seed"])
 
 
 def training_seed(task):

@@ -12,7 +12,7 @@ rule evaluate:
         gallery=f"{OUT}/metrics/{{task}}/gallery.npz",
     params:
         instrument=config["instrument"],
-        evaluate={k: v for k, v in config["evaluate"].items() if k != "real_pairs"},
+        evaluate={k: v for k, v in config["evaluate"].items() if k not in ("real_pairs", "deblend")},
     threads: 2
     log:
         "logs/evaluate/{task}.log",
@@ -32,13 +32,33 @@ rule evaluate_real:
     params:
         pairs=config["evaluate"]["real_pairs"],
         instrument=config["instrument"],
-        evaluate={k: v for k, v in config["evaluate"].items() if k != "real_pairs"},
+        evaluate={k: v for k, v in config["evaluate"].items() if k not in ("real_pairs", "deblend")},
     log:
         "logs/evaluate/real.log",
     conda:
         CONDA_ENV
     script:
         "../scripts/evaluate_real.py"
+
+
+rule deblend:
+    input:
+        model=f"{OUT}/models/sr/model.pt",
+    output:
+        f"{OUT}/metrics/sr/deblend.csv",
+    params:
+        deblend=config["evaluate"]["deblend"],
+        instrument=config["instrument"],
+        exposures_s=[config["pack"]["input_exposure_ks"] * 1000.0, config["pack"]["target_exposure_ks"] * 1000.0],
+        nsigma=config["evaluate"]["detection_nsigma"],
+        rl_iterations=config["evaluate"]["rl_iterations"],
+        seed=deblend_seed(),
+    log:
+        "logs/evaluate/deblend.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/deblend.py"
 
 
 # The report is cheap and runs where Snakemake itself runs (no cluster job).
@@ -77,6 +97,7 @@ rule release:
         onnx=expand(f"{OUT}/models/{{task}}/model.onnx", task=config["train"]["tasks"]),
         histories=expand(f"{OUT}/models/{{task}}/history.csv", task=config["train"]["tasks"]),
         summaries=expand(f"{OUT}/metrics/{{task}}/summary.csv", task=config["train"]["tasks"]),
+        deblend=[f"{OUT}/metrics/sr/deblend.csv"] if "sr" in config["train"]["tasks"] else [],
     output:
         directory(f"{OUT}/release"),
     params:

@@ -89,6 +89,15 @@ use rule evaluate as evaluate_finetuned with:
         "logs/evaluate/{task}_finetuned.log",
 
 
+use rule deblend as deblend_finetuned with:
+    input:
+        model=f"{OUT}/models/sr/finetuned.pt",
+    output:
+        f"{OUT}/metrics/sr/finetuned/deblend.csv",
+    log:
+        "logs/evaluate/deblend_finetuned.log",
+
+
 # The release of the fine-tuned models, with a card that names the real observations that trained them:
 #   snakemake --cores all release_finetuned --configfile config/pretrained.yaml config/finetune_real.yaml
 rule release_finetuned:
@@ -99,6 +108,7 @@ rule release_finetuned:
         histories=expand(f"{OUT}/models/{{task}}/finetune_history.csv", task=config["train"]["tasks"]),
         summaries=expand(f"{OUT}/metrics/{{task}}/finetuned/summary.csv", task=config["train"]["tasks"]),
         real_scores=expand(f"{OUT}/metrics/{{task}}/real_thinned.csv", task=config["train"]["tasks"]),
+        deblend=[f"{OUT}/metrics/sr/finetuned/deblend.csv"] if "sr" in config["train"]["tasks"] else [],
     output:
         directory(f"{OUT}/release_finetuned"),
     params:

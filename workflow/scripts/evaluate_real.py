@@ -11,6 +11,6 @@ with logged_to(sm.log[0]):
 
     from xmmsr.evaluate.real import evaluate_real_pairs
 
-    sigma = json.loads(Path(sm.input.simulated).read_text())["provenance"]["gaussian_sigma_px"]
+    tuned = json.loads(Path(sm.input.simulated).read_text())["provenance"]["tuned_parameters"]
     evaluate_real_pairs(sm.input.model, sm.params.pairs, sm.params.instrument, sm.params.evaluate, sm.output[0],
-                        gaussian_sigma=sigma, base_dir=Path(sm.scriptdir).resolve().parents[1])
+                        tuned=tuned, base_dir=Path(sm.scriptdir).resolve().parents[1])

@@ -10,7 +10,9 @@ with logged_to(sm.log[0]):
     from xmmsr.evaluate.release import TaskRun, write_release
     from xmmsr.io import atomic_directory
 
-    runs = [TaskRun(task, Path(model), Path(onnx), Path(history), Path(summary), Path(log))
+    deblend = Path(sm.input.deblend[0]) if sm.input.deblend else None
+    runs = [TaskRun(task, Path(model), Path(onnx), Path(history), Path(summary), Path(log),
+                    deblend=deblend if task == "sr" else None)
             for task, model, onnx, history, summary, log in zip(sm.params.tasks, sm.input.models, sm.input.onnx,
                                                                sm.input.histories, sm.input.summaries,
                                                                sm.params.train_logs)]

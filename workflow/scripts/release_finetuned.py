@@ -10,7 +10,9 @@ with logged_to(sm.log[0]):
     from xmmsr.evaluate.release import TaskRun, write_release
     from xmmsr.io import atomic_directory
 
-    runs = [TaskRun(task, Path(model), Path(onnx), None, Path(summary), None, Path(history), Path(scores))
+    deblend = Path(sm.input.deblend[0]) if sm.input.deblend else None
+    runs = [TaskRun(task, Path(model), Path(onnx), None, Path(summary), None, Path(history), Path(scores),
+                    deblend if task == "sr" else None)
             for task, model, onnx, history, summary, scores in zip(sm.params.tasks, sm.input.models, sm.input.onnx,
                                                                   sm.input.histories, sm.input.summaries,
                                                                   sm.input.real_scores)]

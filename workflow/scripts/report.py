@@ -15,5 +15,6 @@ with logged_to(sm.log[0]):
     histories = {t: Path(sm.input[f"history_{t}"]) for t in tasks}
     real = Path(sm.input.real) if "real" in sm.input.keys() else None
     thinned = {t: Path(sm.input[f"real_thinned_{t}"]) for t in tasks if f"real_thinned_{t}" in sm.input.keys()}
+    deblend = Path(sm.input.deblend) if "deblend" in sm.input.keys() else None
     with atomic_directory(sm.output.figures) as figures:
-        write_report(metric_dirs, histories, sm.params.config, sm.output.pdf, figures, real, thinned)
+        write_report(metric_dirs, histories, sm.params.config, sm.output.pdf, figures, real, thinned, deblend)

@@ -9,14 +9,19 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
+import pywt
 from scipy.ndimage import gaussian_filter
 from scipy.signal import fftconvolve
+from skimage.restoration import cycle_spin, denoise_wavelet
 from skimage.restoration import richardson_lucy as _skimage_rl
 from skimage.transform import rescale
 
 from ..instrument.model import PnInstrument
 
-DEFAULT_SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+WAVELET_LEVELS = 4    # wavelet scales thresholded (2-16 pixels)
+WAVELET_SHIFTS = 2    # cycle spinning: shifts of 0..2 pixels along each axis (9 transforms averaged)
+ADAPTIVE_SCALES = tuple(0.5 * 2.0 ** (k / 2.0) for k in range(13))  # Gaussian sigmas 0.5-32 input pixels
+ANSCOMBE_ZERO = float(np.sqrt(1.5))   # the Anscombe transform of 0 counts: 2 sqrt(3/8)
 RL_FILTER_EPSILON = 1.0e-12  # relative to the mean of the input: model values below it get no update
 
 
@@ -85,33 +90,6 @@ def gaussian(counts: np.ndarray, exposure_in: float, exposure_target: float, ups
     return gaussian_filter(base, float(sigma_px), mode="constant", cval=0.0)
 
 
-def best_gaussian_sigma(samples: Iterable[tuple[np.ndarray, float, float, np.ndarray, np.ndarray]], upscale: int,
-                        sigmas: Iterable[float] = DEFAULT_SIGMAS) -> float:
-    """The sigma (output pixels) of :func:`gaussian` with the lowest sum over ``samples`` of the masked MSE
-    against the noise-free target.
-
-    ``samples``: (counts_lr, exposure_in, exposure_target, expected_target, mask_target) tuples, e.g.
-    the validation split."""
-    sigmas = [float(s) for s in sigmas]
-    if not sigmas:
-        raise ValueError("best_gaussian_sigma: give at least one sigma")
-    total = np.zeros(len(sigmas))
-    n = 0
-    for counts, t_in, t_out, expected, mask in samples:
-        base = bicubic(counts, t_in, t_out, upscale)
-        m = np.asarray(mask) > 0
-        if not m.any():
-            continue
-        e = np.asarray(expected, dtype=np.float64)[m]
-        for i, s in enumerate(sigmas):
-            sm = gaussian_filter(base, s, mode="constant", cval=0.0) if s > 0 else base
-            total[i] += np.mean(np.square(sm[m] - e))
-        n += 1
-    if n == 0:
-        raise ValueError("best_gaussian_sigma: no sample with a non-empty mask")
-    return sigmas[int(np.argmin(total))]
-
-
 def richardson_lucy(counts: np.ndarray, exposure_in: float, exposure_target: float, upscale: int,
                     psf_1x_on_output_grid: np.ndarray, iterations: int = 20,
                     reconvolve: np.ndarray | None = None) -> np.ndarray:
@@ -137,3 +115,65 @@ def richardson_lucy(counts: np.ndarray, exposure_in: float, exposure_target: flo
         k = np.asarray(reconvolve, dtype=np.float64)
         out = np.clip(fftconvolve(out, k / k.sum(), mode="same"), 0.0, None)
     return out
+
+
+def adaptive_smoothing(counts: np.ndarray, exposure_in: float, exposure_target: float, upscale: int,
+                       snr_min: float, scales: Iterable[float] = ADAPTIVE_SCALES) -> np.ndarray:
+    """Adaptive smoothing as SAS ``asmooth`` and CIAO ``csmooth`` do it: each pixel takes the smallest
+    Gaussian kernel (``scales``, sigmas in input pixels, growing by sqrt 2) within which the counts reach
+    a signal-to-noise ratio ``snr_min`` (sqrt(N) >= snr_min, N the counts under the kernel's effective
+    area 4 pi sigma^2); pixels that never reach it take the largest kernel. The image is rescaled to the
+    input's total counts (the choice of kernel per pixel does not conserve flux by itself), scaled to the
+    target exposure and, for SR, upsampled as :func:`bicubic`."""
+    c = np.asarray(counts, dtype=np.float64)
+    out = np.zeros_like(c)
+    open_ = np.ones(c.shape, dtype=bool)
+    needed = float(snr_min) ** 2
+    smoothed = c
+    for sigma in scales:
+        smoothed = gaussian_filter(c, float(sigma), mode="constant", cval=0.0)
+        done = open_ & (smoothed * (4.0 * np.pi * float(sigma) ** 2) >= needed)
+        out[done] = smoothed[done]
+        open_ &= ~done
+        if not open_.any():
+            break
+    out[open_] = smoothed[open_]
+    total = float(out.sum())
+    if total > 0:
+        out *= float(c.sum()) / total
+    return bicubic(out, exposure_in, exposure_target, upscale)
+
+
+def anscombe(counts: np.ndarray) -> np.ndarray:
+    """The Anscombe transform 2 sqrt(x + 3/8): Poisson counts of mean >~ 4 get unit variance."""
+    return 2.0 * np.sqrt(np.asarray(counts, dtype=np.float64) + 0.375)
+
+
+def inverse_anscombe(d: np.ndarray) -> np.ndarray:
+    """The closed-form approximation of the exact unbiased inverse of the Anscombe transform (Makitalo &
+    Foi 2011, IEEE Trans. Image Process. 20, 99): the Poisson mean whose transformed counts have
+    expectation ``d``; 0 at and below the transform of 0 counts."""
+    d = np.maximum(np.asarray(d, dtype=np.float64), ANSCOMBE_ZERO)
+    r = np.sqrt(1.5)
+    mean = 0.25 * d ** 2 + 0.25 * r / d - 1.375 / d ** 2 + 0.625 * r / d ** 3 - 0.125
+    return np.clip(mean, 0.0, None)
+
+
+def wavelet(counts: np.ndarray, exposure_in: float, exposure_target: float, upscale: int,
+            threshold: float, wavelet_name: str = "db2", levels: int = WAVELET_LEVELS,
+            shifts: int = WAVELET_SHIFTS) -> np.ndarray:
+    """Poisson de-noising by wavelet thresholding of the variance-stabilised image: the Anscombe transform,
+    scikit-image's universal (VisuShrink) soft thresholding of ``levels`` scales of ``wavelet_name`` with
+    noise level ``threshold`` (1 is the stabilised noise; lower keeps more faint structure), averaged over
+    cyclic shifts of up to ``shifts`` pixels (translation invariance), then the exact unbiased inverse
+    (:func:`inverse_anscombe`); scaled to the target exposure and, for SR, upsampled as :func:`bicubic`."""
+    stabilised = anscombe(counts)
+    levels = max(1, min(int(levels), pywt.dwt_max_level(min(stabilised.shape), wavelet_name)))
+
+    def denoise(image: np.ndarray) -> np.ndarray:
+        return denoise_wavelet(image, sigma=float(threshold), wavelet=wavelet_name, mode="soft",
+                               method="VisuShrink", wavelet_levels=levels, rescale_sigma=False)
+
+    smooth = (cycle_spin(stabilised, denoise, max_shifts=int(shifts), channel_axis=None, workers=1)
+              if shifts > 0 else denoise(stabilised))
+    return bicubic(inverse_anscombe(smooth), exposure_in, exposure_target, upscale)

@@ -72,7 +72,8 @@ COLUMNS = ("x", "y", "flux", "significance", "level")
 
 def detect_point_sources(image: np.ndarray, mask: np.ndarray, background: np.ndarray | float,
                          psf_fwhm_px: float, nsigma: float = NSIGMA, *,
-                         annulus_fwhm: tuple[float, float] | None = ANNULUS_FWHM) -> pd.DataFrame:
+                         annulus_fwhm: tuple[float, float] | None = ANNULUS_FWHM,
+                         peak_box_fwhm: float = PEAK_BOX_FWHM) -> pd.DataFrame:
     """Point sources in an expected-counts map (see the module docstring for the method).
 
     ``image``: expected counts per pixel at the target exposure; ``mask``: pixels to use (True/1);
@@ -80,6 +81,7 @@ def detect_point_sources(image: np.ndarray, mask: np.ndarray, background: np.nda
     ``psf_fwhm_px``: PSF FWHM in pixels of this grid. Returns a DataFrame with columns ``x``, ``y``
     (0-based pixel coordinates, x along columns), ``flux`` (aperture counts minus local level),
     ``significance`` and ``level`` (the local level per pixel), sorted by decreasing flux.
+    ``peak_box_fwhm``: half-size of the local-maximum box in FWHM (smaller separates closer pairs).
     """
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
@@ -103,7 +105,7 @@ def detect_point_sources(image: np.ndarray, mask: np.ndarray, background: np.nda
     inner = ndimage.binary_erosion(m, structure=_disk(max(EDGE_FWHM * fwhm, 1.0)) > 0, border_value=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoDetectionsWarning)
-        peaks = find_peaks(smoothed, 0.0, box_size=2 * int(np.ceil(PEAK_BOX_FWHM * fwhm)) + 1, mask=~m)
+        peaks = find_peaks(smoothed, 0.0, box_size=2 * int(np.ceil(peak_box_fwhm * fwhm)) + 1, mask=~m)
     if peaks is None or len(peaks) == 0:
         return empty
     px = np.asarray(peaks["x_peak"], dtype=np.int64)

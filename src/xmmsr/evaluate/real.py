@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -38,14 +38,15 @@ from . import baselines, methods
 from .consistency import degradation_kernel, forward_model
 from .run import write_csv
 
-THINNED_COLUMNS = ["method", "deviance", "psnr", "psnr_asinh", "ssim_asinh", "flux_ratio", "gaussian_sigma",
+THINNED_COLUMNS = ["method", "deviance", "psnr", "psnr_asinh", "ssim_asinh", "flux_ratio", "parameter",
                    "exposure_input", "exposure_remainder", "exposure_source", "seed", "pixels"]
 
 
 def score_pair(model_path: str | Path, short_path: str | Path, long_path: str | Path,
-               instrument_cfg: dict[str, Any], eval_cfg: dict[str, Any], gaussian_sigma: float = 1.0,
+               instrument_cfg: dict[str, Any], eval_cfg: dict[str, Any], tuned: Mapping[str, float] | None = None,
                base_dir: str | Path | None = None) -> pd.DataFrame:
-    """Metrics of DN and the baselines on one real pair (one row per method)."""
+    """Metrics of DN and the baselines on one real pair (one row per method); the baselines' parameters
+    are ``tuned`` (method -> value, e.g. those chosen on the simulated validation split) or the defaults."""
     model = load_model(model_path)
     if model.task != "dn":
         raise InputError(model_path, "task", f"is a {model.task} model; real pairs score the DN model",
@@ -62,7 +63,8 @@ def score_pair(model_path: str | Path, short_path: str | Path, long_path: str | 
     instrument = PnInstrument.from_config(instrument_cfg, base_dir=base_dir)
     psf = baselines.psf_kernel(instrument, 1)
     args = (short, t_short, t_long, 1)
-    preds = methods.predict_baselines("dn", *args, methods.Settings(gaussian_sigma, psf, None, eval_cfg["rl_iterations"]))
+    settings = methods.with_values(methods.Settings(1.0, psf, None, eval_cfg["rl_iterations"]), tuned)
+    preds = methods.predict_baselines("dn", *args, settings)
     preds["model"] = predict_counts(model, short, t_short).astype(np.float64) * t_long / model.target_exposure_s
     a = eval_cfg["asinh_scale_counts"] * t_long / model.target_exposure_s
     rows = []
@@ -84,13 +86,12 @@ def score_pair(model_path: str | Path, short_path: str | Path, long_path: str | 
 
 
 def evaluate_real_pairs(model_path: str | Path, pairs: list[dict[str, str]], instrument_cfg: dict[str, Any],
-                        eval_cfg: dict[str, Any], output: str | Path, gaussian_sigma: float = 1.0,
+                        eval_cfg: dict[str, Any], output: str | Path, tuned: Mapping[str, float] | None = None,
                         base_dir: str | Path | None = None) -> pd.DataFrame:
     """Score every configured pair; write one CSV (atomically) with a row per pair and method."""
     tables = []
     for pair in pairs:
-        table = score_pair(model_path, pair["short"], pair["long"], instrument_cfg, eval_cfg, gaussian_sigma,
-                           base_dir)
+        table = score_pair(model_path, pair["short"], pair["long"], instrument_cfg, eval_cfg, tuned, base_dir)
         table.insert(0, "pair", pair["name"])
         tables.append(table)
     result = pd.concat(tables, ignore_index=True)
@@ -105,7 +106,7 @@ class ThinnedPredictions:
     remainder_mean: dict[str, np.ndarray]   # method -> expected remainder counts per 1x pixel
     remainder: np.ndarray                    # the remainder's counts
     mask: np.ndarray                         # scored pixels
-    gaussian_sigma: float
+    parameters: dict[str, float]             # baseline -> its tuned parameter
     exposure_input: float
     exposure_remainder: float
     exposure_source: str
@@ -114,7 +115,7 @@ class ThinnedPredictions:
 
 def thinned_predictions(models: dict[str, TrainedModel], image_path: str | Path, input_exposure_s: float, seed: int,
                         instrument: PnInstrument, eval_cfg: dict[str, Any], exposure_map: str | Path | None = None,
-                        gaussian_sigma: float | None = None) -> ThinnedPredictions:
+                        fixed: Mapping[str, float] | None = None) -> ThinnedPredictions:
     """Thin a deep real image once to an input of ``input_exposure_s`` and predict the independent remainder
     with every baseline and every model of ``models`` (name -> model; see :func:`score_thinned`). The
     baselines and the asinh scale use the first model's target exposure."""
@@ -136,12 +137,17 @@ def thinned_predictions(models: dict[str, TrainedModel], image_path: str | Path,
     t_out = float(next(iter(models.values())).target_exposure_s)
     args = (corrected, t_in, t_out, 1)
     to_remainder = relative * (t_rest / t_out)               # expected remainder counts per predicted count
-    sigmas = [gaussian_sigma] if gaussian_sigma is not None else list(baselines.DEFAULT_SIGMAS)
-    best = min(sigmas, key=lambda sg: metrics.poisson_deviance(baselines.gaussian(*args, sigma_px=sg) * to_remainder,
-                                                               remainder, mask))
+    # each baseline's parameter: the candidate with the lowest deviance against the remainder (an oracle
+    # choice, which favours the baselines), unless ``fixed``
+    candidates = methods.candidates_from_config(eval_cfg)
+    for name, value in (fixed or {}).items():
+        candidates[methods.REGISTRY[name].tuned] = [float(value)]
+    settings = methods.tune("dn", methods.Settings(1.0, baselines.psf_kernel(instrument, 1), None,
+                                                   eval_cfg["rl_iterations"]),
+                            candidates, [(args, None)], lambda pred, _: metrics.poisson_deviance(
+                                pred * to_remainder, remainder, mask))
     # every method predicts at 1x here (SR is forward-modelled below): the DN baselines
-    preds = methods.predict_baselines("dn", *args, methods.Settings(best, baselines.psf_kernel(instrument, 1), None,
-                                                                    eval_cfg["rl_iterations"]))
+    preds = methods.predict_baselines("dn", *args, settings)
     means = {m: p * to_remainder for m, p in preds.items()}
     seconds = np.where(mask, exposure.seconds * fraction, t_in)
     for name, model in models.items():
@@ -149,13 +155,14 @@ def thinned_predictions(models: dict[str, TrainedModel], image_path: str | Path,
         if model.upscale != 1:
             pred = forward_model(pred, model.upscale, degradation_kernel(instrument, model.upscale), 1.0, 1.0)
         means[name] = pred * relative * (t_rest / float(model.target_exposure_s))
-    return ThinnedPredictions(means, remainder.astype(np.float64), mask, float(best), t_in, t_rest, exposure.source,
+    return ThinnedPredictions(means, remainder.astype(np.float64), mask, methods.tuned_values("dn", settings), t_in,
+                              t_rest, exposure.source,
                               eval_cfg["asinh_scale_counts"] * t_rest / t_out)
 
 
 def score_thinned(model_path: str | Path, image_path: str | Path, input_exposure_s: float, seed: int,
                   instrument_cfg: dict[str, Any], eval_cfg: dict[str, Any], exposure_map: str | Path | None = None,
-                  gaussian_sigma: float | None = None, base_dir: str | Path | None = None) -> pd.DataFrame:
+                  fixed: Mapping[str, float] | None = None, base_dir: str | Path | None = None) -> pd.DataFrame:
     """Thin a deep real image to an input of ``input_exposure_s`` and score every method against the
     independent remainder (one row per method, :data:`THINNED_COLUMNS`).
 
@@ -164,13 +171,14 @@ def score_thinned(model_path: str | Path, image_path: str | Path, input_exposure
     binning of the consistency check). Predictions are turned into the remainder's expected counts with
     its per-pixel exposure. ``deviance``: mean Poisson deviance per pixel against the remainder's counts;
     ``psnr``: linear counts, data range of the remainder; ``flux_ratio``: predicted / remainder counts.
-    The Gaussian's width is the one with the lowest deviance (an oracle choice, which favours the
-    baseline) unless ``gaussian_sigma`` is given. Scores cover the pixels with exposure and counts in
+    Each baseline's parameter (the Gaussian's width, ...) is the candidate with the lowest deviance (an
+    oracle choice, which favours the baselines) unless ``fixed`` (method -> value) gives it; the
+    ``parameter`` column states it. Scores cover the pixels with exposure and counts in
     the deep image's footprint."""
     model = load_model(model_path)
     instrument = PnInstrument.from_config(instrument_cfg, base_dir=base_dir)
     t = thinned_predictions({"model": model}, image_path, input_exposure_s, seed, instrument, eval_cfg, exposure_map,
-                            gaussian_sigma)
+                            fixed)
     return thinned_scores(t, seed)
 
 
@@ -187,7 +195,7 @@ def thinned_scores(t: ThinnedPredictions, seed: int) -> pd.DataFrame:
                      "psnr_asinh": metrics.masked_psnr(ma, ka, mask, metrics.data_range(ka, mask)),
                      "ssim_asinh": metrics.masked_ssim(ma, ka, mask, metrics.data_range(ka, mask)),
                      "flux_ratio": float(mu[mask].sum() / max(k[mask].sum(), 1e-12)),
-                     "gaussian_sigma": t.gaussian_sigma if method == "gaussian" else np.nan,
+                     "parameter": methods.describe_parameter(method, t.parameters.get(method, np.nan)),
                      "exposure_input": t.exposure_input, "exposure_remainder": t.exposure_remainder,
                      "exposure_source": t.exposure_source, "seed": seed, "pixels": int(mask.sum())})
     return pd.DataFrame(rows, columns=THINNED_COLUMNS)

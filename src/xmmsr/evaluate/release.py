@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 import pandas as pd
 
 from ..instrument.psf import describe_psf
@@ -49,6 +50,7 @@ class TaskRun:
     train_log: Path | None = None
     finetune_history: Path | None = None   # a fine-tuned model: its fine-tuning history ...
     real_scores: Path | None = None        # ... and its scores on the held-out real images (score_real)
+    deblend: Path | None = None            # SR: the de-blending table (rule deblend)
 
 
 def _sha256(path: Path) -> str:
@@ -254,11 +256,14 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
                 f"has none, i.e. hallucinated) and data consistency (the prediction forward-modelled to the {t_in} "
                 "input; the truth's value is the noise level):", ""]
         out += _table(summary, "all", "all", tables.CARD_POINTS)
+        out += _uncertainty(summary)
         for kind in sorted(summary[summary["group"] == "kind"]["value"].astype(str).unique()):
             n = summary[(summary["group"] == "kind") & (summary["value"].astype(str) == kind)
                         & (summary["method"] == "model") & (summary["metric"] == "psnr_asinh_vs_expected")]["n"]
             out += ["", f"{kind} fields ({int(n.iloc[0]) if len(n) else 0} test images):", ""]
             out += _table(summary, "kind", kind, tables.CARD_KINDS)
+        if run.deblend is not None:
+            out += _deblending(run.deblend, t_in)
         out += _measured_limits(run.task, summary) + [""]
     first = next(iter(models.values()))
     real_names = sorted({name for m in models.values()
@@ -285,6 +290,40 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             "method.",
             "- The detector mask is applied to the metrics only; the networks see the chip gaps as zeros."]
     return "\n".join(out) + "\n"
+
+
+def _uncertainty(summary: pd.DataFrame) -> list[str]:
+    """The calibration of the per-pixel uncertainty on the test split (nothing when it was not scored)."""
+    c68, c95 = (tables.median(summary, "model", m) for m in tables.CARD_UNCERTAINTY)
+    if not (np.isfinite(c68) and np.isfinite(c95)):
+        return []
+    if abs(c68 - 0.683) <= 0.1:
+        verdict = "close to calibrated"
+    elif c68 < 0.683:
+        verdict = ("too small: the bootstrap spread misses part of the error (the estimator's bias), so treat it as "
+                   "a lower bound")
+    else:
+        verdict = "conservative (too large)"
+    return ["", f"Per-pixel uncertainty (`xmmsr predict --uncertainty`: a parametric bootstrap): the truth lies "
+            f"within ±1σ in {c68:.0%} of the pixels (nominal 68 %) and within ±2σ in {c95:.0%} (nominal 95 %), "
+            f"medians over the test images: {verdict}."]
+
+
+def _deblending(path: Path, t_in: str) -> list[str]:
+    """The de-blending table: fraction of close point-source pairs resolved, per method, flux ratio and
+    separation."""
+    table = pd.read_csv(path)
+    seps = sorted(table["separation_fwhm"].unique())
+    out = ["", f"De-blending: pairs of point sources at the aim point drawn at {t_in} "
+           f"({int(table['trials'].max())} draws per cell; the truth is the noise-free 2x image); fraction "
+           "found as two sources, by separation in units of the 1x PSF FWHM:", "",
+           "| method | flux ratio | " + " | ".join(f"{s:g}" for s in seps) + " |", "|---|---|" + "---|" * len(seps)]
+    for method in methods.ordered(table["method"].unique()):
+        for ratio in sorted(table["flux_ratio"].unique()):
+            part = table[(table["method"] == method) & (table["flux_ratio"] == ratio)].set_index("separation_fwhm")
+            out.append(f"| {methods.label(method)} | {ratio:g} | "
+                       + " | ".join(f"{part.at[s, 'resolved_fraction']:.2f}" for s in seps) + " |")
+    return out + [""]
 
 
 def _validation_curve(history: list[dict[str, float]], t_out: str) -> list[str]:
@@ -333,11 +372,11 @@ def _finetuning(run: TaskRun, model: Any) -> list[str]:
     out += [f"| {int(r['epoch'])} | {int(r['step'])} | {r['train_real_loss']:.4f} | {r['val_real_deviance']:.4f} |"
             for r in history]
     if scores:
-        label = {"gaussian": "best Gaussian smoothing", "model": f"`{prov.get('finetuned_from')}` (before)",
-                 "finetuned": "**this model**"}
+        label = {"gaussian": "best Gaussian smoothing", **{m: methods.label(m) for m in ("adaptive_smoothing", "wavelet")},
+                 "model": f"`{prov.get('finetuned_from')}` (before)", "finetuned": "**this model**"}
         out += ["", "Held-out real observations: the input thinned from each image, scored against the independent "
-                "remainder (Poisson deviance per 1x pixel, lower is better; PSNR in linear counts; the Gaussian's "
-                "width chosen on the remainder):", "",
+                "remainder (Poisson deviance per 1x pixel, lower is better; PSNR in linear counts; each baseline's "
+                "parameter chosen on the remainder):", "",
                 "| image | split | method | deviance | PSNR [dB] | flux ratio |", "|---|---|---|---|---|---|"]
         out += [f"| {r['image']} | {r['split']} | {label[r['method']]} | {float(r['deviance']):.4f} | "
                 f"{float(r['psnr']):.2f} | {float(r['flux_ratio']):.3f} |" for r in scores if r["method"] in label]

@@ -83,8 +83,10 @@ def _provenance_page(pdf: PdfPages, summaries: dict[str, dict[str, Any]], config
                   f"    training: {mp.get('epochs')} epochs, {mp.get('steps')} optimizer steps, "
                   f"{mp.get('samples_seen', 'n/a')} crops seen, on {mp.get('accelerator', 'n/a')} × "
                   f"{mp.get('devices', 'n/a')} ({mp.get('precision', 'n/a')}); seed {mp.get('seed')}",
-                  f"    scored on {p['n_images']} images; Gaussian baseline width {p['gaussian_sigma_px']:g} px "
-                  f"(best on val); PSF FWHM {p['psf_fwhm_px']:.2f} px of {p['pixel_arcsec']:g}\""]
+                  f"    scored on {p['n_images']} images; baseline parameters (best on val): "
+                  + ", ".join(f"{name} {methods.describe_parameter(name, v)}"
+                              for name, v in p.get("tuned_parameters", {"gaussian": p["gaussian_sigma_px"]}).items())
+                  + f"; PSF FWHM {p['psf_fwhm_px']:.2f} px of {p['pixel_arcsec']:g}\""]
     sim = config["simulate"]
     lines += ["", f"Simulation: exposures {sim['exposures_ks']} ks, resolutions {sim['resolutions']}x; sources: "
               f"{config['sources']['extended']['n']} extended, {config['sources']['agn']['n']} AGN fields, "
@@ -104,7 +106,8 @@ def _provenance_page(pdf: PdfPages, summaries: dict[str, dict[str, Any]], config
 
 
 def _best(values: pd.Series, better: str, reference: float = 1.0) -> set[str]:
-    """Methods with the best value: highest, lowest, or closest to ``reference`` (1, or the truth's)."""
+    """Methods with the best value: highest, lowest, or closest to ``reference`` (the nominal value, or the
+    truth's)."""
     finite = values[np.isfinite(values.astype(float))]
     if finite.empty:
         return set()
@@ -140,7 +143,8 @@ def _table_page(pdf: PdfPages, task: str, summary: pd.DataFrame, provenance: dic
     for j, column in enumerate(table.columns):
         better = tables.METRICS[column].better
         for i, method in enumerate(table.index):
-            reference = table.at["truth", column] if better == "truth" and "truth" in table.index else 1.0
+            reference = (table.at["truth", column] if better == "truth" and "truth" in table.index
+                         else tables.METRICS[column].nominal)
             if method in _best(table.loc[candidates, column], better, reference):
                 tab[i + 1, j].get_text().set_fontweight("bold")
         tab[0, j].get_text().set_fontsize(7.5)
@@ -328,14 +332,15 @@ def _real_page(pdf: PdfPages, real: pd.DataFrame) -> None:
 def _real_thinned_page(pdf: PdfPages, task: str, scores: pd.DataFrame) -> None:
     fig = plt.figure(figsize=PAGE)
     _title(fig, f"{task.upper()} on held-out real observations: thinned input against the independent remainder")
-    cols = ["image", "split", "method", "deviance", "psnr", "psnr_asinh", "flux_ratio", "gaussian_sigma",
+    cols = ["image", "split", "method", "deviance", "psnr", "psnr_asinh", "flux_ratio", "parameter",
             "exposure_input", "exposure_remainder"]
     _frame_table(fig, [0.05, 0.2, 0.9, 0.65], scores[cols], 7, 1.5)
     _caption(fig, "Each held-out real image is thinned binomially into an input and the independent remainder "
              "(same seed for every method); predictions from the input, turned into the remainder's expected "
              "counts with its per-pixel exposure (SR forward-modelled to 1x), are scored against the remainder's "
-             "counts: Poisson deviance per pixel (lower is better), PSNR and flux ratio. The Gaussian's width is "
-             "the one with the lowest deviance, which favours it. 'finetuned' is the model after fine-tuning on "
+             "counts: Poisson deviance per pixel (lower is better), PSNR and flux ratio. Each baseline's parameter "
+             "(Gaussian width, adaptive-smoothing S/N, wavelet threshold) is the one with the lowest deviance on "
+             "that image, which favours the baselines. 'finetuned' is the model after fine-tuning on "
              "the real training images.")
     pdf.savefig(fig)
     plt.close(fig)
@@ -380,9 +385,35 @@ def real_gallery_figure(task: str, gallery: Any, image: str) -> plt.Figure | Non
     return fig
 
 
+def deblend_figure(table: pd.DataFrame, counts: float, exp: Exposures) -> plt.Figure:
+    """Fraction of close point-source pairs resolved against their separation, one panel per flux ratio."""
+    ratios = sorted(table["flux_ratio"].unique())
+    fig, axes = plt.subplots(1, len(ratios), figsize=PAGE, sharey=True, squeeze=False)
+    _title(fig, "SR: de-blending close point-source pairs")
+    for ax, ratio in zip(axes[0], ratios):
+        part = table[table["flux_ratio"] == ratio]
+        for method in methods.ordered(part["method"].unique()):
+            rows = part[part["method"] == method].sort_values("separation_fwhm")
+            ax.plot(rows["separation_fwhm"], rows["resolved_fraction"], marker="o", label=methods.label(method))
+        ax.set_xlabel("separation / 1x PSF FWHM")
+        ax.set_title(f"flux ratio {ratio:g}")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fraction resolved")
+    axes[0][-1].legend(fontsize=8)
+    fig.subplots_adjust(top=0.82, bottom=0.3, wspace=0.08)
+    trials = int(table["trials"].max())
+    _caption(fig, f"Pairs of point sources at the aim point (a primary of {counts:g} counts at {exp.t_in}, the "
+             f"secondary fainter by the flux ratio), drawn at the input exposure {trials} times per separation and "
+             "ratio; a pair is resolved when two detections lie within half the separation of the true positions "
+             "(the point-source finder with a peak box of half a FWHM). The 2x truth is the noise-free image at "
+             f"{exp.t_out}, scored once. Richardson-Lucy deconvolves the input onto the 2x grid.")
+    return fig
+
+
 def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], config: dict[str, Any],
                  pdf_path: str | Path, figure_dir: str | Path, real_csv: Path | None = None,
-                 real_thinned: dict[str, Path] | None = None) -> list[Path]:
+                 real_thinned: dict[str, Path] | None = None, deblend_csv: Path | None = None) -> list[Path]:
     """Write the PDF report and the PNG figures for ``snakemake --report``; returns the PNG paths."""
     summaries = {t: json.loads((d / "summary.json").read_text()) for t, d in metric_dirs.items()}
     tables = {t: pd.read_csv(d / "summary.csv") for t, d in metric_dirs.items()}
@@ -415,6 +446,10 @@ def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], confi
                         pngs.append(_save_png(fig, figure_dir / f"gallery_{task}.png"))
                     else:
                         plt.close(fig)
+            if deblend_csv is not None:
+                fig = deblend_figure(pd.read_csv(deblend_csv), config["evaluate"]["deblend"]["counts"], exp)
+                pdf.savefig(fig)
+                pngs.append(_save_png(fig, figure_dir / "deblending.png"))
             if real_csv is not None:
                 _real_page(pdf, pd.read_csv(real_csv))
             for task, path in (real_thinned or {}).items():

@@ -33,7 +33,7 @@ from ..instrument.model import PnInstrument
 from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.data import PairDataset, open_dataset
-from ..learn.predict import predict_counts
+from ..learn.predict import predict_counts, predict_uncertainty
 from . import baselines, consistency, methods, points
 
 KIND_LABELS = {"extended": "extended", "agn": "AGN-dominated", "background": "background-dominated"}
@@ -49,6 +49,12 @@ def _frames(ds: PairDataset) -> Iterator[dict[str, Any]]:
                "expected": item["expected"][0].numpy().astype(np.float64),
                "mask_input": item["mask_input"][0].numpy() > 0, "mask_target": item["mask_target"][0].numpy() > 0,
                "exposure_input": float(item["exposure_input"]), "exposure_target": float(item["exposure_target"])}
+
+
+def masked_mse(pred: np.ndarray, target: tuple[np.ndarray, np.ndarray]) -> float:
+    """Mean squared error of ``pred`` against (expected, mask)'s expected counts over the mask."""
+    expected, mask = target
+    return float(np.mean(np.square(pred[mask] - expected[mask])))
 
 
 def predictions(model: TrainedModel, frame: dict[str, Any], settings: methods.Settings) -> dict[str, np.ndarray]:
@@ -79,14 +85,14 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                         **{f"n_{split}": int(len(h5[f"splits/{split}"])) for split in ("train", "val", "test")}}
 
     val = PairDataset(dataset, task, "val", max_items=eval_cfg["max_images"])
-    sigma = baselines.best_gaussian_sigma(
-        ((f["input"], f["exposure_input"], f["exposure_target"], f["expected"], f["mask_target"])
-         for f in _frames(val)), s, sigmas=tuple(eval_cfg["gaussian_sigmas"]))
+    settings = methods.tune(task, methods.Settings(1.0, psf_1x_out, psf_out, eval_cfg["rl_iterations"]),
+                            methods.candidates_from_config(eval_cfg),
+                            (((f["input"], f["exposure_input"], f["exposure_target"], s), (f["expected"], f["mask_target"]))
+                             for f in _frames(val) if f["mask_target"].any()), masked_mse)
     test = PairDataset(dataset, task, eval_cfg["split"], max_items=eval_cfg["max_images"])
     if len(test) == 0:
         raise ValueError(f"{dataset}: the {eval_cfg['split']} split is empty; raise pack.split.{eval_cfg['split']}")
 
-    settings = methods.Settings(sigma, psf_1x_out, psf_out, eval_cfg["rl_iterations"])
     rows: list[dict[str, Any]] = []
     gallery: dict[str, np.ndarray] = {}
     with open_dataset(dataset) as h5:   # the background plane of each frame (fields differ)
@@ -99,6 +105,13 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                     "source_id": int(m["source_id"]), "model_kind": m["model"].decode(),
                     "source_counts": source_counts}
             preds = predictions(model, frame, settings)
+            coverage = {}
+            if eval_cfg["uncertainty_draws"] >= 2:
+                sigma = predict_uncertainty(model, frame["input"], frame["exposure_input"], eval_cfg["uncertainty_draws"],
+                                            seed=int(frame["index"]), prediction=preds["model"])
+                coverage = {f"coverage_{p}": metrics.interval_coverage(preds["model"], sigma, frame["expected"],
+                                                                       frame["mask_target"], k)
+                            for p, k in (("68", 1.0), ("95", 2.0))}
             nsigma = eval_cfg["detection_nsigma"]
             truth_sources = points.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm_px, nsigma)
             for method, pred in preds.items():
@@ -107,6 +120,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                                                  eval_cfg["asinh_scale_counts"]))
                 row.update(points.score_against_truth(truth_sources, pred, frame["mask_target"], bkg, fwhm_px,
                                                       pixel_arcsec, nsigma))
+                if method == "model":
+                    row.update(coverage)
                 summary, residual = consistency.consistency(pred, frame["input"], frame["mask_input"], s, kernel,
                                                             frame["exposure_target"], frame["exposure_input"])
                 row.update(summary)
@@ -128,7 +143,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                   "model_provenance": model.provenance, "architecture": model.architecture.to_dict(),
                   "normalisation": model.normalisation.to_dict(), "dataset": dataset_info,
                   "split": eval_cfg["split"], "n_images": int(table["sample"].nunique()),
-                  "gaussian_sigma_px": float(sigma), "psf_fwhm_px": float(fwhm_px), "pixel_arcsec": pixel_arcsec,
+                  "gaussian_sigma_px": settings.gaussian_sigma_px,
+                  "tuned_parameters": methods.tuned_values(task, settings), "psf_fwhm_px": float(fwhm_px), "pixel_arcsec": pixel_arcsec,
                   "evaluate": eval_cfg}
     overall = summary[summary["group"] == "all"]
     write_csv(table, out / "per_image.csv")

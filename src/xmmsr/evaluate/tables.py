@@ -14,12 +14,13 @@ from . import methods
 
 @dataclass(frozen=True)
 class Metric:
-    """How a metric is shown: ``better`` is ``high``, ``low``, ``one`` (closest to 1) or ``truth`` (closest
-    to the truth's own value)."""
+    """How a metric is shown: ``better`` is ``high``, ``low``, ``one`` (closest to ``nominal``, 1 unless
+    given) or ``truth`` (closest to the truth's own value)."""
 
     label: str
     fmt: str
     better: str
+    nominal: float = 1.0
 
 
 METRICS: dict[str, Metric] = {
@@ -38,15 +39,18 @@ METRICS: dict[str, Metric] = {
     "median_flux_ratio": Metric("flux ratio (matched sources)", "{:.2f}", "one"),
     "median_offset_arcsec": Metric("position error [\"]", "{:.2f}", "low"),
     "consistency_deviance": Metric("consistency deviance", "{:.3f}", "truth"),
+    "coverage_68": Metric("±1σ coverage (nominal 0.68)", "{:.2f}", "one", 0.6827),
+    "coverage_95": Metric("±2σ coverage (nominal 0.95)", "{:.2f}", "one", 0.9545),
 }
 
 # the columns of each table
 REPORT_OVERALL = ("psnr_asinh_vs_expected", "ssim_asinh_vs_expected", "psnr_sqrt_vs_expected",
                   "psnr_linear_vs_expected", "l1_vs_expected", "deviance_vs_expected", "deviance_vs_target",
-                  "flux_ratio", "completeness", "n_false", "consistency_deviance")
+                  "flux_ratio", "completeness", "n_false", "consistency_deviance", "coverage_68")
 CARD_IMAGES = ("psnr_sqrt_vs_expected", "psnr_asinh_vs_expected", "ssim_sqrt_vs_expected", "ssim_linear_vs_expected",
                "deviance_vs_expected", "deviance_vs_target", "flux_ratio")
 CARD_POINTS = ("completeness", "n_false", "median_flux_ratio", "median_offset_arcsec", "consistency_deviance")
+CARD_UNCERTAINTY = ("coverage_68", "coverage_95")
 CARD_KINDS = ("psnr_sqrt_vs_expected", "deviance_vs_expected", "ssim_sqrt_vs_expected")
 
 
