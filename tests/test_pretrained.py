@@ -80,6 +80,11 @@ def test_shipped_dn_lowers_the_deviance_against_the_truth(instrument, tmp_path):
     model_deviance = poisson_deviance(pred, truth, mask)
     input_deviance = poisson_deviance(np.maximum(counts * 5.0, 1e-8), truth, mask)
     assert model_deviance < 0.5 * input_deviance, (model_deviance, input_deviance)
+    # the shipped-model contract: total counts within 5 % of the 20 ks counts x 5, and of the truth's
+    for task in TASKS:
+        total = float(predict_counts(load_model(shipped_model(task)), counts, 20_000.0).sum(dtype=np.float64))
+        assert total == pytest.approx(5.0 * counts.sum(dtype=np.float64), rel=0.05), task
+        assert total == pytest.approx(truth.sum(), rel=0.05), task
 
 
 def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_path):
