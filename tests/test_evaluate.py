@@ -45,6 +45,13 @@ def test_metric_files_hold_the_model_and_every_baseline(tiny_run):
             "gaussian_sigma_px"]
         table = pd.read_csv(out / "summary.csv")
         assert {"all", "kind", "brightness"} <= set(table["group"])
+        sources = pd.read_csv(out / "sources.csv")   # every true source per method, and every false detection
+        assert set(sources["source"]) <= {"true_source", "false_detection"} and "truth" not in set(sources["method"])
+        for method, part in sources.groupby("method"):
+            row = per_image[per_image["method"] == method].iloc[0]
+            assert (part["source"] == "false_detection").sum() == row["n_false"]
+            assert part["found"].sum() == row["n_matched"] and (part["source"] == "true_source").sum() == row["n_true"]
+        assert sources["offaxis_arcmin"].between(0, 22).all()  # the image corners lie 20' from the axis
         assert {"mean", "median", "p16", "p84", "n"} <= set(table.columns)
 
 
@@ -52,11 +59,12 @@ def test_report_pdf_has_every_page_and_names_models_and_baselines(tiny_run):
     pypdf = pytest.importorskip("pypdf")
     pdf = tiny_run / "results" / "report" / "evaluation.pdf"
     reader = pypdf.PdfReader(pdf)
-    # provenance; per task: table, breakdown, points/consistency; curves; one gallery page per task; de-blending
-    assert len(reader.pages) == 1 + 2 * 3 + 1 + 2 + 1
+    # provenance; per task: table, breakdown, points/consistency, sources; curves; one gallery page per task;
+    # de-blending
+    assert len(reader.pages) == 1 + 2 * 4 + 1 + 2 + 1
     text = "\n".join(page.extract_text() for page in reader.pages)
     for needle in ("De-noising (DN)", "Super-resolution (SR)", "Training and validation curves",
-                   "de-blending close point-source pairs",
+                   "de-blending close point-source pairs", "point sources lost and invented",
                    "point sources and data consistency", "config hash",
                    *[m.label for m in methods.REGISTRY.values() if m.name != "finetuned"]):
         assert needle in text, needle

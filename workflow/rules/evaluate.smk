@@ -10,6 +10,7 @@ rule evaluate:
         summary=f"{OUT}/metrics/{{task}}/summary.csv",
         json=f"{OUT}/metrics/{{task}}/summary.json",
         gallery=f"{OUT}/metrics/{{task}}/gallery.npz",
+        sources=f"{OUT}/metrics/{{task}}/sources.csv",
     params:
         instrument=config["instrument"],
         evaluate={k: v for k, v in config["evaluate"].items() if k not in ("real_pairs", "deblend")},

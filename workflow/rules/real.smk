@@ -85,6 +85,7 @@ use rule evaluate as evaluate_finetuned with:
         summary=f"{OUT}/metrics/{{task}}/finetuned/summary.csv",
         json=f"{OUT}/metrics/{{task}}/finetuned/summary.json",
         gallery=f"{OUT}/metrics/{{task}}/finetuned/gallery.npz",
+        sources=f"{OUT}/metrics/{{task}}/finetuned/sources.csv",
     log:
         "logs/evaluate/{task}_finetuned.log",
 

@@ -229,10 +229,39 @@ def score_against_truth(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray,
                         psf_fwhm_px: float, pixel_arcsec: float, nsigma: float = NSIGMA) -> dict[str, float]:
     """:func:`point_source_metrics` with the truth's detections given (detect them once per image when
     several predictions are scored against the same truth)."""
+    return score_and_list(truth, pred, mask, background, psf_fwhm_px, pixel_arcsec, nsigma)[0]
+
+
+SOURCE_COLUMNS = ("source", "x", "y", "flux", "significance", "offaxis_arcmin", "found")
+
+
+def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, background: np.ndarray | float,
+                   psf_fwhm_px: float, pixel_arcsec: float, nsigma: float = NSIGMA,
+                   offaxis_arcmin: np.ndarray | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """:func:`score_against_truth` and the sources behind it, one row each (:data:`SOURCE_COLUMNS`): every
+    true source (``source`` = ``true_source``; its flux and significance in the truth; ``found`` when
+    matched) and every detection without a true source (``false_detection``: hallucinated; its own flux
+    and significance).
+    ``offaxis_arcmin``: a map of the off-axis angle on this grid (NaN without it)."""
     detected = detect_point_sources(pred, mask, background, psf_fwhm_px, nsigma)
+    pairs = match_pairs(truth, detected, MATCH_FWHM * float(psf_fwhm_px))
     out = match_sources(truth, detected, MATCH_FWHM * float(psf_fwhm_px))
     out["median_offset_arcsec"] = out.pop("median_offset_px") * float(pixel_arcsec)
-    return out
+    found = np.zeros(len(truth), dtype=bool)
+    found[pairs.truth_index] = True
+    false = np.ones(len(detected), dtype=bool)
+    false[pairs.detected_index] = False
+    rows = pd.concat([truth.assign(source="true_source", found=found),
+                      detected[false].assign(source="false_detection", found=False)],
+                     ignore_index=True)
+    if offaxis_arcmin is None or rows.empty:
+        rows["offaxis_arcmin"] = np.nan
+    else:
+        ny, nx = offaxis_arcmin.shape
+        iy = np.clip(np.round(rows["y"].to_numpy()).astype(int), 0, ny - 1)
+        ix = np.clip(np.round(rows["x"].to_numpy()).astype(int), 0, nx - 1)
+        rows["offaxis_arcmin"] = offaxis_arcmin[iy, ix]
+    return out, rows.reindex(columns=list(SOURCE_COLUMNS))
 
 
 def psf_fwhm_px(instrument, upscale: int) -> float:

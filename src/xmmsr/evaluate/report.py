@@ -385,6 +385,45 @@ def real_gallery_figure(task: str, gallery: Any, image: str) -> plt.Figure | Non
     return fig
 
 
+FLUX_BINS = np.geomspace(10.0, 1.0e5, 13)       # true-source counts at the target exposure
+OFFAXIS_BINS = np.arange(0.0, 21.0 + 1e-9, 3.0)  # arcmin (the image corners lie 20' from the axis)
+
+
+def sources_figure(task: str, sources: pd.DataFrame, exp: Exposures) -> plt.Figure:
+    """Where point sources are lost and invented: completeness against the true source's counts, and
+    false detections per field against the off-axis angle, per method."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=PAGE)
+    _title(fig, f"{task.upper()}: point sources lost and invented, by flux and off-axis angle")
+    fields = max(int(sources["sample"].nunique()), 1)
+    centres = np.sqrt(FLUX_BINS[1:] * FLUX_BINS[:-1])
+    for method in methods.ordered(sources["method"].unique()):
+        part = sources[sources["method"] == method]
+        true = part[part["source"] == "true_source"]
+        total, _ = np.histogram(true["flux"], FLUX_BINS)
+        found, _ = np.histogram(true.loc[true["found"].astype(bool), "flux"], FLUX_BINS)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            left.plot(centres, np.where(total > 0, found / total, np.nan), marker="o", label=methods.label(method))
+        false, _ = np.histogram(part.loc[part["source"] == "false_detection", "offaxis_arcmin"], OFFAXIS_BINS)
+        right.step(OFFAXIS_BINS, np.append(false / fields, false[-1] / fields), where="post",
+                   label=methods.label(method))
+    left.set_xscale("log")
+    left.set_xlabel(f"true source counts at {exp.t_out} (aperture, background subtracted)")
+    left.set_ylabel("completeness")
+    left.set_ylim(-0.03, 1.03)
+    right.set_yscale("symlog", linthresh=0.1)
+    right.set_xlabel("off-axis angle [arcmin]")
+    right.set_ylabel("false detections per field")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=7)
+    fig.subplots_adjust(top=0.85, bottom=0.25, wspace=0.25)
+    _caption(fig, f"Over the {fields} test images: the true sources are those detected in the noise-free truth "
+             "(same finder and threshold as every prediction); completeness is the fraction matched within one PSF "
+             "FWHM, per bin of the true source's counts; false detections are those with no true source within one "
+             f"FWHM, per field, by their angle from the optical axis. metrics/{task}/sources.csv lists every source.")
+    return fig
+
+
 def deblend_figure(table: pd.DataFrame, counts: float, exp: Exposures) -> plt.Figure:
     """Fraction of close point-source pairs resolved against their separation, one panel per flux ratio."""
     ratios = sorted(table["flux_ratio"].unique())
@@ -433,6 +472,10 @@ def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], confi
                 pngs.append(_save_png(fig, figure_dir / f"metrics_{task}.png"))
                 _breakdown_page(pdf, task, tables[task], exp)
                 _points_consistency_page(pdf, task, tables[task], galleries[task], exp)
+                if (metric_dirs[task] / "sources.csv").exists():
+                    fig = sources_figure(task, pd.read_csv(metric_dirs[task] / "sources.csv"), exp)
+                    pdf.savefig(fig)
+                    plt.close(fig)
             fig = curves_figure(history, exp)
             pdf.savefig(fig)
             pngs.append(_save_png(fig, figure_dir / "training_curves.png"))

@@ -94,7 +94,12 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
         raise ValueError(f"{dataset}: the {eval_cfg['split']} split is empty; raise pack.split.{eval_cfg['split']}")
 
     rows: list[dict[str, Any]] = []
+    source_rows: list[pd.DataFrame] = []
     gallery: dict[str, np.ndarray] = {}
+    grid = instrument.geometry.image_grid(s)
+    cx, cy = grid.centers()
+    offaxis = np.hypot(cx[None, :] - instrument.geometry.axis_x_arcsec,
+                       cy[:, None] - instrument.geometry.axis_y_arcsec) / 60.0
     with open_dataset(dataset) as h5:   # the background plane of each frame (fields differ)
         background = h5[f"background_rate_{s}x"]
         for n, frame in enumerate(_frames(test)):
@@ -118,8 +123,11 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                 row = {**info, "method": method}
                 row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
                                                  eval_cfg["asinh_scale_counts"]))
-                row.update(points.score_against_truth(truth_sources, pred, frame["mask_target"], bkg, fwhm_px,
-                                                      pixel_arcsec, nsigma))
+                scores, sources = points.score_and_list(truth_sources, pred, frame["mask_target"], bkg, fwhm_px,
+                                                        pixel_arcsec, nsigma, offaxis)
+                row.update(scores)
+                if method != "truth":
+                    source_rows.append(sources.assign(sample=info["sample"], kind=info["kind"], method=method))
                 if method == "model":
                     row.update(coverage)
                 summary, residual = consistency.consistency(pred, frame["input"], frame["mask_input"], s, kernel,
@@ -148,6 +156,9 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                   "evaluate": eval_cfg}
     overall = summary[summary["group"] == "all"]
     write_csv(table, out / "per_image.csv")
+    sources = (pd.concat(source_rows, ignore_index=True) if source_rows
+               else pd.DataFrame(columns=["sample", "kind", "method", *points.SOURCE_COLUMNS]))
+    write_csv(sources[["sample", "kind", "method", *points.SOURCE_COLUMNS]], out / "sources.csv")
     write_csv(summary, out / "summary.csv")
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps({"provenance": provenance, "overall": overall.to_dict(orient="records")},
