@@ -171,3 +171,19 @@ def test_one_registry_names_every_method_and_drops_none(tiny_run):
         assert {m.name for m in methods.baselines_for(task)} | {"model", "truth"} == scored
     assert methods.ordered(["model", "my_method", "input"]) == ["input", "model", "my_method"]
     assert methods.label("my_method") == "my_method" and methods.role("my_method") == "model"
+
+
+def test_report_compares_the_adversarial_model_side_by_side(tiny_run, tmp_path):
+    pypdf = pytest.importorskip("pypdf")
+    from xmmsr.config import load_config
+    from xmmsr.evaluate.report import write_report
+
+    results = tiny_run / "results"
+    dirs = {t: results / "metrics" / t for t in ("dn", "sr")}
+    histories = {t: results / "models" / t / "history.csv" for t in ("dn", "sr")}
+    # the pixel-loss metrics stand in for an adversarial model's: the page's layout is what is tested here
+    pngs = write_report(dirs, histories, load_config(TINY), tmp_path / "r.pdf", tmp_path / "figures",
+                        adversarial_dirs={"sr": dirs["sr"]})
+    assert "adversarial_sr.png" in [p.name for p in pngs]
+    text = "\n".join(page.extract_text() for page in pypdf.PdfReader(tmp_path / "r.pdf").pages)
+    assert "pixel loss against pixel + adversarial loss" in text and "adversarial model" in text

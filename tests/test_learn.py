@@ -6,6 +6,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -432,3 +433,50 @@ def test_training_refuses_the_cpu_when_a_gpu_was_asked_for_or_given():
         with pytest.raises(InputError, match="given GPUs") as err:
             training_device("auto", env)
         assert "train.accelerator: cpu" in str(err.value)
+
+
+def test_relativistic_losses_reward_the_side_that_wins():
+    from xmmsr.learn.adversarial import relativistic_losses
+
+    confident = relativistic_losses(torch.full((2, 1, 4, 4), 10.0), torch.full((2, 1, 4, 4), -10.0))
+    fooled = relativistic_losses(torch.full((2, 1, 4, 4), -10.0), torch.full((2, 1, 4, 4), 10.0))
+    assert confident[1] < 1e-3 and confident[0] > 10.0   # the discriminator wins: the generator loses
+    assert fooled[0] < 1e-3 and fooled[1] > 10.0
+    even = relativistic_losses(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    assert float(even[0]) == pytest.approx(np.log(2)) and float(even[1]) == pytest.approx(np.log(2))
+
+
+def test_adversarial_training_continues_the_pixel_model_deterministically_and_resumes(tiny_run, tmp_path):
+    from xmmsr.errors import InputError
+    from xmmsr.learn.adversarial import AdversarialRun, train_adversarial
+
+    start = train(_run(tiny_run, tmp_path / "pixel", epochs=1), tmp_path / "pixel.pt", tmp_path / "p.csv", threads=1)
+    cfg = load_config(REPO / "tests" / "data" / "tiny.yaml")["train"]
+    cfg.update(steps_per_epoch=2, batch_size=2, crop=16)
+    cfg["loss"]["adversarial"] = 0.05
+    cfg["adversarial"].update(epochs=3, discriminator_features=4)
+
+    def run(directory: str, callbacks=()):
+        return train_adversarial(AdversarialRun("sr", tmp_path / "pixel.pt", dataset_path(tiny_run), cfg, 3,
+                                                tmp_path / directory), tmp_path / f"{directory}.pt",
+                                 tmp_path / f"{directory}.csv", threads=1, callbacks=callbacks)
+
+    full = run("full")
+    changed = sum(float((a - b).abs().sum()) for a, b in zip(start.generator.state_dict().values(),
+                                                              full.generator.state_dict().values()))
+    assert changed > 0  # warm-started from the pixel model, then moved
+    history = pd.read_csv(tmp_path / "full.csv")
+    assert list(history["step"]) == [2, 4, 6] and history["train_adversarial"].notna().all()
+    assert full.provenance["adversarial_from"] == "pixel.pt" and full.provenance["adversarial_steps"] == 6
+    assert full.train_config["adversarial"]["weight"] == 0.05
+
+    with pytest.raises(Kill):
+        run("ckpt", [KillAtEpoch(2)])
+    assert not (tmp_path / "ckpt.pt").exists()
+    resumed = run("ckpt")
+    for (name, a), b in zip(full.generator.state_dict().items(), resumed.generator.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "ckpt.csv").read_text() == (tmp_path / "full.csv").read_text()
+    cfg["loss"]["adversarial"] = 0.0
+    with pytest.raises(InputError, match="train.loss.adversarial"):
+        run("none")

@@ -204,6 +204,14 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(oversample)))
     assert set(jobs) == {"expected", "pack", "train", "evaluate", "deblend", "report", "all"}
 
+    adversarial = write_config(tmp_path / "adv.yaml", {"train": {"loss": {"adversarial": 0.01}}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(adversarial)))
+    assert set(jobs) == {"train_adversarial", "evaluate_adversarial", "report", "all"}  # the pixel models stay
+    assert jobs["train_adversarial"] == jobs["evaluate_adversarial"] == 2
+    unused = write_config(tmp_path / "unused.yaml", {"train": {"adversarial": {"epochs": 9}}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(unused)))
+    assert set(jobs) == {"report", "all"}  # weight 0: nothing trains; the report prints the config
+
     rl = write_config(tmp_path / "rl.yaml", {"evaluate": {"rl_iterations": 7}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(rl)))
     assert set(jobs) == {"evaluate", "deblend", "report", "all"}  # evaluation settings retrain nothing

@@ -136,8 +136,9 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
     if split["train"] <= 0 or split["val"] <= 0:
         raise ConfigError(f"{source}: config keys 'pack.split.train' and 'pack.split.val' must be > 0 (got {split})")
     train = config["train"]
-    if not any(weight > 0 for weight in train["loss"].values()):
-        raise ConfigError(f"{source}: config key 'train.loss': every weight is 0; give at least one positive weight")
+    if not any(weight > 0 for name, weight in train["loss"].items() if name != "adversarial"):
+        raise ConfigError(f"{source}: config key 'train.loss': every pixel-loss weight is 0 (the adversarial model "
+                          "continues a pixel-loss one); give at least one positive weight")
     crop = train["crop"]
     for task in train["tasks"]:
         out = None if crop is None else crop * (2 if task == "sr" else 1)

@@ -187,6 +187,7 @@ def report_inputs(wildcards):
         inputs["real"] = f"{OUT}/metrics/real/real_pairs.csv"
     if "sr" in tasks:
         inputs["deblend"] = f"{OUT}/metrics/sr/deblend.csv"
+    inputs.update({f"adversarial_{t}": f"{OUT}/metrics/{t}/adversarial/summary.json" for t in adversarial_tasks()})
     if REAL_IMAGES:
         inputs.update({f"real_thinned_{t}": f"{OUT}/metrics/{t}/real_thinned.csv" for t in tasks})
         inputs.update({f"real_gallery_{t}": f"{OUT}/metrics/{t}/real_thinned_gallery.npz" for t in tasks})
@@ -199,6 +200,19 @@ def report_config():
              for k in ("seed", "sources", "instrument", "simulate", "pack", "model", "evaluate")}
     shown["train"] = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads")}
     return shown
+
+
+def pixel_train_params():
+    """The train section as the pixel-loss training and the fine-tuning see it: without the settings of
+    the adversarial model, so that changing those retrains nothing else."""
+    train = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks", "adversarial")}
+    train["loss"] = {k: v for k, v in train["loss"].items() if k != "adversarial"}
+    return train
+
+
+def adversarial_tasks():
+    """The tasks with an adversarial model (train.loss.adversarial > 0), else none."""
+    return config["train"]["tasks"] if config["train"]["loss"]["adversarial"] > 0 else []
 
 
 def deblend_seed():

@@ -23,6 +23,20 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+use rule evaluate as evaluate_adversarial with:
+    input:
+        dataset=DATASET,
+        model=f"{OUT}/models/{{task}}/adversarial.pt",
+    output:
+        per_image=f"{OUT}/metrics/{{task}}/adversarial/per_image.csv",
+        summary=f"{OUT}/metrics/{{task}}/adversarial/summary.csv",
+        json=f"{OUT}/metrics/{{task}}/adversarial/summary.json",
+        gallery=f"{OUT}/metrics/{{task}}/adversarial/gallery.npz",
+        sources=f"{OUT}/metrics/{{task}}/adversarial/sources.csv",
+    log:
+        "logs/evaluate/{task}_adversarial.log",
+
+
 rule evaluate_real:
     input:
         model=f"{OUT}/models/dn/model.pt",

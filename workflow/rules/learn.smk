@@ -30,7 +30,7 @@ rule train:
         # Checkpoints are not declared outputs: they survive a killed job, and a rerun resumes from them.
         checkpoint_dir=lambda w: f"{OUT}/checkpoints/{w.task}",
         model=config["model"],
-        train={k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks")},
+        train=pixel_train_params(),
         seed=lambda w: training_seed(w.task),
     threads: 2
     log:
@@ -39,3 +39,25 @@ rule train:
         CONDA_ENV
     script:
         "../scripts/train.py"
+
+
+# The adversarial model (train.loss.adversarial > 0): the pixel-loss model continued with ESRGAN's
+# relativistic average GAN term; evaluated beside it (rule evaluate_adversarial) and compared in the report.
+rule train_adversarial:
+    input:
+        dataset=DATASET,
+        start=f"{OUT}/models/{{task}}/model.pt",
+    output:
+        model=f"{OUT}/models/{{task}}/adversarial.pt",
+        history=f"{OUT}/models/{{task}}/adversarial_history.csv",
+    params:
+        checkpoint_dir=lambda w: f"{OUT}/checkpoints/adversarial_{w.task}",
+        train={k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks")},
+        seed=lambda w: training_seed(w.task) + 2,
+    threads: 2
+    log:
+        "logs/train/{task}_adversarial.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/train_adversarial.py"

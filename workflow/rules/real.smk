@@ -28,7 +28,7 @@ rule finetune:
         history=f"{OUT}/models/{{task}}/finetune_history.csv",
     params:
         checkpoint_dir=lambda w: f"{OUT}/checkpoints/finetune_{w.task}",
-        train={k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks")},
+        train=pixel_train_params(),
         real=config["real"],
         instrument=config["instrument"],
         seed=lambda w: training_seed(w.task) + 1,

@@ -131,7 +131,7 @@ class Restoration(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         metrics = self.trainer.callback_metrics
-        row = {"epoch": self.current_epoch, "step": self.global_step,
+        row = {"epoch": self.current_epoch, "step": self.batches_done,
                "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
                "train_loss": sum(self._train_losses) / max(len(self._train_losses), 1)}
         row.update({k: float(metrics[k]) for k in HISTORY_FIELDS if k in metrics and k not in row})
@@ -142,6 +142,11 @@ class Restoration(pl.LightningModule):
             print("epoch {epoch} step {step}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
                   "val_psnr {val_psnr:.2f} dB (input {val_psnr_input:.2f} dB)".format(**row)
                   + f", {rate:.1f} samples/s (incl. validation)", flush=True)
+
+    @property
+    def batches_done(self) -> int:
+        """Optimizer steps of the generator so far."""
+        return int(self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.generator.parameters(), lr=self.lr, weight_decay=self.weight_decay)
