@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -103,9 +103,9 @@ def predict_baselines(task: str, counts: np.ndarray, exposure_in: float, exposur
             for m in baselines_for(task) if wanted is None or m.name in wanted}
 
 
-def candidates_from_config(eval_cfg: Mapping[str, object]) -> dict[str, list[float]]:
+def candidates_from_config(eval_cfg: Mapping[str, Any]) -> dict[str, list[float]]:
     """The candidate values of every tuned Settings field, from the ``evaluate`` config section."""
-    return {field: [float(v) for v in eval_cfg[key]] for field, key in CANDIDATES.items()}  # type: ignore[union-attr]
+    return {field: [float(v) for v in eval_cfg[key]] for field, key in CANDIDATES.items()}
 
 
 def tune(task: str, settings: Settings, candidates: Mapping[str, Sequence[float]],
