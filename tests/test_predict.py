@@ -188,6 +188,15 @@ def test_flux_conservation_uses_the_per_pixel_exposure():
     expected = (counts[:, :22].sum() + 2 * counts[:, 22:].sum()) * TARGET_EXPOSURE / INPUT_EXPOSURE
     assert out.sum(dtype=np.float64) == pytest.approx(expected, rel=1e-5)
     assert not predict_counts(model, np.zeros((40, 44)), INPUT_EXPOSURE).any()  # no counts, no flux
+    # a footprint: nothing predicted outside it, and the input's counts conserved within it
+    footprint = np.ones(counts.shape, dtype=bool)
+    footprint[:, :5] = footprint[30:, :] = False
+    inside = np.where(footprint, counts, 0.0)
+    out = predict_counts(model, inside, INPUT_EXPOSURE, footprint=footprint)
+    big = np.repeat(np.repeat(footprint, 2, axis=0), 2, axis=1)
+    assert not out[~big].any() and out[big].sum(dtype=np.float64) == pytest.approx(5 * inside.sum(), rel=1e-5)
+    with pytest.raises(ValueError, match="footprint shape"):
+        predict_counts(model, counts, INPUT_EXPOSURE, footprint=footprint[:, 1:])
 
 
 def test_bootstrap_uncertainty_is_calibrated_for_an_unbiased_estimator(monkeypatch):

@@ -127,7 +127,7 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
                 preds = {"input": (1, baselines.scaled_input(data, exposure_in_s, exposure_target_s, 1)),
                          "richardson_lucy": (2, baselines.richardson_lucy(data, exposure_in_s, exposure_target_s, 2,
                                                                          psf_1x_on_2x, rl_iterations, psf_2x)),
-                         "model": (2, predict_counts(model, data, exposure_in_s).astype(np.float64)
+                         "model": (2, predict_counts(model, data, exposure_in_s, footprint=mask[1]).astype(np.float64)
                                    * exposure_target_s / model.target_exposure_s)}
                 for name, (r, image) in preds.items():
                     found[name] += _is_resolved(image, mask[r], bkg[r], fwhm[r], nsigma, pair.positions[r],

@@ -65,7 +65,8 @@ def score_pair(model_path: str | Path, short_path: str | Path, long_path: str | 
     args = (short, t_short, t_long, 1)
     settings = methods.with_values(methods.Settings(1.0, psf, None, eval_cfg["rl_iterations"]), tuned)
     preds = methods.predict_baselines("dn", *args, settings)
-    preds["model"] = predict_counts(model, short, t_short).astype(np.float64) * t_long / model.target_exposure_s
+    preds["model"] = (predict_counts(model, short, t_short, footprint=mask).astype(np.float64)
+                      * t_long / model.target_exposure_s)
     a = eval_cfg["asinh_scale_counts"] * t_long / model.target_exposure_s
     rows = []
     for method, pred in preds.items():
@@ -151,7 +152,7 @@ def thinned_predictions(models: dict[str, TrainedModel], image_path: str | Path,
     means = {m: p * to_remainder for m, p in preds.items()}
     seconds = np.where(mask, exposure.seconds * fraction, t_in)
     for name, model in models.items():
-        pred = predict_counts(model, counts_in.astype(np.float64), seconds).astype(np.float64)
+        pred = predict_counts(model, counts_in.astype(np.float64), seconds, footprint=mask).astype(np.float64)
         if model.upscale != 1:
             pred = forward_model(pred, model.upscale, degradation_kernel(instrument, model.upscale), 1.0, 1.0)
         means[name] = pred * relative * (t_rest / float(model.target_exposure_s))

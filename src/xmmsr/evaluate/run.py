@@ -62,7 +62,8 @@ def predictions(model: TrainedModel, frame: dict[str, Any], settings: methods.Se
     registered baselines of the model's task, the model and the truth."""
     out = methods.predict_baselines(model.task, frame["input"], frame["exposure_input"], frame["exposure_target"],
                                     model.upscale, settings)
-    out["model"] = predict_counts(model, frame["input"], frame["exposure_input"]).astype(np.float64)
+    out["model"] = predict_counts(model, frame["input"], frame["exposure_input"],
+                                  footprint=frame["mask_input"]).astype(np.float64)
     out["truth"] = frame["expected"]
     return out
 
@@ -113,7 +114,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
             coverage = {}
             if eval_cfg["uncertainty_draws"] >= 2:
                 sigma = predict_uncertainty(model, frame["input"], frame["exposure_input"], eval_cfg["uncertainty_draws"],
-                                            seed=int(frame["index"]), prediction=preds["model"])
+                                            seed=int(frame["index"]), prediction=preds["model"],
+                                            footprint=frame["mask_input"])
                 coverage = {f"coverage_{p}": metrics.interval_coverage(preds["model"], sigma, frame["expected"],
                                                                        frame["mask_target"], k)
                             for p, k in (("68", 1.0), ("95", 2.0))}

@@ -80,13 +80,16 @@ def _spans(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
 
 
 def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float | np.ndarray, tile: int = 512,
-                   overlap: int = 32, conserve_flux: bool = True) -> np.ndarray:
+                   overlap: int = 32, conserve_flux: bool = True, footprint: np.ndarray | None = None) -> np.ndarray:
     """Expected counts per output pixel at ``model.target_exposure_s`` for a 1x-grid count image.
 
-    With ``conserve_flux`` (the default) the network's image is scaled so that its total equals the
-    input's counts scaled to the target exposure (pixel by pixel with ``exposure_s``): the unbiased
-    estimate of the total expected counts, whose Poisson error is 1/sqrt(counts) (1 % for 10^4
-    counts). The network redistributes the counts; it does not create or lose them (:func:`conserve_total`).
+    ``footprint``: the 1x pixels with data (exposure on an active detector pixel); the prediction is 0
+    elsewhere (the network, which does not see the mask, would spread counts into chip gaps and beyond
+    the detector). With ``conserve_flux`` (the default) the prediction is then scaled so that its total
+    equals the input's counts scaled to the target exposure (pixel by pixel with ``exposure_s``): the
+    unbiased estimate of the total expected counts, whose Poisson error is 1/sqrt(counts) (1 % for
+    10^4 counts). The network redistributes the counts; it does not create or lose them
+    (:func:`conserve_total`).
 
     ``exposure_s``: one exposure, or one per pixel (an exposure map; the model then sees the true count
     rate of every pixel; pixels with under 1 % of the largest exposure use the largest).
@@ -126,6 +129,11 @@ def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float | 
                     y[s * (ky0 - y0):s * (ky1 - y0), s * (kx0 - x0):s * (kx1 - x0)].float().cpu()
     expected = model.normalisation.inverse(out[:h * s, :w * s], float(model.target_exposure_s), upscale=s)
     expected = expected.clamp_(min=0.0).numpy()
+    if footprint is not None:
+        inside = np.asarray(footprint, dtype=bool)
+        if inside.shape != image.shape:
+            raise ValueError(f"footprint shape {inside.shape} differs from the image's {image.shape}")
+        expected[~np.repeat(np.repeat(inside, s, axis=0), s, axis=1)] = 0.0
     if conserve_flux:
         conserve_total(expected, image, seconds if per_pixel else float(exposure_s), float(model.target_exposure_s))
     return expected
@@ -317,7 +325,10 @@ def predict_file(model_path: str | Path, input_path: str | Path, output_path: st
         warnings.warn(f"{input_path}: EXPOSURE {exposure:g} s differs from the {model.input_exposure_s:g} s the "
                       "model was trained for by more than a factor 2; the prediction may be biased", stacklevel=2)
     seconds = per_pixel.seconds if per_pixel.source != "EXPOSURE" else exposure
-    result = predict_counts(model, counts, seconds, overlap=max(32, receptive_radius(model.architecture)))
+    # the pixels with exposure (an exposure map, or CCDs with on-time); a uniform EXPOSURE tells none
+    footprint = per_pixel.seconds > 0.01 * float(per_pixel.seconds.max()) if per_pixel.source != "EXPOSURE" else None
+    result = predict_counts(model, counts, seconds, overlap=max(32, receptive_radius(model.architecture)),
+                            footprint=footprint)
     if not np.isfinite(result).all():
         raise InputError(model_path, "weights", "the model produced non-finite values on this image",
                          "check the training run; the model has diverged")
@@ -325,7 +336,7 @@ def predict_file(model_path: str | Path, input_path: str | Path, output_path: st
     hdr["EXPSRC"] = (per_pixel.source, "input exposure per pixel taken from")
     if uncertainty_path is not None:
         sigma = predict_uncertainty(model, counts, seconds, draws, seed, prediction=result,
-                                    overlap=max(32, receptive_radius(model.architecture)))
+                                    overlap=max(32, receptive_radius(model.architecture)), footprint=footprint)
         sigma_hdr = hdr.copy()
         sigma_hdr["BUNIT"] = ("count", "1-sigma uncertainty of the expected counts per pixel")
         sigma_hdr["UNCMETH"] = ("parametric bootstrap", "Poisson inputs drawn from the prediction, re-predicted")
