@@ -287,7 +287,7 @@ def test_training_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="train.loss.ms_ssim.*gives 96 for sr"):
         check_config({"train": {"tasks": ["sr"], "loss": {"l1": 0.0, "ms_ssim": 1.0}, "crop": 48}})
     assert check_config({"train": {"tasks": ["sr"], "loss": {"ms_ssim": 1.0}, "crop": 96}})["train"]["crop"] == 96
-    with pytest.raises(ConfigError, match="every weight is 0"):
+    with pytest.raises(ConfigError, match="every pixel-loss weight is 0"):
         check_config({"train": {"loss": {"l1": 0.0, "poisson": 0.0}}})
 
 
