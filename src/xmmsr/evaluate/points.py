@@ -203,7 +203,11 @@ def match_sources(truth: pd.DataFrame, detected: pd.DataFrame, max_sep_px: float
     with no true source within ``max_sep_px``: hallucinated), ``completeness`` (n_matched / n_true, nan
     when there is no true source), ``median_flux_ratio`` (detected / true flux of the matched pairs)
     and ``median_offset_px`` (both nan when nothing matched)."""
-    p = match_pairs(truth, detected, max_sep_px)
+    return summarise_pairs(match_pairs(truth, detected, max_sep_px))
+
+
+def summarise_pairs(p: MatchedPairs) -> dict[str, float]:
+    """The figures of :func:`match_sources` from already matched pairs."""
     return {
         "n_true": float(p.n_true),
         "n_detected": float(p.n_detected),
@@ -245,7 +249,7 @@ def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, back
     ``offaxis_arcmin``: a map of the off-axis angle on this grid (NaN without it)."""
     detected = detect_point_sources(pred, mask, background, psf_fwhm_px, nsigma)
     pairs = match_pairs(truth, detected, MATCH_FWHM * float(psf_fwhm_px))
-    out = match_sources(truth, detected, MATCH_FWHM * float(psf_fwhm_px))
+    out = summarise_pairs(pairs)
     out["median_offset_arcsec"] = out.pop("median_offset_px") * float(pixel_arcsec)
     found = np.zeros(len(truth), dtype=bool)
     found[pairs.truth_index] = True

@@ -30,6 +30,7 @@ import pandas as pd
 
 from .. import __version__, metrics
 from ..instrument.model import PnInstrument
+from ..instrument.simulator import offaxis_arcmin
 from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.data import PairDataset, open_dataset
@@ -97,10 +98,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     rows: list[dict[str, Any]] = []
     source_rows: list[pd.DataFrame] = []
     gallery: dict[str, np.ndarray] = {}
-    grid = instrument.geometry.image_grid(s)
-    cx, cy = grid.centers()
-    offaxis = np.hypot(cx[None, :] - instrument.geometry.axis_x_arcsec,
-                       cy[:, None] - instrument.geometry.axis_y_arcsec) / 60.0
+    cx, cy = instrument.geometry.image_grid(s).centers()
+    offaxis = offaxis_arcmin(instrument, cx[None, :], cy[:, None])
     with open_dataset(dataset) as h5:   # the background plane of each frame (fields differ)
         background = h5[f"background_rate_{s}x"]
         for n, frame in enumerate(_frames(test)):
@@ -153,8 +152,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                   "model_provenance": model.provenance, "architecture": model.architecture.to_dict(),
                   "normalisation": model.normalisation.to_dict(), "dataset": dataset_info,
                   "split": eval_cfg["split"], "n_images": int(table["sample"].nunique()),
-                  "gaussian_sigma_px": settings.gaussian_sigma_px,
-                  "tuned_parameters": methods.tuned_values(task, settings), "psf_fwhm_px": float(fwhm_px), "pixel_arcsec": pixel_arcsec,
+                  "gaussian_sigma_px": settings.gaussian_sigma_px, "tuned_parameters": methods.tuned_values(task, settings),
+                  "psf_fwhm_px": float(fwhm_px), "pixel_arcsec": pixel_arcsec,
                   "evaluate": eval_cfg}
     overall = summary[summary["group"] == "all"]
     write_csv(table, out / "per_image.csv")

@@ -100,7 +100,7 @@ def _spectrum_groups(sky: SkyModel) -> dict[tuple[float, float], np.ndarray]:
     return {k: np.asarray(v) for k, v in groups.items()}
 
 
-def _offaxis_arcmin(instrument: PnInstrument, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+def offaxis_arcmin(instrument: PnInstrument, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """Angle (arcmin) from the optical axis, which sets vignetting and PSF."""
     g = instrument.geometry
     return np.hypot(dx - np.float32(g.axis_x_arcsec), dy - np.float32(g.axis_y_arcsec)) / np.float32(60.0)
@@ -253,7 +253,7 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
         if field.soft_protons > 0:
             n = int(rng.poisson(bkg.soft_proton_rate_arcmin2 * field.soft_protons * fov_area * exposure_s))
             sx, sy = _uniform_disc(rng, n, geom)
-            theta = _offaxis_arcmin(instrument, sx, sy)
+            theta = offaxis_arcmin(instrument, sx, sy)
             keep = (rng.random(n, dtype=np.float32) < bkg.soft_proton_profile(theta)) & geom.on_chip(sx, sy)
             se = np.float32(0.5) + np.float32(1.5) * rng.random(n, dtype=np.float32)
             kept.append((sx[keep], sy[keep], se[keep]))
@@ -449,7 +449,7 @@ def _expected_fine_sources(sky: SkyModel, instrument: PnInstrument, exposure_s: 
         dys.append(qy[idx])
     w = np.concatenate(weights)
     dx, dy = np.concatenate(dxs), np.concatenate(dys)
-    theta = _offaxis_arcmin(instrument, dx, dy)
+    theta = offaxis_arcmin(instrument, dx, dy)
     energy = np.concatenate(energies)
     # vignetting at the spectrum's mean detected energy (the pn CCF varies by < 0.3 % over 0.5-2 keV)
     w = w * instrument.vignetting(theta, energy)
@@ -532,7 +532,7 @@ def _expected_fine_background(instrument: PnInstrument, exposure_s: float, resol
     core = geom.image_grid(resolution).refine(instrument.oversample)
     good = instrument.patterns.good
     cx, cy = core.centers()
-    theta = _offaxis_arcmin(instrument, cx[None, :], cy[:, None])
+    theta = offaxis_arcmin(instrument, cx[None, :], cy[:, None])
     area_arcmin2 = core.pixel_arcsec**2 / 3600.0 * exposure_s * good
     accept = geom.acceptance(core, dead=False)
     in_fov = accept * geom.fov_fraction(core)

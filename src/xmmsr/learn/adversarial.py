@@ -10,7 +10,6 @@ checkpoints hold both and their optimisers, so a killed job resumes as training 
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,13 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import InputError
-from ..io import atomic_path
-from .checkpoint import TrainedModel, load_model, save_model
+from .checkpoint import TrainedModel, save_model
 from .data import EpochSampler, PairDataset
 from .device import training_device
 from .losses import loss_terms
-from .model import build_generator
-from .train import HISTORY_FIELDS, Restoration, _prepare_checkpoints, choose_precision, resumable_trainer
+from .train import (HISTORY_FIELDS, Restoration, _prepare_checkpoints, choose_precision, load_start_model,
+                    plain_generator, resumable_trainer, weights_sum, write_history)
 
 ADVERSARIAL_HISTORY_FIELDS = (*HISTORY_FIELDS, "train_adversarial", "train_discriminator")
 
@@ -163,11 +161,9 @@ def train_adversarial(run: AdversarialRun, model_path: Path, history_path: Path,
         raise InputError(None, "train.loss.adversarial", f"is {weight:g}", "give a positive weight, e.g. 0.005")
     if threads > 0:
         torch.set_num_threads(threads)
-    start = load_model(run.start_model)
-    if start.task != run.task:
-        raise InputError(run.start_model, "task", f"is {start.task!r}, not {run.task!r}", "start from a model of the task")
+    start = load_start_model(run.start_model, run.task)
     fingerprint = {"task": run.task, "start": run.start_model.name, "train": cfg, "seed": run.seed,
-                   "start_weights": float(sum(float(p.detach().double().sum()) for p in start.generator.parameters()))}
+                   "start_weights": weights_sum(start.generator)}
     resume = _prepare_checkpoints(run, fingerprint)  # type: ignore[arg-type]
     accelerator = training_device(cfg["accelerator"])
     precision = choose_precision(cfg["precision"], accelerator)
@@ -185,17 +181,11 @@ def train_adversarial(run: AdversarialRun, model_path: Path, history_path: Path,
     trainer = resumable_trainer(run.checkpoint_dir, accelerator, 1, precision, adv["epochs"], cfg["steps_per_epoch"],
                                 None, callbacks, False)
     trainer.fit(module, loader, DataLoader(val_set, batch_size=1, shuffle=False), ckpt_path=resume)
-    generator = build_generator(start.architecture)
-    generator.load_state_dict({k: v.detach().cpu() for k, v in module.generator.state_dict().items()})
-    model = TrainedModel(generator=generator.eval(), architecture=start.architecture, normalisation=start.normalisation,
+    model = TrainedModel(generator=plain_generator(module.generator, start.architecture), architecture=start.architecture, normalisation=start.normalisation,
                          input_exposure_s=start.input_exposure_s, target_exposure_s=start.target_exposure_s,
                          train_config={**start.train_config, "adversarial": {"weight": weight, **adv}},
                          provenance={**start.provenance, "adversarial_from": run.start_model.name,
                                      "adversarial_steps": module.batches_done, "adversarial_seed": run.seed})
-    with atomic_path(history_path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=ADVERSARIAL_HISTORY_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in module.history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_history(module.history, history_path, ADVERSARIAL_HISTORY_FIELDS)
     save_model(model_path, model)
     return model

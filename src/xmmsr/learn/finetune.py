@@ -13,7 +13,6 @@ Poisson deviance per pixel against the remainder (as ``xmmsr evaluate-real --ima
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,13 @@ from ..instrument.exposure import image_exposure
 from ..io import atomic_path
 from ..metrics import coverage_mask
 from ..thinning import RealImage, ThinningPlan, binomial_split
-from .checkpoint import TrainedModel, load_model, save_model
+from .checkpoint import TrainedModel, save_model
 from .data import EpochSampler, PairDataset
 from .device import training_device
 from .losses import poisson_nll
-from .model import build_generator
 from .predict import read_count_image
-from .train import Restoration, _prepare_checkpoints, choose_precision, resumable_trainer
+from .train import (Restoration, _prepare_checkpoints, choose_precision, load_start_model, plain_generator,
+                    resumable_trainer, weights_sum, write_history)
 
 REAL_FORMAT_VERSION = 1
 FINETUNE_HISTORY_FIELDS = ("epoch", "step", "lr", "train_loss", "train_sim_loss", "train_real_loss",
@@ -230,12 +229,10 @@ def finetune(run: FinetuneRun, model_path: Path, history_path: Path, kernel: np.
     cfg, ft = run.train_cfg, run.finetune_cfg
     if threads > 0:
         torch.set_num_threads(threads)
-    start = load_model(run.start_model)
-    if start.task != run.task:
-        raise InputError(run.start_model, "task", f"is {start.task!r}, not {run.task!r}", "start from a model of the task")
+    start = load_start_model(run.start_model, run.task)
     fingerprint = {"task": run.task, "start": str(run.start_model.name), "finetune": ft, "seed": run.seed,
                    "plan": [run.plan.input_exposure_s, run.plan.max_input_fraction],
-                   "start_weights": float(sum(float(p.detach().double().sum()) for p in start.generator.parameters()))}
+                   "start_weights": weights_sum(start.generator)}
     resume = _prepare_checkpoints(run, fingerprint)  # type: ignore[arg-type]
     accelerator = training_device(cfg["accelerator"])
     precision = choose_precision(cfg["precision"], accelerator)
@@ -262,9 +259,7 @@ def finetune(run: FinetuneRun, model_path: Path, history_path: Path, kernel: np.
     trainer = resumable_trainer(run.checkpoint_dir, accelerator, 1, precision, ft["epochs"], ft["steps_per_epoch"],
                                 cfg["gradient_clip"], callbacks, False)
     trainer.fit(module, loaders, val_loader, ckpt_path=resume)
-    generator = build_generator(start.architecture)
-    generator.load_state_dict({k: v.detach().cpu() for k, v in module.generator.state_dict().items()})
-    model = TrainedModel(generator=generator.eval(), architecture=start.architecture, normalisation=start.normalisation,
+    model = TrainedModel(generator=plain_generator(module.generator, start.architecture), architecture=start.architecture, normalisation=start.normalisation,
                          input_exposure_s=start.input_exposure_s, target_exposure_s=start.target_exposure_s,
                          train_config={**start.train_config, "finetune": ft},
                          provenance={**start.provenance, "finetuned_from": run.start_model.name,
@@ -272,10 +267,6 @@ def finetune(run: FinetuneRun, model_path: Path, history_path: Path, kernel: np.
                                                                                     ("val", val.names)) for n in names},
                                      "finetune_steps": int(trainer.global_step), "finetune_seed": run.seed})
     rows = [{**row, "val_real_deviance_start": start_deviance} for row in module.history]
-    with atomic_path(history_path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FINETUNE_HISTORY_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_history(rows, history_path, FINETUNE_HISTORY_FIELDS)
     save_model(model_path, model)
     return model

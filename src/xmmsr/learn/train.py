@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 
 from .. import metrics
 from ..io import atomic_path
-from .checkpoint import TrainedModel, save_model
+from ..errors import InputError
+from .checkpoint import TrainedModel, load_model, save_model
 from .data import EpochSampler, PairDataset, open_dataset
 from .device import training_device
 from .losses import loss_terms, masked_mean
@@ -252,9 +253,7 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
                                 cfg["steps_per_epoch"], cfg["gradient_clip"], callbacks, sys.stderr.isatty())
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
 
-    generator = build_generator(run.arch)  # a plain copy: no torch.compile wrapper, no DDP, on the CPU
-    generator.load_state_dict({k: v.detach().cpu() for k, v in module.generator.state_dict().items()})
-    model = TrainedModel(generator=generator.eval(), architecture=run.arch, normalisation=run.normalisation,
+    model = TrainedModel(generator=plain_generator(module.generator, run.arch), architecture=run.arch, normalisation=run.normalisation,
                          input_exposure_s=input_exposure_s, target_exposure_s=target_exposure_s,
                          train_config={"train": cfg, "model": {k: v for k, v in run.arch.to_dict().items()
                                                               if k not in ("task", "in_channels")}},
@@ -309,10 +308,30 @@ def cluster_plugins() -> list[Any]:
     return [SLURMEnvironment(auto_requeue=False)]
 
 
-def write_history(rows: list[dict[str, float]], path: Path) -> None:
-    """Per-epoch training/validation history as CSV (atomic)."""
+def plain_generator(trained: torch.nn.Module, arch: Architecture) -> torch.nn.Module:
+    """A plain CPU copy of a trained generator (no torch.compile wrapper, no DDP), in eval mode."""
+    generator = build_generator(arch)
+    generator.load_state_dict({k: v.detach().cpu() for k, v in trained.state_dict().items()})
+    return generator.eval()
+
+
+def load_start_model(path: Path, task: str) -> TrainedModel:
+    """The model a continued training (fine-tuning, adversarial) starts from, refused if of another task."""
+    start = load_model(path)
+    if start.task != task:
+        raise InputError(path, "task", f"is {start.task!r}, not {task!r}", "start from a model of the task")
+    return start
+
+
+def weights_sum(generator: torch.nn.Module) -> float:
+    """The sum of every weight (float64): identifies a starting model in a checkpoint fingerprint."""
+    return float(sum(float(p.detach().double().sum()) for p in generator.parameters()))
+
+
+def write_history(rows: list[dict[str, float]], path: Path, fields: Sequence[str] = HISTORY_FIELDS) -> None:
+    """Per-epoch history as CSV with the columns ``fields`` (atomic)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
