@@ -33,8 +33,12 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     sky = read_sky_model(args.sky)
     exposure = args.exposure
     background = not args.no_background
-    events = simulate_events(sky, instrument, exposure, args.resolution, args.seed, background,
-                             config["simulate"]["tstart"])
+    backend = args.backend or config["simulate"]["backend"]
+    if backend == "sixte":
+        events = _simulate_sixte(args, sky, instrument, config, background)
+    else:
+        events = simulate_events(sky, instrument, exposure, args.resolution, args.seed, background,
+                                 config["simulate"]["tstart"])
     if args.expected:
         from astropy.io import fits
 
@@ -51,6 +55,37 @@ def cmd_simulate(args: argparse.Namespace) -> None:
                     fits.Header(header), args.expected)
     write_events(events, args.output)
     print(f"{args.output}: {len(events)} events, {exposure:g} s, resolution {args.resolution}x, seed {args.seed}")
+
+
+def _simulate_sixte(args: argparse.Namespace, sky, instrument: PnInstrument, config: dict, background: bool):
+    """``xmmsr simulate --backend sixte``: SIXTE with the given instrument, or one written from the model for
+    this run; SIXTE's own output goes to stderr."""
+    import tempfile
+
+    from .instrument.sixte import find_sixte, instrument_xml, simulate_events_sixte
+    from .instrument.sixte_instrument import write_sixte_instrument
+
+    settings = config["simulate"]["sixte"]
+    executable = str(find_sixte(args.sixte_executable or settings["executable"]))
+    location = args.sixte_instrument or settings["instrument_xml"]
+    with tempfile.TemporaryDirectory(prefix="xmmsr-sixte-") as work:
+        if location is None:
+            location = write_sixte_instrument(instrument, args.resolution, Path(work) / "instrument",
+                                              calib=settings["calib"])
+        xml, derive_2x = instrument_xml(location, args.resolution)
+        return simulate_events_sixte(sky, instrument, args.exposure, args.resolution, args.seed,
+                                     config["simulate"]["tstart"], xml, Path(work) / "run", sys.stderr, background,
+                                     executable, derive_2x)
+
+
+def cmd_sixte_instrument(args: argparse.Namespace) -> None:
+    from .instrument.sixte_instrument import write_sixte_instrument
+
+    instrument, _ = _instrument(args.config)
+    xml = write_sixte_instrument(instrument, args.resolution, args.output, calib=args.calib, overwrite=args.overwrite)
+    source = f"the real ARF and RMF in {args.calib}" if args.calib else "the model's area and PI redistribution"
+    print(f"{xml}: SIXTE EPIC-pn instrument at {args.resolution}x (PSF, vignetting and particle background of the "
+          f"instrument model, {source})")
 
 
 def cmd_bin(args: argparse.Namespace) -> None:
@@ -282,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xmmsr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("simulate", help="simulate a pn event list from a sky model (built-in simulator)")
+    p = sub.add_parser("simulate", help="simulate a pn event list from a sky model (built-in simulator or SIXTE)")
     p.add_argument("--sky", required=True, help="sky-model FITS (photon flux image + point sources)")
     p.add_argument("--exposure", required=True, type=_positive_seconds, help="exposure in seconds")
     p.add_argument("--resolution", required=True, type=int, choices=(1, 2), help="1: real pn, 2: the 2x instrument")
@@ -291,7 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=_output_file, help="event-list FITS to write")
     p.add_argument("--expected", help="also write the noise-free expected count image (Poisson mean) here")
     p.add_argument("--config", help="pipeline config YAML for the instrument (default: the embedded defaults)")
+    p.add_argument("--backend", choices=("builtin", "sixte"),
+                   help="simulator (default: the config's simulate.backend, builtin unless set)")
+    p.add_argument("--sixte-instrument", metavar="DIR_OR_XML",
+                   help="SIXTE instrument: a folder written by 'xmmsr sixte-instrument' or a 1x XML (default: the "
+                        "config's, else one written from the instrument model for this run)")
+    p.add_argument("--sixte-executable", help="runsixt or sixtesim to run (default: found on PATH or in $SIXTE/bin)")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("sixte-instrument", help="write a SIXTE EPIC-pn instrument from the instrument model")
+    p.add_argument("--resolution", required=True, type=int, choices=(1, 2), help="1: real pn, 2: the 2x instrument")
+    p.add_argument("--output", required=True, help="folder to write (XML, PSF, vignetting, ARF, RMF, background)")
+    p.add_argument("--calib", help="folder with a real pn ARF (*.arf) and RMF (*.rmf, *.rmf.gz) to use instead of "
+                                   "the model's")
+    p.add_argument("--config", help="pipeline config YAML for the instrument (default: the embedded defaults)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
+    p.set_defaults(func=cmd_sixte_instrument)
 
     p = sub.add_parser("bin", help="bin a pn event list (simulated or real) into a 0.5-2 keV count image")
     p.add_argument("events", help="event-list FITS with an EVENTS extension")

@@ -140,14 +140,15 @@ def simulate_shard(sky_dir: str | Path, instrument: PnInstrument, exposure_s: fl
                    backend: str = "builtin", sixte: dict[str, Any] | None = None) -> None:
     """Simulate one event list per sky model of the shard into ``out_dir`` (atomically).
 
-    ``backend`` is ``builtin`` or ``sixte`` (``sixte`` holds the executable and 1x instrument XML settings;
-    SIXTE's output goes to stdout, i.e. the job's log)."""
+    ``backend`` is ``builtin`` or ``sixte``; ``sixte`` holds ``executable`` (None: PATH) and ``instrument``
+    (an instrument folder or XML, see :func:`xmmsr.instrument.sixte.instrument_xml`). SIXTE's output goes to
+    stdout, i.e. the job's log."""
     if backend == "sixte":
         from .instrument.sixte import find_sixte, instrument_xml, simulate_events_sixte
 
         settings = sixte or {}
         executable = str(find_sixte(settings.get("executable")))
-        xml = instrument_xml(settings.get("instrument_xml"))
+        xml, derive_2x = instrument_xml(settings["instrument"], resolution)
     with atomic_directory(out_dir) as tmp:
         for path in _progress(sky_files(sky_dir), f"simulate {exposure_s / 1000:g} ks {resolution}x"):
             sky = read_sky_model(path)
@@ -156,7 +157,7 @@ def simulate_shard(sky_dir: str | Path, instrument: PnInstrument, exposure_s: fl
                 with tempfile.TemporaryDirectory(prefix=".sixte.", dir=tmp.parent) as work:
                     sys.stdout.flush()
                     events = simulate_events_sixte(sky, instrument, exposure_s, resolution, seed, tstart, xml,
-                                                   Path(work), sys.stdout, background, executable)
+                                                   Path(work), sys.stdout, background, executable, derive_2x)
             else:
                 events = simulate_events(sky, instrument, exposure_s, resolution, seed, background, tstart)
             write_events(events, tmp / path.name)

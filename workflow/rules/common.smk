@@ -226,9 +226,24 @@ def training_seed(task):
 
 
 def simulation_backend():
-    """The simulate rule's backend parameter: "builtin", or {"name": "sixte", executable, instrument_xml}."""
+    """The simulate rule's backend parameter: "builtin", or {"name": "sixte", executable, instrument_xml, calib}."""
     sim = config["simulate"]
     return sim["backend"] if sim["backend"] == "builtin" else {"name": sim["backend"], **sim["sixte"]}
+
+
+def sixte_instrument_written():
+    """Whether the workflow writes SIXTE's instrument from the instrument model (backend sixte, no XML given)."""
+    sim = config["simulate"]
+    return sim["backend"] == "sixte" and not sim["sixte"]["instrument_xml"]
+
+
+def simulate_inputs(wildcards):
+    """The simulate rule's inputs: the shard's sky models, the calibration files and, when the workflow
+    writes it, SIXTE's instrument at the job's resolution."""
+    inputs = {"sky": f"{OUT}/sky/{wildcards.kind}/shard{wildcards.shard}", **INSTRUMENT_FILES}
+    if sixte_instrument_written():
+        inputs["sixte_instrument"] = f"{OUT}/sixte/pn_{wildcards.res}x"
+    return inputs
 
 
 def events_dir(kind, shard, exposure, res):

@@ -4,8 +4,7 @@
 
 rule simulate:
     input:
-        sky=f"{OUT}/sky/{{kind}}/shard{{shard}}",
-        **INSTRUMENT_FILES,
+        unpack(simulate_inputs),
     output:
         events_dir("{kind}", "{shard}", "{exposure}", "{res}"),
     params:
@@ -22,6 +21,25 @@ rule simulate:
         CONDA_ENV
     script:
         "../scripts/simulate.py"
+
+
+# SIXTE's EPIC-pn instrument (XML, PSF, vignetting, ARF, RMF, particle background) written from the
+# instrument model, for backend sixte without an instrument_xml of the user's.
+rule sixte_instrument:
+    input:
+        **INSTRUMENT_FILES,
+    output:
+        directory(f"{OUT}/sixte/pn_{{res}}x"),
+    params:
+        instrument=config["instrument"],
+        resolution=lambda w: int(w.res),
+        calib=config["simulate"]["sixte"]["calib"],
+    log:
+        "logs/sixte_instrument/{res}x.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/sixte_instrument.py"
 
 
 rule expected:

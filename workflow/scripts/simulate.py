@@ -10,6 +10,10 @@ with logged_to(sm.log[0]):
     instrument_cfg = instrument_config_with_inputs(sm.params.instrument, sm.input)
     # the rule's params leave out the expected image's oversampling, which events never use
     instrument = PnInstrument.from_config(dict(instrument_cfg, expected_oversample=1))
-    backend, sixte = (sm.params.backend, None) if sm.params.backend == "builtin" else ("sixte", sm.params.backend)
+    backend, sixte = sm.params.backend, None
+    if backend != "builtin":
+        written = sm.input.sixte_instrument if hasattr(sm.input, "sixte_instrument") else None
+        backend, sixte = "sixte", {"executable": sm.params.backend["executable"],
+                                   "instrument": written or sm.params.backend["instrument_xml"]}
     simulate_shard(sm.input.sky, instrument, sm.params.exposure_s, sm.params.resolution, sm.params.seed,
                    sm.output[0], background=True, tstart=sm.params.tstart, backend=backend, sixte=sixte)

@@ -62,6 +62,15 @@ class Pointing:
         eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a - a0)) / cosc
         return np.rad2deg(xi) * 3600.0, np.rad2deg(eta) * 3600.0
 
+    def to_sky(self, xi: np.ndarray | float, eta: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Inverse of :meth:`tangent`: tangent-plane positions (arcsec) -> (RA, Dec) in degrees."""
+        x, y = np.deg2rad(np.asarray(xi, dtype=float) / 3600.0), np.deg2rad(np.asarray(eta, dtype=float) / 3600.0)
+        a0, d0 = np.deg2rad(self.ra_pnt), np.deg2rad(self.dec_pnt)
+        denom = np.cos(d0) - y * np.sin(d0)
+        ra = a0 + np.arctan2(x, denom)
+        dec = np.arctan2(np.sin(d0) + y * np.cos(d0), np.hypot(x, denom))
+        return np.rad2deg(ra) % 360.0, np.rad2deg(dec)
+
     def to_detector(self, xi: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tangent plane (arcsec) -> detector (arcsec from the array centre); DETX grows to the west."""
         u, v = -xi, eta

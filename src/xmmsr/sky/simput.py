@@ -40,6 +40,7 @@ The absorption uses the same power-law cross-section as the simulator, which is 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,76 @@ def to_simput_hdulist(sky: SkyModel, energy_grid_kev: np.ndarray | None = None) 
     img_hdu.header["BUNIT"] = (FLUX_UNIT, "0.5-2 keV photon flux per pixel")
     img_hdu.header["FLUXSCAL"] = (1.0, "SIMPUT flux scaling of the image")
     return fits.HDUList([primary, catalog, spec_hdu, img_hdu])
+
+
+@dataclass(frozen=True)
+class DiffuseComponent:
+    """One extended emission component of a SIMPUT catalogue: an image (relative brightness on a celestial
+    grid), its 0.5-2 keV photon flux and a tabulated photon spectrum (any normalisation) on the file's grid."""
+
+    name: str
+    image: np.ndarray
+    wcs: WCS
+    photon_flux: float            # ph cm-2 s-1 in 0.5-2 keV
+    spectrum: np.ndarray          # photon spectrum on the energy grid, any normalisation
+
+
+def diffuse_simput_hdulist(components: list[DiffuseComponent], energy_grid_kev: np.ndarray) -> fits.HDUList:
+    """A SIMPUT catalogue of extended components only (one SRC_CAT row, spectrum and IMAGE extension each,
+    ``IMAGE = '[IMAGE,k]'``), e.g. the diffuse sky background of a field for SIXTE's second catalogue."""
+    grid = np.asarray(energy_grid_kev, dtype=np.float64)
+    fine = np.linspace(BAND_KEV[0], BAND_KEV[1], _BAND_GRID_POINTS)
+    rows, spectra, images = [], [], []
+    for k, c in enumerate(components, start=1):
+        density = np.interp(fine, grid, c.spectrum, left=0.0, right=0.0)
+        photons, energy = np.trapezoid(density, fine), np.trapezoid(density * fine, fine)
+        if photons <= 0 or c.photon_flux <= 0 or float(np.sum(c.image)) <= 0:
+            continue
+        spectra.append({"NAME": c.name, "ENERGY": grid, "FLUXDENSITY": c.spectrum * (c.photon_flux / photons)})
+        ra, dec = (float(v) for v in c.wcs.wcs.crval)
+        rows.append({"SRC_ID": k, "SRC_NAME": c.name, "RA": ra, "DEC": dec,
+                     "FLUX": c.photon_flux * energy / photons * KEV_TO_ERG,
+                     "SPECTRUM": spectrum_ref(c.name), "IMAGE": f"[{IMAGE_EXT[0]},{len(images) + 1}]"})
+        hdu = fits.ImageHDU(data=np.asarray(c.image, dtype=np.float32), header=c.wcs.to_header(), name=IMAGE_EXT[0])
+        _simput_keywords(hdu.header, "IMAGE")
+        hdu.header["EXTVER"] = len(images) + 1
+        images.append(hdu)
+    n = len(rows)
+    strlen = max([len(r["SPECTRUM"]) for r in rows] + [len(NULL_REF), 12])
+    namelen = max([len(r["SRC_NAME"]) for r in rows] + [1])
+    catalog = fits.BinTableHDU.from_columns([
+        fits.Column("SRC_ID", "J", array=np.array([r["SRC_ID"] for r in rows], dtype=np.int32)),
+        fits.Column("SRC_NAME", f"{namelen}A", array=np.array([r["SRC_NAME"] for r in rows], dtype=str)),
+        fits.Column("RA", "D", "deg", array=np.array([r["RA"] for r in rows], dtype=float)),
+        fits.Column("DEC", "D", "deg", array=np.array([r["DEC"] for r in rows], dtype=float)),
+        fits.Column("IMGROTA", "E", "deg", array=np.zeros(n)), fits.Column("IMGSCAL", "E", array=np.ones(n)),
+        fits.Column("E_MIN", "E", "keV", array=np.full(n, BAND_KEV[0])),
+        fits.Column("E_MAX", "E", "keV", array=np.full(n, BAND_KEV[1])),
+        fits.Column("FLUX", "D", ENERGY_FLUX_UNIT, array=np.array([r["FLUX"] for r in rows], dtype=float)),
+        fits.Column("SPECTRUM", f"{strlen}A", array=np.array([r["SPECTRUM"] for r in rows], dtype=str)),
+        fits.Column("IMAGE", f"{strlen}A", array=np.array([r["IMAGE"] for r in rows], dtype=str)),
+        fits.Column("TIMING", f"{strlen}A", array=np.array([NULL_REF] * n, dtype=str)),
+    ], name="SRC_CAT")
+    _simput_keywords(catalog.header, "SRC_CAT")
+    catalog.header["RADESYS"] = ("ICRS", "frame of RA and DEC")
+    catalog.header["EQUINOX"] = (2000.0, "equinox of RA and DEC")
+    ne = grid.size
+    spec_hdu = fits.BinTableHDU.from_columns([
+        fits.Column("ENERGY", f"{ne}E", "keV", array=np.array([s["ENERGY"] for s in spectra], np.float32).reshape(-1, ne)),
+        fits.Column("FLUXDENSITY", f"{ne}E", FLUXDENSITY_UNIT,
+                    array=np.array([s["FLUXDENSITY"] for s in spectra], np.float32).reshape(-1, ne)),
+        fits.Column("NAME", f"{namelen}A", array=np.array([s["NAME"] for s in spectra], dtype=str))],
+        name=SPECTRUM_EXT[0])
+    _simput_keywords(spec_hdu.header, "SPECTRUM")
+    spec_hdu.header["EXTVER"] = SPECTRUM_EXT[1]
+    primary = fits.PrimaryHDU()
+    primary.header["CREATOR"] = (f"xmmsr {__version__}", "software that wrote this file")
+    return fits.HDUList([primary, catalog, spec_hdu, *images])
+
+
+def simput_source_count(hdul: fits.HDUList) -> int:
+    """Rows of the SRC_CAT extension (SIXTE refuses a catalogue without any)."""
+    return len(hdul["SRC_CAT"].data) if hdul["SRC_CAT"].data is not None else 0
 
 
 def _simput_keywords(header: fits.Header, hduclas1: str) -> None:
