@@ -1,4 +1,5 @@
-"""SIXTE backend with a stand-in ``sixtesim`` (SIXTE itself is not installed in the test environment)."""
+"""SIXTE backend with a stand-in ``sixtesim`` (the contract of the command line; tests against the real SIXTE
+are in test_sixte_real.py)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from xmmsr.instrument.sixte import (
     derive_2x_instrument,
     find_sixte,
     instrument_xml,
+    run_instrument_xml,
     simulate_events_sixte,
-    sixtesim_command,
+    sixte_command,
 )
 
 # A stand-in for sixtesim: parses key=value arguments, records them, and writes an event file with
@@ -35,11 +37,14 @@ from astropy.io import fits
 
 args = dict(a.split("=", 1) for a in sys.argv[1:])
 with open(os.environ["STANDIN_RECORD"], "w") as f:
-    json.dump({"argv": sys.argv[1:], "cwd": os.getcwd()}, f)
+    json.dump({"argv": sys.argv[1:], "cwd": os.getcwd(), "PFILES": os.environ.get("PFILES")}, f)
 mode = os.environ.get("STANDIN_MODE", "ok")
 print("initialize ...", flush=True)
 if mode == "fail":
     print("***ERROR: could not open SIMPUT catalog", file=sys.stderr)
+    sys.exit(1)
+if mode == "template":
+    print("failed opening file evt.fits(/nowhere/share/sixte/templates/eventfile.tpl)")
     sys.exit(1)
 if mode == "nofile":
     print("finished successfully!")
@@ -107,6 +112,11 @@ def _write_instrument(directory: Path) -> Path:
                  ("CDELT2", 1.5e-5), ("ENERGY", 1.0), ("THETA", 0.0)):
         psf.header[k] = v
     fits.HDUList([fits.PrimaryHDU(), psf]).writeto(directory / "psf.fits")
+    energy = np.linspace(0.05, 12.0, 240)
+    fits.BinTableHDU.from_columns([fits.Column("ENERG_LO", "E", "keV", array=energy[:-1]),
+                                   fits.Column("ENERG_HI", "E", "keV", array=energy[1:]),
+                                   fits.Column("SPECRESP", "E", "cm**2", array=np.full(239, 500.0))],
+                                  name="SPECRESP").writeto(directory / "pn.arf")
     xml = directory / "pn.xml"
     xml.write_text("""<?xml version="1.0"?>
 <!-- test instrument in SIXTE's format -->
@@ -145,18 +155,16 @@ def test_discovery_errors_name_what_to_install(tmp_path, monkeypatch):
     monkeypatch.delenv("SIXTE", raising=False)
     with pytest.raises(InputError, match="sixtesim or runsixt was not found.*install SIXTE"):
         find_sixte()
-    with pytest.raises(InputError, match="SIXTE environment variable is unset"):
-        instrument_xml(None)
-    with pytest.raises(InputError, match="does not exist"):
-        instrument_xml(str(tmp_path / "missing.xml"))
-    monkeypatch.setenv("SIXTE", str(tmp_path / "sixte"))
-    with pytest.raises(InputError, match="fullframe"):
-        instrument_xml(None)
-    xml = tmp_path / "sixte/share/sixte/instruments/xmm/epicpn/fullframe_thinfilter.xml"
-    xml.parent.mkdir(parents=True)
-    xml.write_text("<instrument/>")
-    assert instrument_xml(None) == xml
-    assert instrument_xml(str(xml)) == xml
+    with pytest.raises(InputError, match="does not exist.*sixte-instrument"):
+        instrument_xml(tmp_path / "missing.xml", 1)
+    with pytest.raises(InputError, match="holds no pn_2x.xml.*xmmsr sixte-instrument --resolution 2"):
+        instrument_xml(tmp_path, 2)
+    (tmp_path / "pn_1x.xml").write_text("<instrument/>")
+    assert instrument_xml(tmp_path, 1) == (tmp_path / "pn_1x.xml", False)
+    assert instrument_xml(tmp_path, 2) == (tmp_path / "pn_1x.xml", True)      # derived from the 1x one
+    (tmp_path / "pn_2x.xml").write_text("<instrument/>")
+    assert instrument_xml(tmp_path, 2) == (tmp_path / "pn_2x.xml", False)
+    assert instrument_xml(tmp_path / "pn_1x.xml", 2) == (tmp_path / "pn_1x.xml", True)
 
 
 def test_finds_the_executable_on_path(standin):
@@ -165,12 +173,14 @@ def test_finds_the_executable_on_path(standin):
 
 
 def test_command_list():
-    cmd = sixtesim_command("/opt/sixte/bin/sixtesim", "/i/pn.xml", "/w/sky.simput", "/w/evt.fits", 150.0, 2.5,
-                           20000.0, 2**40 + 7, 0.0, 50814.0)
-    assert cmd == ["/opt/sixte/bin/sixtesim", "XMLFile=/i/pn.xml", "Simput=/w/sky.simput", "EvtFile=/w/evt.fits",
-                   "RA=150.0", "Dec=2.5", "Exposure=20000.0", "Seed=7", "MJDREF=50814.0", "TSTART=0.0",
-                   "Background=yes", "clobber=yes"]
-    assert sixtesim_command("runsixt", "x", "s", "e", 1, 2, 3, 4, 5, 6, background=False)[3] == "EventList=e"
+    cmd = sixte_command("/opt/sixte/bin/runsixt", "/w/instrument.xml", ["/w/sky.simput", "/w/bkg.simput"], "/w/evt.fits",
+                        150.0, 2.5, -30.0, 20000.0, 2**40 + 7, 0.0, 50814.0)
+    assert cmd == ["/opt/sixte/bin/runsixt", "XMLFile=/w/instrument.xml", "Simput=/w/sky.simput",
+                   "Simput2=/w/bkg.simput", "EvtFile=/w/evt.fits", "RA=150.0", "Dec=2.5", "rollangle=330.0",
+                   "Exposure=20000.0", "Seed=7", "MJDREF=50814.0", "TSTART=0.0", "Background=yes", "chatter=2",
+                   "ProgressFile=progress.txt", "clobber=yes"]
+    # runsixt 2.7 ignores EventList (an obsolete name): both programs get EvtFile
+    assert "EvtFile=e" in sixte_command("sixtesim", "x", ["s"], "e", 1, 2, 0, 3, 4, 5, 6, background=False)
 
 
 @pytest.mark.parametrize("resolution", [1, 2])
@@ -178,12 +188,30 @@ def test_whole_run_gives_a_binnable_event_list(standin, instrument, tmp_path, re
     sky = point_sky(1e-3)
     xml = _write_instrument(tmp_path / "inst")
     log = io.StringIO()
-    events = simulate_events_sixte(sky, instrument, 5000.0, resolution, 123, 10.0, xml, tmp_path / "work", log)
-    args = dict(a.split("=", 1) for a in json.loads(standin.read_text())["argv"])
-    assert float(args["RA"]) == sky.ra_pnt and float(args["Dec"]) == sky.dec_pnt
+    events = simulate_events_sixte(sky, instrument, 5000.0, resolution, 123, 10.0, xml, tmp_path / "work", log,
+                                   derive_2x=resolution == 2)
+    record = json.loads(standin.read_text())
+    args = dict(a.split("=", 1) for a in record["argv"])
+    # SIXTE points at the optical axis; its detector y (readout) along DETY: roll 270
+    g = instrument.geometry
+    from xmmsr.instrument.events import Pointing
+
+    frame = Pointing.of(sky, instrument)
+    axis = frame.to_sky(*frame.to_tangent(np.array([g.axis_x_arcsec]), np.array([g.axis_y_arcsec])))
+    assert float(args["RA"]) == pytest.approx(axis[0][0], abs=1e-9)
+    assert float(args["Dec"]) == pytest.approx(axis[1][0], abs=1e-9)
+    assert args["rollangle"] == "270.0" and args["chatter"] == "2"
     assert args["Exposure"] == "5000.0" and args["TSTART"] == "10.0" and args["Seed"] == "123"
-    assert Path(args["Simput"]).is_file()
-    assert Path(args["XMLFile"]).name == ("pn.xml" if resolution == 1 else "pn_2x.xml")
+    assert Path(args["Simput"]).is_file() and Path(args["Simput2"]).name == "background.simput"
+    # a private parameter folder per run, then the system's
+    assert record["PFILES"].startswith(str((tmp_path / "work" / "pfiles").resolve()) + ";") or \
+        record["PFILES"].startswith(str(tmp_path / "work" / "pfiles") + ";")
+    # the run's XML sits in the work folder and names its files relative to itself
+    run_xml = Path(args["XMLFile"])
+    assert run_xml.parent == (tmp_path / "work").resolve()
+    names = {el.tag: el.get("filename") for el in ET.parse(run_xml).getroot().iter() if el.get("filename")}
+    assert all(not Path(n).is_absolute() for n in names.values())
+    assert (run_xml.parent / names["arf"]).is_file() and (run_xml.parent / names["psf"]).is_file()
     assert "finished successfully!" in log.getvalue()
     assert tuple(events.columns) == EVENT_COLUMNS
     assert all(events.columns[c].dtype == COLUMN_DTYPES[c] for c in EVENT_COLUMNS)
@@ -192,10 +220,9 @@ def test_whole_run_gives_a_binnable_event_list(standin, instrument, tmp_path, re
     assert events.header["BACKEND"][0] == "sixte" and events.header["RESMULT"][0] == resolution
     assert set(np.unique(events.columns["PATTERN"])) <= {0, 1, 2, 3, 4, 5, 9, 13}
     assert np.all((events.columns["PI"] >= 300) & (events.columns["PI"] <= 3000))
-    # the bright core sits at the aim point (DETX/DETY in 0.05" units)
-    g = instrument.geometry
-    assert abs(np.median(events.columns["DETX"]) - g.aim_x_arcsec / 0.05) < 100
-    assert abs(np.median(events.columns["DETY"]) - g.aim_y_arcsec / 0.05) < 100
+    # the stand-in's bright core sits where it was pointed: the optical axis (DETX/DETY in 0.05" units)
+    assert abs(np.median(events.columns["DETX"]) - g.axis_x_arcsec / 0.05) < 100
+    assert abs(np.median(events.columns["DETY"]) - g.axis_y_arcsec / 0.05) < 100
     path = tmp_path / "evt.fits"
     write_events(events, path)
     data, header = read_events(path)
@@ -205,7 +232,29 @@ def test_whole_run_gives_a_binnable_event_list(standin, instrument, tmp_path, re
     assert 0 < image.sum() <= len(events) and out["RESMULT"] == resolution
 
 
+def test_blank_field_without_background_runs_nothing_and_gives_no_events(standin, instrument, tmp_path):
+    """SIXTE crashes on a catalogue without sources: a blank field is not handed to it."""
+    sky = point_sky(1e-3)
+    sky.points = sky.points[:0]
+    events = simulate_events_sixte(sky, instrument, 1000.0, 1, 1, 0.0, _write_instrument(tmp_path / "i"),
+                                   tmp_path / "work", io.StringIO(), background=False)
+    assert len(events) == 0 and not standin.exists()
+
+
+def test_blank_field_with_background_gives_sixte_only_nonempty_catalogues(standin, instrument, tmp_path):
+    sky = point_sky(1e-3)
+    sky.points = sky.points[:0]
+    simulate_events_sixte(sky, instrument, 1000.0, 1, 1, 0.0, _write_instrument(tmp_path / "i"), tmp_path / "work",
+                          io.StringIO(), background=True)
+    args = dict(a.split("=", 1) for a in json.loads(standin.read_text())["argv"])
+    assert Path(args["Simput"]).name == "background.simput" and "Simput2" not in args
+    with fits.open(args["Simput"]) as hdul:
+        names = [n.strip() for n in hdul["SRC_CAT"].data["SRC_NAME"]]
+        assert names == ["cxb", "galactic"] and len(hdul) == 5   # primary, catalogue, spectra, two images
+
+
 @pytest.mark.parametrize("mode, message", [("fail", "(?s)exited with status 1.*could not open SIMPUT"),
+                                           ("template", "(?s)data folder /nowhere/share/sixte.*ln -s"),
                                            ("nofile", "was not written"), ("truncated", "cannot be read as FITS")])
 def test_failing_sixte_gives_a_clear_error_and_no_event_file(standin, instrument, tmp_path, monkeypatch, mode,
                                                              message):
@@ -218,7 +267,7 @@ def test_failing_sixte_gives_a_clear_error_and_no_event_file(standin, instrument
     assert not list(work.glob("*evt*"))
 
 
-def test_2x_instrument_changes_exactly_the_pixel_scale_and_psf(tmp_path):
+def test_2x_instrument_changes_exactly_the_pixel_scale_charge_cloud_and_psf(tmp_path):
     xml = _write_instrument(tmp_path / "inst")
     original = xml.read_bytes()
     psf_original = (tmp_path / "inst/psf.fits").read_bytes()
@@ -227,7 +276,7 @@ def test_2x_instrument_changes_exactly_the_pixel_scale_and_psf(tmp_path):
     expected = {
         ("dimensions", "xwidth"): "128", ("dimensions", "ywidth"): "400",
         ("wcs", "xrpix"): "64.5", ("wcs", "yrpix"): "200.5", ("wcs", "xdelt"): "7.5e-05", ("wcs", "ydelt"): "7.5e-05",
-        ("pixelborder", "x"): "1e-06", ("pixelborder", "y"): "2e-06",
+        ("pixelborder", "x"): "1e-06", ("pixelborder", "y"): "2e-06", ("split", "par1"): "5.5e-06",
         ("loop", "end"): "399", ("wait@loop", "time"): "1.152e-05",
     }
     parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True))
@@ -241,18 +290,36 @@ def test_2x_instrument_changes_exactly_the_pixel_scale_and_psf(tmp_path):
         for k in ea.attrib:
             if ea.get(k) == eb.get(k):
                 continue
-            if k == "filename" and ea.tag != "psf":  # made absolute, same file
-                assert Path(eb.get(k)) == (xml.parent / ea.get(k)).resolve()
+            if k == "filename" and ea.tag != "psf":  # made relative to the new XML's folder, same file
+                assert not Path(eb.get(k)).is_absolute()
+                assert (out.parent / eb.get(k)).resolve() == (xml.parent / ea.get(k)).resolve()
                 continue
             tag = f"{eb.tag}@loop" if id(eb) in in_loop else str(eb.tag)
             changed[(tag, k)] = eb.get(k)
-    psf_2x = Path(changed.pop(("psf", "filename")))
+    psf_2x = out.parent / changed.pop(("psf", "filename"))
     assert changed == expected
     with fits.open(psf_2x) as h2, fits.open(tmp_path / "inst/psf.fits") as h1:
         assert h2[1].header["CDELT1"] == h1[1].header["CDELT1"] / 2
         assert h2[1].header["CDELT2"] == h1[1].header["CDELT2"] / 2
         assert h2[1].header["CRPIX1"] == h1[1].header["CRPIX1"]
         np.testing.assert_array_equal(h2[1].data, h1[1].data)
+
+
+def test_field_particle_scale_rescales_a_copy_of_the_pha_background(tmp_path):
+    xml = _write_instrument(tmp_path / "inst")
+    text = xml.read_text().replace('<rmf filename="pn.rmf"/>', '<rmf filename="pn.rmf"/>\n    '
+                                   '<phabackground filename="bkg.pha"/>')
+    xml.write_text(text)
+    rate = np.linspace(0.0, 1.0, 16, dtype=np.float32)
+    fits.BinTableHDU.from_columns([fits.Column("CHANNEL", "J", array=np.arange(16)),
+                                   fits.Column("RATE", "E", array=rate)]).writeto(tmp_path / "inst" / "bkg.pha")
+    before = (tmp_path / "inst" / "bkg.pha").read_bytes()
+    out = run_instrument_xml(xml, tmp_path / "work" / "run.xml", particle_scale=1.7)
+    name = next(el.get("filename") for el in ET.parse(out).getroot().iter("phabackground"))
+    np.testing.assert_allclose(fits.getdata(out.parent / name)["RATE"], rate * 1.7, rtol=1e-6)
+    assert (tmp_path / "inst" / "bkg.pha").read_bytes() == before
+    out = run_instrument_xml(xml, tmp_path / "work2" / "run.xml", particle_scale=0.0)   # SIXTE refuses a rate of 0
+    assert not list(ET.parse(out).getroot().iter("phabackground"))
 
 
 def test_simulate_rule_runs_with_the_sixte_backend(standin, tmp_path):
@@ -282,3 +349,4 @@ def test_simulate_rule_runs_with_the_sixte_backend(standin, tmp_path):
     log = (work / "logs" / "simulate" / "agn_shard0000_2ks_1x.log").read_text()
     assert "finished successfully" in log  # SIXTE's output goes to the rule's log
     assert not list((work / "results" / "events" / "agn" / "shard0000").glob(".sixte.*"))  # no work dirs left
+    assert not (work / "results" / "sixte").exists()   # the user's instrument: none written

@@ -230,6 +230,7 @@ def run_instrument_xml(xml: Path, out: Path, particle_scale: float = 1.0, derive
     prepends the XML's folder to them), the 2x changes of :func:`derive_2x_instrument` if ``derive_2x``, and
     each PHA background scaled by the field's ``particle_scale`` (a scaled copy beside ``out``; removed at 0)."""
     xml, out = Path(xml), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tree = ET.parse(xml, parser=ET.XMLParser(target=ET.TreeBuilder(insert_comments=True)))
     root = tree.getroot()
     _relocate(root, xml.parent, out.parent)
