@@ -17,7 +17,8 @@ instrument models:
   put outside the band (below it for photons under 2 keV, at the photon energy above);
 * ``psf_{R}x.fits``: the PSF model integrated over ``pixel_arcsec / 4`` pixels out to its truncation
   radius, one image per energy and off-axis angle (``ENERGY`` eV, ``THETA`` arcmin, ``PHI`` 0:
-  the radial direction along +x, which SIXTE rotates to each photon's azimuth);
+  the radial direction along +x, which SIXTE rotates to each photon's azimuth), its core narrowed by
+  the spread SIXTE adds when it places events at random within their pixel;
 * ``vignetting.fits``: the vignetting table (SIXTE's ``ENERGY``/``THETA``/``PHI``/``VIGNET``);
 * ``particle.pha``: the particle background at field scale 1 (counts s-1 m-2 per channel, flat in
   PI 0.5-2 keV as in the built-in simulator; the backend rescales it per field).
@@ -33,15 +34,18 @@ from __future__ import annotations
 import gzip
 import shutil
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from scipy import ndimage
 
 from .. import __version__
 from ..errors import InputError
 from ..io import atomic_directory, write_fits_atomic
 from .model import PnInstrument
+from .psf import EllbetaPsf, PsfModel
 
 FOCAL_LENGTH_M = 7.5
 M_PER_ARCSEC = FOCAL_LENGTH_M * float(np.tan(np.deg2rad(1.0 / 3600.0)))
@@ -156,14 +160,57 @@ def rmf_hdulist(instrument: PnInstrument) -> fits.HDUList:
     return fits.HDUList([fits.PrimaryHDU(), mat, eb])
 
 
+@dataclass(frozen=True)
+class CoreScaledPsf(PsfModel):
+    """A PSF model with its core radius times ``scale`` (elongation, slope and truncation unchanged)."""
+
+    base: PsfModel = field(default_factory=EllbetaPsf)
+    scale: float = 1.0
+
+    def parameters(self, theta_arcmin, energy_kev, resolution):
+        rc, alpha, q = self.base.parameters(theta_arcmin, energy_kev, resolution)
+        return rc * self.scale, alpha, q
+
+
+def pixel_compensated_core(psf: PsfModel, pixel_arcsec: float, theta_arcmin: float, energy_kev: float,
+                           resolution: int, radius_arcsec: float = 8.0) -> float:
+    """The core-radius factor s for which the PSF with s r_c, spread uniformly over detector pixels of
+    ``pixel_arcsec`` as SIXTE places events (random within the event's pixel), has the model's encircled
+    energy within ``radius_arcsec``: the model is the PSF of real pn images, which already holds that spread."""
+    fine = pixel_arcsec / 8.0
+    reach = 6.0 * radius_arcsec
+
+    def ee(kernel: np.ndarray) -> float:
+        c = (kernel.shape[0] - 1) / 2
+        yy, xx = (np.mgrid[: kernel.shape[0], : kernel.shape[1]] - c) * fine
+        return float(kernel[np.hypot(xx, yy) <= radius_arcsec].sum() / kernel.sum())
+
+    target = ee(psf.kernel(fine, theta_arcmin, 0.0, energy_kev, resolution, r_max_arcsec=reach))
+    lo, hi = 0.5, 1.0
+    for _ in range(12):      # s to 1e-4
+        mid = 0.5 * (lo + hi)
+        k = CoreScaledPsf(psf.max_radius_arcsec, psf, mid).kernel(fine, theta_arcmin, 0.0, energy_kev, resolution,
+                                                                   r_max_arcsec=reach)
+        spread = ndimage.uniform_filter(np.asarray(k, dtype=np.float64), size=8, mode="constant")
+        lo, hi = (mid, hi) if ee(spread) > target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 def psf_hdulist(instrument: PnInstrument, resolution: int) -> fits.HDUList:
     """The PSF model as SIXTE PSF images: one per energy and off-axis angle, radial direction along +x
-    (SIXTE reads every image HDU, the primary one included, so the first image is the primary HDU)."""
+    (SIXTE reads every image HDU, the primary one included, so the first image is the primary HDU).
+
+    SIXTE places each event at a random point of its pixel; the model already holds that spread (it is the
+    PSF of real pn images, whose event positions SAS randomises within the pixel), so each image's core
+    radius is shrunk (:func:`pixel_compensated_core`) to keep the model's encircled energy at 8"."""
     pixel = instrument.geometry.pixel_arcsec / PSF_SUBPIXELS
+    detector_pixel = instrument.geometry.pixel_arcsec / resolution
     hdus: list[fits.hdu.base.ExtensionHDU | fits.PrimaryHDU] = []
     for energy in PSF_ENERGIES_KEV:
         for theta in PSF_THETAS_ARCMIN:
-            k = instrument.psf.kernel(pixel, theta, 0.0, energy, resolution).astype(np.float32)
+            scale = pixel_compensated_core(instrument.psf, detector_pixel, theta, energy, resolution)
+            psf = CoreScaledPsf(instrument.psf.max_radius_arcsec, instrument.psf, scale)
+            k = psf.kernel(pixel, theta, 0.0, energy, resolution).astype(np.float32)
             hdu = fits.ImageHDU(k) if hdus else fits.PrimaryHDU(k)
             h = hdu.header
             c = (k.shape[0] + 1) / 2
@@ -173,6 +220,7 @@ def psf_hdulist(instrument: PnInstrument, resolution: int) -> fits.HDUList:
             h["ENERGY"] = (energy * 1000.0, "[eV] photon energy")
             h["THETA"] = (theta, "[arcmin] off-axis angle")
             h["PHI"] = (0.0, "[deg] azimuth: the radial direction is +x")
+            h["RCSCALE"] = (round(scale, 5), "core radius / model core radius")
             _ogip(h, "RESPONSE", "PSF", "1.0.0")
             h["HDUCLAS2"] = "PSF"
             hdus.append(hdu)
