@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
-from conftest import TINY, point_sky, snakemake
+from conftest import REPO, TINY, point_sky, snakemake
 
 from xmmsr.cli import main
 from xmmsr.errors import InputError
@@ -47,6 +47,7 @@ def _sixte_missing() -> str | None:
 
 
 MISSING = _sixte_missing()
+CALIB = REPO.parent / "shared" / "data" / "calib"
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
@@ -79,10 +80,12 @@ def test_version_is_detected():
 
 
 @pytest.mark.parametrize("resolution", [1, 2])
-def test_one_source_through_the_cli(instruments, tmp_path, resolution):
+def test_one_source_through_the_cli(instruments, tmp_path, capsys, resolution):
     sky = tmp_path / "point.fits"
     write_sky_model(point_sky(2e-3), sky)
     sixte = _simulate(tmp_path, sky, resolution, "sixte", instruments[resolution], extra=("--no-background",))
+    log = capsys.readouterr().err
+    assert "rollangle=270.0" in log and "Warning" not in log     # SIXTE's own output, on stderr
     builtin = _simulate(tmp_path, sky, resolution, "builtin", None, extra=("--no-background",))
     header = fits.getheader(tmp_path / f"point_sixte_{resolution}x.fits", "EVENTS")
     assert header["BACKEND"] == "sixte" and header["RESMULT"] == resolution and header["SIXTEVER"]
@@ -112,6 +115,18 @@ def test_blank_field_through_the_cli(instruments, tmp_path, resolution):
     assert n_builtin > 4000 and 0.9 < n_sixte / n_builtin < 1.1
     assert set(np.unique(fits.getdata(tmp_path / f"blank_sixte_{resolution}x.fits", "EVENTS")["CCDNR"])) == \
         set(range(1, 13))
+
+
+@pytest.mark.skipif(not CALIB.is_dir(), reason=f"the real pn calibration files ({CALIB}) are absent")
+def test_instrument_with_the_real_arf_and_rmf(tmp_path, capsys):
+    """--calib: the real ARF (0.05-16 keV) and RMF; the sky's spectra cover the ARF (no SIXTE warning)."""
+    assert main(["sixte-instrument", "--resolution", "1", "--output", str(tmp_path / "pn"), "--calib", str(CALIB)]) == 0
+    sky = tmp_path / "point.fits"
+    write_sky_model(point_sky(2e-3), sky)
+    sixte = _simulate(tmp_path, sky, 1, "sixte", tmp_path / "pn")
+    assert "Warning" not in capsys.readouterr().err
+    builtin = _simulate(tmp_path, sky, 1, "builtin", None)
+    assert 0.85 < _good(sixte).sum() / _good(builtin).sum() < 1.15
 
 
 def test_tiny_workflow_end_to_end_with_sixte(tmp_path):

@@ -416,8 +416,8 @@ def _far_dark_source(sky: SkyModel) -> SkyModel:
 
 
 def simput_energy_grid(xml: Path) -> np.ndarray:
-    """Energies (keV) of the SIMPUT spectra: 1000 log-spaced points over the instrument's ARF (SIXTE warns,
-    once per source, about a spectrum narrower than the ARF), at least 0.1-15 keV."""
+    """Energies (keV) of the SIMPUT spectra: 1000 log-spaced points beyond the instrument's ARF on both sides
+    (SIXTE warns, once per source and run, about a spectrum narrower than the ARF), at least 0.1-15 keV."""
     root = ET.parse(xml).getroot()
     lo, hi = 0.1, 15.0
     arf = next((el.get("filename") for el in root.iter("arf")), None)
@@ -430,7 +430,7 @@ def simput_energy_grid(xml: Path) -> np.ndarray:
         except (OSError, KeyError) as exc:
             raise InputError(path, "ARF of the instrument XML", f"cannot be read ({exc})",
                              "check the <arf filename> of the instrument XML") from exc
-    return np.geomspace(max(lo, 1e-3), hi, 1000)
+    return np.geomspace(max(0.98 * lo, 1e-3), 1.02 * hi, 1000)   # margins: SIMPUT's bounds are float32
 
 
 # --------------------------------------------------------------------------------------------------
