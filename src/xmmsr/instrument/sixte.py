@@ -303,9 +303,12 @@ def diffuse_background_components(sky: SkyModel, instrument: PnInstrument, grid_
         a = np.interp(grid_kev, response.energy_kev, response.area_cm2)
         inside = (grid_kev >= 0.5) & (grid_kev <= 2.0) & (a > 0)
         spectrum = np.where(inside, 1.0 / np.maximum(a, 1e-30), 0.0)
-        # photon flux whose detected counts (area x vignetting folded in by SIXTE) give the on-axis rate
+        # The rate is of counts with PI in the band (the built-in gives every soft proton a PI in it); SIXTE's
+        # redistribution moves some out, so the photons are raised by the band probability of a flat spectrum.
+        e = np.linspace(0.5, 2.0, 301)
+        in_band = float(np.mean(response.pi_fraction(e)))
         mean_inverse_area = float(np.trapezoid(spectrum, grid_kev) / 1.5)
-        flux = bkg.soft_proton_rate_arcmin2 * field.soft_protons * mean_inverse_area
+        flux = bkg.soft_proton_rate_arcmin2 * field.soft_protons * mean_inverse_area / in_band
         total = float(np.sum(profile)) * (pixel / 60.0) ** 2 * flux
         components.append(DiffuseComponent("soft_protons", profile, wcs, total, spectrum))
     return components
