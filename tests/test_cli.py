@@ -222,3 +222,97 @@ def test_the_memory_guard_uses_the_expected_photon_count(sky_file):
     simulate_events(sky, instrument, 2000.0, 1, seed=1, memory_limit=int(3 * n * BYTES_PER_PHOTON))
     with pytest.raises(InputError, match="photons"):
         simulate_events(sky, instrument, 2000.0, 1, seed=1, memory_limit=int(0.3 * n * BYTES_PER_PHOTON))
+
+
+# Every command that writes files, with an output argument to collide on (inputs need not be valid: the
+# outputs are checked before anything is read).
+WRITERS = [
+    ["simulate", "--sky", "{in}", "--exposure", "1000", "--resolution", "1", "--seed", "1", "--output", "{out}"],
+    ["bin", "{in}", "--output", "{out}"],
+    ["extract", "{in}", "--source", "1", "--output", "{out}"],
+    ["sky", "--kind", "agn", "--output", "{out}"],
+    ["simput", "{in}", "--output", "{out}"],
+    ["predict", "--task", "dn", "--input", "{in}", "--output", "{out}"],
+    ["evaluate-real", "--task", "dn", "--image", "{in}", "--seed", "1", "--output", "{out}"],
+    ["thin", "{in}", "--fraction", "0.5", "--seed", "1", "--output-a", "{out}", "--output-b", "{other}"],
+    ["tng-project", "{in}", "--axis", "x", "--width-kpc", "100", "--redshift", "0.05", "--output", "{out}"],
+]
+
+
+@pytest.mark.parametrize("template", WRITERS, ids=[w[0] for w in WRITERS])
+def test_no_command_overwrites_a_file_unasked_or_its_input_ever(template, tmp_path, capsys):
+    source, out, other = tmp_path / "input.fits", tmp_path / "out.fits", tmp_path / "other.fits"
+    source.write_bytes(b"input")
+    out.write_bytes(b"mine")
+
+    def args(output, *extra):
+        return [a.format(**{"in": source, "out": output, "other": other}) for a in template] + list(extra)
+
+    assert run(args(out)) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "pass --overwrite" in err
+    assert out.read_bytes() == b"mine" and not other.exists()
+    if "{in}" in template:
+        assert run(args(source, "--overwrite")) == 2
+        assert "is an input of this command" in capsys.readouterr().err
+        assert source.read_bytes() == b"input"
+
+
+def test_overwrite_replaces_and_outputs_must_differ(sky_file, tmp_path, capsys):
+    out = tmp_path / "src.simput"
+    out.write_bytes(b"old")
+    assert run(["simput", sky_file, "--output", out]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == b"old"
+    assert run(["simput", sky_file, "--output", out, "--overwrite"]) == 0
+    assert fits.getheader(out, "SRC_CAT")["HDUCLAS1"] == "SRC_CAT"
+    a = tmp_path / "a.fits"
+    assert run(["thin", sky_file, "--fraction", "0.5", "--seed", "1", "--output-a", a, "--output-b", a]) == 2
+    assert "also given as --output-a" in capsys.readouterr().err and not a.exists()
+
+
+def test_extract_writes_one_plane_with_its_celestial_wcs(tmp_path, capsys):
+    from astropy.wcs import WCS
+
+    from xmmsr.cube import cube_header, wcs_row, write_cube
+    from xmmsr.sky.model import tan_wcs
+
+    rows, planes = [], []
+    for i, ra in enumerate((150.0, 40.5)):
+        w = tan_wcs([ra, -3.0], [20.5, 20.5], cdelt=[-4 / 3600, 4 / 3600])
+        rows.append({"SRCID": 10 + i, "SRCKIND": "agn", "SEED": 7 + i, "SRCSEED": 1, "NEVENTS": 5, "EXPOSURE": 2e4,
+                     "RA_PNT": ra, "DEC_PNT": -3.0, "PA_PNT": 0.0, **wcs_row(w)})
+        planes.append(np.full((40, 40), i + 1, dtype=np.int32))
+    cube = tmp_path / "cube.fits"
+    write_cube(np.stack(planes), cube_header("agn", 1, "count", 2e4), rows, cube)
+    out = tmp_path / "plane.fits"
+    assert run(["extract", cube, "--source", 11, "--output", out]) == 0
+    with fits.open(out) as hdul:
+        assert np.all(hdul[0].data == 2) and hdul[0].header["SRCID"] == 11 and hdul[0].header["EXPOSURE"] == 2e4
+        w = WCS(hdul[0].header)
+        assert w.has_celestial and np.allclose(w.wcs_pix2world([[19.5, 19.5]], 0)[0], [40.5, -3.0])
+    assert run(["extract", cube, "--source", 3, "--output", tmp_path / "none.fits"]) == 2
+    assert "has no source 3" in capsys.readouterr().err and not (tmp_path / "none.fits").exists()
+
+
+def test_event_lists_and_images_carry_what_x_ray_tools_need(sky_file, tmp_path):
+    """OGIP event keywords, legal ranges (TLMIN/TLMAX) and a GTI table per CCD; `bin` keeps the GTIs."""
+    events, image = tmp_path / "ev.fits", tmp_path / "img.fits"
+    assert run(["simulate", "--sky", sky_file, "--exposure", 5000, "--resolution", 1, "--seed", 3,
+                "--output", events]) == 0
+    with fits.open(events) as hdul:
+        h = hdul["EVENTS"].header
+        assert (h["HDUCLASS"], h["HDUCLAS1"], h["TIMEREF"], h["TASSIGN"], h["RADECSYS"], h["EQUINOX"]) == (
+            "OGIP", "EVENTS", "LOCAL", "SATELLITE", "FK5", 2000.0)
+        assert h["DATE-OBS"] < h["DATE-END"] and len(h["OBS_ID"]) == 10
+        names = hdul["EVENTS"].columns.names
+        for column, (lo, hi) in {"PI": (0, 20479), "RAWX": (0, 63), "RAWY": (0, 199), "PATTERN": (0, 13),
+                                 "CCDNR": (1, 12)}.items():
+            i = names.index(column) + 1
+            assert (h[f"TLMIN{i}"], h[f"TLMAX{i}"]) == (lo, hi)
+            assert lo <= hdul["EVENTS"].data[column].min() and hdul["EVENTS"].data[column].max() <= hi
+        gtis = [hdu for hdu in hdul if hdu.name.startswith("STDGTI")]
+        assert [g.header["CCDID"] for g in gtis] == list(range(1, 13))
+        assert all(g.data["STOP"][0] - g.data["START"][0] == 5000.0 for g in gtis)
+    assert run(["bin", events, "--output", image]) == 0
+    with fits.open(image) as hdul:
+        assert [hdu.name for hdu in hdul[1:]] == [f"STDGTI{i:02d}" for i in range(1, 13)]

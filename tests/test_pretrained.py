@@ -54,9 +54,14 @@ def test_shipped_models_load_and_say_what_they_are(task):
 def test_predict_uses_the_shipped_model_by_default(tmp_path, capsys):
     image = tmp_path / "in.fits"
     header = fits.Header({"EXPOSURE": 20_000.0})
-    fits.PrimaryHDU(np.random.default_rng(1).poisson(0.3, (48, 40)).astype(np.int32), header).writeto(image)
+    gti = fits.BinTableHDU.from_columns([fits.Column("START", "D", array=[0.0]),
+                                         fits.Column("STOP", "D", array=[20_000.0])], name="STDGTI04")
+    fits.HDUList([fits.PrimaryHDU(np.random.default_rng(1).poisson(0.3, (48, 40)).astype(np.int32), header),
+                  gti]).writeto(image)
     assert main(["predict", "--task", "sr", "--input", str(image), "--output", str(tmp_path / "sr.fits")]) == 0
     assert fits.getdata(tmp_path / "sr.fits").shape == (96, 80)
+    with fits.open(tmp_path / "sr.fits") as hdul:       # the input's good-time tables travel with it
+        assert hdul["STDGTI04"].data["STOP"][0] == 20_000.0
     assert main(["predict", "--input", str(image), "--output", str(tmp_path / "x.fits")]) != 0
     assert "--task dn or --task sr" in capsys.readouterr().err
     with pytest.raises(InputError, match="no pretrained"):

@@ -131,8 +131,9 @@ def test_vignetting_area_response_and_particle_rate_are_the_models(written, inst
     lay = detector_layout(instrument, 1)
     det_m2 = lay["xwidth"] * lay["ywidth"] * lay["delt"] ** 2
     det_arcmin2 = det_m2 / M_PER_ARCSEC**2 / 3600.0
-    assert pha["RATE"].sum() * det_m2 == pytest.approx(instrument.background.particle_rate_arcmin2 * det_arcmin2,
-                                                       rel=1e-5)
+    # raised by the out-of-time fraction: SIXTE 2.7 loses the background of the row transfers
+    assert pha["RATE"].sum() * det_m2 * (1 - instrument.out_of_time_fraction) == pytest.approx(
+        instrument.background.particle_rate_arcmin2 * det_arcmin2, rel=1e-5)
 
 
 def test_refuses_a_non_empty_output_and_leaves_nothing_on_failure(instrument, tmp_path):

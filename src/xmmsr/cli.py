@@ -78,6 +78,16 @@ def _simulate_sixte(args: argparse.Namespace, sky, instrument: PnInstrument, con
                                      executable, derive_2x)
 
 
+def cmd_extract(args: argparse.Namespace) -> None:
+    from .cube import extract_plane
+    from .instrument.binning import write_image
+
+    image, header = extract_plane(args.cube, args.source)
+    write_image(image, header, args.output)
+    print(f"{args.output}: source {args.source} ({header['SRCKIND']}) of {args.cube}, {image.shape[1]} x "
+          f"{image.shape[0]} pixels, {header['BUNIT']} per pixel, celestial WCS")
+
+
 def cmd_sixte_instrument(args: argparse.Namespace) -> None:
     from .instrument.sixte_instrument import write_sixte_instrument
 
@@ -90,9 +100,10 @@ def cmd_sixte_instrument(args: argparse.Namespace) -> None:
 
 def cmd_bin(args: argparse.Namespace) -> None:
     from .instrument.binning import bin_event_file, write_image
+    from .io import gti_extensions
 
     image, header = bin_event_file(args.events)
-    write_image(image, header, args.output)
+    write_image(image, header, args.output, gti_extensions(args.events))
     print(f"{args.output}: {int(image.sum())} counts in 0.5-2 keV, {image.shape[1]} x {image.shape[0]} pixels")
 
 
@@ -332,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SIXTE instrument: a folder written by 'xmmsr sixte-instrument' or a 1x XML (default: the "
                         "config's, else one written from the instrument model for this run)")
     p.add_argument("--sixte-executable", help="runsixt or sixtesim to run (default: found on PATH or in $SIXTE/bin)")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("sixte-instrument", help="write a SIXTE EPIC-pn instrument from the instrument model")
@@ -346,7 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bin", help="bin a pn event list (simulated or real) into a 0.5-2 keV count image")
     p.add_argument("events", help="event-list FITS with an EVENTS extension")
     p.add_argument("--output", required=True, type=_output_file, help="count-image FITS to write")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_bin)
+
+    p = sub.add_parser("extract", help="write one plane of a pipeline image cube as a ds9-ready image")
+    p.add_argument("cube", help="image or expected cube (results/images/..., results/expected/...)")
+    p.add_argument("--source", required=True, type=_non_negative_int, help="SRCID of the plane (SOURCES table)")
+    p.add_argument("--output", required=True, type=_output_file, help="image FITS to write")
+    _overwrite_option(p)
+    p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("sky", help="generate one synthetic sky model as the pipeline does")
     p.add_argument("--kind", required=True, choices=("extended", "agn", "background"))
@@ -354,11 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, help="root seed (>= 0; default: the config's)")
     p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
     p.add_argument("--output", required=True, type=_output_file, help="sky-model FITS to write")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_sky)
 
     p = sub.add_parser("simput", help="convert a sky model into a SIMPUT source catalogue (e.g. for SIXTE)")
     p.add_argument("sky", help="sky-model FITS (photon flux image + point sources)")
     p.add_argument("--output", required=True, type=_output_file, help="SIMPUT FITS file to write")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_simput)
 
     p = sub.add_parser("predict", help="de-noise or super-resolve a 1x pn count image with a trained model")
@@ -374,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(parametric bootstrap: Poisson inputs drawn from the prediction, predicted again)")
     p.add_argument("--draws", type=_draws, default=8, help="bootstrap draws of --uncertainty (>= 2, default 8)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap draws (default 0)")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate-real", help="score a model and the baselines on real data: a deep image thinned "
@@ -391,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaussian-sigma", type=_non_negative, default=None,
                    help="width (pixels) of the Gaussian baseline (default: 1 for pairs; the best for --image)")
     p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_evaluate_real)
 
     p = sub.add_parser("thin", help="split a count image binomially into two independent Poisson images")
@@ -399,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", required=True, type=_seed, help="random seed (>= 0)")
     p.add_argument("--output-a", required=True, help="FITS for the kept counts (exposure x P)")
     p.add_argument("--output-b", required=True, help="FITS for the rest (exposure x (1 - P))")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_thin)
 
     p = sub.add_parser("tng-project", help="project an IllustrisTNG gas cutout into a 0.5-2 keV sky model")
@@ -413,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", type=int, help="provenance: snapshot number (default: from the file name)")
     p.add_argument("--subhalo-id", type=int, help="provenance: subhalo id (default: from the file name)")
     p.add_argument("--config", help="pipeline config YAML (default: the embedded defaults)")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_tng_project)
 
     p = sub.add_parser("tng-download", help="select IllustrisTNG subhalos and download their gas cutouts "
@@ -423,9 +449,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Arguments that name files a command writes, and files it reads (which it must never write over).
+OUTPUT_ARGUMENTS = ("output", "expected", "uncertainty", "output_a", "output_b")
+INPUT_ARGUMENTS = ("sky", "events", "input", "image", "short", "long", "exposure_map", "model", "cutout", "config",
+                   "cube")
+
+
+def _overwrite_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist (never an input)")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before anything is computed, output files that exist (unless ``--overwrite``; HEASoft's
+    clobber), that are one of the command's inputs (even with ``--overwrite``), or that are named twice."""
+    outputs = [(name, Path(v)) for name in OUTPUT_ARGUMENTS if isinstance(v := getattr(args, name, None), str)]
+    inputs = [Path(v) for name in INPUT_ARGUMENTS if isinstance(v := getattr(args, name, None), str)]
+    seen: dict[Path, str] = {}
+    for name, out in outputs:
+        flag = "--" + name.replace("_", "-")
+        resolved = out.resolve()
+        if resolved in seen:
+            raise InputError(out, flag, f"is also given as {seen[resolved]}", "give each output its own file")
+        seen[resolved] = flag
+        for source in inputs:
+            if resolved == source.resolve() or (out.exists() and source.exists() and os.path.samefile(out, source)):
+                raise InputError(out, flag, "is an input of this command", "write the result to another file")
+        if out.is_file() and not getattr(args, "overwrite", False):
+            raise InputError(out, flag, "exists", "pass --overwrite to replace it, or choose another file name")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_outputs(args)
         args.func(args)
     except (InputError, ConfigError, TngApiError) as exc:
         message = " ".join(str(exc).split())  # one line, even when a library message spans several

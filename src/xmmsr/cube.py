@@ -12,6 +12,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from . import __version__
+from .errors import InputError
 from .io import open_fits, write_fits_atomic
 from .sky.model import tan_wcs
 
@@ -66,3 +67,29 @@ def read_cube(path: str | Path) -> tuple[np.ndarray, fits.FITS_rec, fits.Header]
     """Read an image or expected cube: (cube, SOURCES table, primary header)."""
     with open_fits(path, "image cube") as hdul:
         return np.asarray(hdul[0].data), hdul["SOURCES"].data, hdul[0].header.copy()
+
+
+def extract_plane(path: str | Path, source_id: int) -> tuple[np.ndarray, fits.Header]:
+    """One plane of a cube as a stand-alone image: the plane of SOURCES row ``SRCID == source_id``, with the
+    cube's keywords, the row's exposure, source and celestial WCS in its header (what ds9 needs)."""
+    cube, rows, header = read_cube(path)
+    match = np.flatnonzero(np.asarray(rows["SRCID"]) == int(source_id))
+    if match.size == 0:
+        raise InputError(path, "SOURCES.SRCID", f"has no source {source_id}",
+                         f"choose one of {sorted(int(v) for v in rows['SRCID'])}")
+    i = int(match[0])
+    row = rows[i]
+    out = fits.Header()
+    for key in ("BUNIT", "RESMULT", "PI_MIN", "PI_MAX", "PATTMAX", "FLAGSEL"):
+        if key in header:
+            out[key] = (header[key], header.comments[key])
+    out.update(cube_wcs(row).to_header())
+    out["EXPOSURE"] = (float(row["EXPOSURE"]), "[s] exposure time")
+    out["SRCID"] = (int(row["SRCID"]), "source identifier")
+    out["SRCKIND"] = (str(row["SRCKIND"]).strip(), "source kind")
+    out["SEED"] = (int(row["SEED"]), "random seed of this realization")
+    out["RA_PNT"], out["DEC_PNT"], out["PA_PNT"] = float(row["RA_PNT"]), float(row["DEC_PNT"]), float(row["PA_PNT"])
+    out["CUBEFILE"] = (Path(path).name, "cube this plane was taken from")
+    out["CUBEPLAN"] = (i, "plane index (0-based)")
+    out["CREATOR"] = (f"xmmsr {__version__}", "software that wrote this file")
+    return np.asarray(cube[i]), out

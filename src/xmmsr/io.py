@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -170,3 +171,12 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise storage_error(exc, final) from exc
         raise
+
+
+def gti_extensions(path: str | Path) -> list[fits.BinTableHDU]:
+    """Copies of the good-time tables of a FITS file (``STDGTInn``, ``GTI``, or ``HDUCLAS1 = 'GTI'``), for the
+    products made from it to carry them as SAS products do; none when it has none."""
+    with fits.open(path, memmap=False) as hdul:
+        return [fits.BinTableHDU(data=hdu.data.copy() if hdu.data is not None else None, header=hdu.header.copy())
+                for hdu in hdul[1:] if isinstance(hdu, fits.BinTableHDU) and (
+                    re.fullmatch(r"(STDGTI\d\d|GTI)", hdu.name or "") or hdu.header.get("HDUCLAS1") == "GTI")]

@@ -175,9 +175,10 @@ def bin_event_file(path: str | Path, geometry: PnGeometry | None = None) -> tupl
     return image, out
 
 
-def write_image(image: np.ndarray, header: fits.Header, path: str | Path) -> None:
-    """Write an image FITS atomically."""
-    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(image, header=header)]), path)
+def write_image(image: np.ndarray, header: fits.Header, path: str | Path,
+                extensions: list[fits.BinTableHDU] | None = None) -> None:
+    """Write an image FITS atomically (with ``extensions`` after it, e.g. the input's good-time tables)."""
+    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(image, header=header), *(extensions or [])]), path)
 
 
 def write_detector_mask(geometry: PnGeometry, resolution: int, path: str | Path) -> None:

@@ -104,6 +104,8 @@ def event_header(sky: SkyModel, instrument: PnInstrument, frame: Pointing, expos
                   seed: int, background: bool, tstart: float) -> dict[str, tuple[object, str]]:
     g = instrument.geometry
     header: dict[str, tuple[object, str]] = {
+        "HDUCLASS": ("OGIP", "format conforms to OGIP standard"),
+        "HDUCLAS1": ("EVENTS", "extension contains an event list"),
         "TELESCOP": ("XMM", "mission"),
         "INSTRUME": ("EPN", "instrument"),
         "DATAMODE": ("IMAGING", "instrument mode"),
@@ -117,8 +119,15 @@ def event_header(sky: SkyModel, instrument: PnInstrument, frame: Pointing, expos
         "AIMDETY": (g.aim_y_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETY of the pointing direction"),
         "AXISDETX": (g.axis_x_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETX of the optical axis"),
         "AXISDETY": (g.axis_y_arcsec / DET_UNIT_ARCSEC, "[0.05 arcsec] DETY of the optical axis"),
+        "OBS_ID": (f"{int(seed) % 10**10:010d}", "simulated observation (from the seed)"),
+        "DATE-OBS": (mission_date(tstart), "start of the observation (TT)"),
+        "DATE-END": (mission_date(tstart + exposure_s), "end of the observation (TT)"),
+        "RADECSYS": ("FK5", "frame of the celestial coordinates"),
+        "EQUINOX": (2000.0, "equinox of the celestial coordinates"),
         "MJDREF": (MJDREF_XMM, "[d] MJD of the mission time origin"),
         "TIMESYS": ("TT", "time system"),
+        "TIMEREF": ("LOCAL", "TIME not barycentre-corrected"),
+        "TASSIGN": ("SATELLITE", "where TIME is assigned"),
         "TIMEUNIT": ("s", "unit of TIME"),
         "TSTART": (float(tstart), "[s] start of the observation"),
         "TSTOP": (float(tstart + exposure_s), "[s] end of the observation"),
@@ -138,6 +147,20 @@ def event_header(sky: SkyModel, instrument: PnInstrument, frame: Pointing, expos
     for ccd in range(1, g.ccds_x * g.ccds_y + 1):
         header[f"ONTIME{ccd:02d}"] = (float(exposure_s), f"[s] on time of CCD {ccd}")
     return header
+
+
+def mission_date(seconds: float) -> str:
+    """ISO date (TT) of mission time ``seconds`` after MJDREF (1998-01-01 TT)."""
+    from astropy.time import Time, TimeDelta
+
+    return (Time(MJDREF_XMM, format="mjd", scale="tt") + TimeDelta(float(seconds), format="sec")).isot[:19]
+
+
+def _limits(resolution: int) -> dict[str, tuple[int, int]]:
+    """TLMIN/TLMAX of the integer columns (their legal ranges; xselect and SAS refuse PI without them).
+    RAWX/RAWY count from 0 the raw pixels of the resolution (64 x 200 per CCD at 1x)."""
+    return {"RAWX": (0, 64 * resolution - 1), "RAWY": (0, 200 * resolution - 1), "CCDNR": (1, 12),
+            "PI": (0, 20479), "PATTERN": (0, 13)}
 
 
 _FORMATS = {
@@ -167,10 +190,38 @@ def to_hdulist(events: EventList) -> fits.HDUList:
         h[f"TLMIN{i}"], h[f"TLMAX{i}"] = 1, 51840
     for name in ("DETX", "DETY"):
         h[f"TLMIN{index[name]}"], h[f"TLMAX{index[name]}"] = -20000, 20000
+    for name, (lo, hi) in _limits(int(events.header["RESMULT"][0])).items():
+        h[f"TLMIN{index[name]}"], h[f"TLMAX{index[name]}"] = lo, hi
     primary = fits.PrimaryHDU()
-    for key in ("TELESCOP", "INSTRUME", "OBJECT", "RA_PNT", "DEC_PNT", "PA_PNT", "EXPOSURE", "SEED", "CREATOR"):
-        primary.header[key] = events.header[key]
-    return fits.HDUList([primary, table])
+    for key in ("TELESCOP", "INSTRUME", "OBJECT", "OBS_ID", "DATE-OBS", "DATE-END", "RA_PNT", "DEC_PNT", "PA_PNT",
+                "EXPOSURE", "SEED", "CREATOR"):
+        if key in events.header:
+            primary.header[key] = events.header[key]
+    return fits.HDUList([primary, table, *gti_hdus(events.header)])
+
+
+def gti_hdus(header: dict[str, tuple[object, str]]) -> list[fits.BinTableHDU]:
+    """One good-time table per CCD as SAS writes them (``STDGTI01`` ... ``STDGTI12``, ``CCDID``): the CCD's
+    on time (``ONTIMEnn``) from TSTART."""
+    tstart = float(header["TSTART"][0])
+    hdus = []
+    for ccd in range(1, 13):
+        key = f"ONTIME{ccd:02d}"
+        if key not in header:
+            continue
+        ontime = float(header[key][0])
+        hdu = fits.BinTableHDU.from_columns([
+            fits.Column("START", "D", "s", array=np.array([tstart])[: 1 if ontime > 0 else 0]),
+            fits.Column("STOP", "D", "s", array=np.array([tstart + ontime])[: 1 if ontime > 0 else 0])],
+            name=f"STDGTI{ccd:02d}")
+        hdu.header["HDUCLASS"] = ("OGIP", "format conforms to OGIP standard")
+        hdu.header["HDUCLAS1"] = ("GTI", "good time intervals")
+        hdu.header["HDUCLAS2"] = ("STANDARD", "")
+        hdu.header["CCDID"] = (ccd, "CCD of these intervals")
+        hdu.header["ONTIME"] = (ontime, "[s] sum of the intervals")
+        hdu.header["TIMESYS"], hdu.header["MJDREF"] = "TT", MJDREF_XMM
+        hdus.append(hdu)
+    return hdus
 
 
 def write_events(events: EventList, path: str | Path) -> None:

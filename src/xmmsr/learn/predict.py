@@ -26,7 +26,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 from .. import __version__
 from ..errors import InputError
-from ..io import atomic_path, open_fits, write_fits_atomic
+from ..io import atomic_path, gti_extensions, open_fits, write_fits_atomic
 from .checkpoint import TrainedModel, load_model
 from .device import auto_device_type, mps_available
 from .model import Architecture
@@ -344,7 +344,8 @@ def predict_file(model_path: str | Path, input_path: str | Path, output_path: st
         sigma_hdr["UNCSEED"] = (int(seed), "seed of the draws")
         sigma_hdr["PREDFILE"] = (output_path.name, "the prediction this uncertainty belongs to")
         write_fits_atomic(fits.HDUList([fits.PrimaryHDU(sigma, header=sigma_hdr)]), uncertainty_path)
-    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(result.astype(np.float32), header=hdr)]), output_path)
+    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(result.astype(np.float32), header=hdr),
+                                    *gti_extensions(input_path)]), output_path)
     return output_path
 
 
