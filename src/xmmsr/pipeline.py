@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
-from tqdm import tqdm
 
 from . import __version__
 from .config import derive_seed
@@ -34,6 +33,7 @@ from .cube import cube_header, wcs_row, write_cube
 from .instrument.simulator import ccd_live, expected_background, expected_image, simulate_events
 from .io import atomic_directory
 from .learn import TASKS
+from .progress import progress
 from .sky.generate import BrightnessReference, generate_source
 from .sky.model import SOURCE_KINDS, FieldBackground, read_sky_model, write_sky_model
 
@@ -100,8 +100,8 @@ def logged_to(log_path: str | Path) -> Iterator[None]:
 
 
 def _progress(items: Sequence[Any], what: str) -> Any:
-    """A tqdm progress bar on a terminal; silent when output goes to a log file."""
-    return tqdm(items, desc=what, unit="src", disable=None, leave=False)
+    """Progress per source: a bar on a terminal, lines with rate and time left in a job's log."""
+    return progress(items, what, "src")
 
 
 def make_sky_shard(kind: str, source_ids: Sequence[int], sources_cfg: dict[str, Any], instrument: PnInstrument,

@@ -35,6 +35,7 @@ from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.data import PairDataset, open_dataset
 from ..learn.predict import predict_counts, predict_uncertainty
+from ..progress import progress
 from . import baselines, consistency, methods, points
 
 KIND_LABELS = {"extended": "extended", "agn": "AGN-dominated", "background": "background-dominated"}
@@ -42,8 +43,8 @@ GROUPS = ("all", "kind", "brightness")
 
 
 def _frames(ds: PairDataset) -> Iterator[dict[str, Any]]:
-    """The items of a full-frame dataset as float64 numpy arrays."""
-    for i in range(len(ds)):
+    """The items of a full-frame dataset as float64 numpy arrays (progress in the job's log)."""
+    for i in progress(range(len(ds)), "evaluate", "image"):
         item = ds[i]
         yield {"index": int(item["index"]), "input": item["input"][0].numpy().astype(np.float64),
                "target": item["target"][0].numpy().astype(np.float64),

@@ -36,6 +36,7 @@ from .. import __version__
 from ..config import derive_seed
 from ..errors import InputError
 from ..io import atomic_path, open_fits
+from ..progress import progress
 from ..cube import read_cube
 from ..sky.model import SOURCE_KINDS
 
@@ -182,7 +183,7 @@ def pack_dataset(shards: Sequence[ShardFiles], mask_1x: Path, mask_2x: Path, inp
     meta_rows: list[tuple] = []
     with atomic_path(output) as tmp, h5py.File(tmp, "w", track_order=True) as h5:
         writer = _Writer(h5, lr_shape, compression)
-        for shard in shards:
+        for shard in progress(shards, "pack", "shard"):
             lr, lr_rows, _ = read_cube(shard.lr)
             ids = np.asarray(lr_rows["SRCID"])
             cubes = {"lr": (lr, lr_rows)}
