@@ -226,7 +226,7 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_ru
     snakemake(workdir, "--unlock", "--configfile", str(TINY))  # the lock of the killed run
     rerun = snakemake(workdir, "results/models/dn/model.pt", "--cores", "2", "--rerun-incomplete",
                       "--configfile", str(TINY))
-    log = (workdir / "logs" / "train" / "dn.log").read_text()
+    log = (workdir / "results" / "logs" / "train" / "dn.log").read_text()
     assert "resum" in log.lower(), rerun.stdout + log
     resumed = torch.load(model, weights_only=True)
     reference = torch.load(tiny_run / "results" / "models" / "dn" / "model.pt", weights_only=True)
@@ -250,7 +250,7 @@ def test_a_damaged_shard_stops_pack_with_its_name(tiny_run, tmp_path):
     result = snakemake(workdir, "results/dataset/xmmsr_dataset.h5", "--cores", "1", "--configfile", str(TINY),
                        check=False)
     assert result.returncode != 0
-    log = (workdir / "logs" / "pack.log").read_text()
+    log = (workdir / "results" / "logs" / "pack.log").read_text()
     assert str(damaged.relative_to(workdir)) in log and "CHECKSUM" in log and "rerun snakemake" in log
     assert not (workdir / "results" / "dataset" / "xmmsr_dataset.h5").exists()
     with pytest.raises(InputError, match="CHECKSUM"):

@@ -98,7 +98,7 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
     results = tiny_run / "results"
     runs = [TaskRun(task, results / f"models/{task}/model.pt", results / f"models/{task}/model.onnx",
                     results / f"models/{task}/history.csv", results / f"metrics/{task}/summary.csv",
-                    tiny_run / f"logs/train/{task}.log") for task in TASKS]
+                    tiny_run / f"results/logs/train/{task}.log") for task in TASKS]
     card = write_release(runs, results / "dataset/xmmsr_dataset.h5", "config.yaml + tests/data/tiny.yaml",
                          tmp_path / "release")
     for task in TASKS:

@@ -346,7 +346,7 @@ def test_simulate_rule_runs_with_the_sixte_backend(standin, tmp_path):
         assert counts.shape[0] == 1 and counts.sum() > 0 and header["EXPOSURE"] == 2000.0
         events = next((work / "results" / "events" / "agn" / "shard0000" / f"2ks_{res}x").glob("*.fits"))
         assert fits.getheader(events, "EVENTS")["BACKEND"] == "sixte"
-    log = (work / "logs" / "simulate" / "agn_shard0000_2ks_1x.log").read_text()
+    log = (work / "results" / "logs" / "simulate" / "agn_shard0000_2ks_1x.log").read_text()
     assert "finished successfully" in log  # SIXTE's output goes to the rule's log
     assert not list((work / "results" / "events" / "agn" / "shard0000").glob(".sixte.*"))  # no work dirs left
     assert not (work / "results" / "sixte").exists()   # the user's instrument: none written

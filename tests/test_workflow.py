@@ -154,7 +154,7 @@ def test_tiny_config_runs_end_to_end(tiny_run):
                     assert abs(plane.sum() - mean) < 5 * np.sqrt(mean)
     events = sorted((out / "events" / "extended" / "shard0000" / "10ks_2x").glob("*.fits"))
     assert len(events) == 3
-    logs = list((tiny_run / "logs").rglob("*.log"))
+    logs = list((tiny_run / "results" / "logs").rglob("*.log"))
     assert logs and all("xmmsr" in p.read_text() for p in logs)
 
 
@@ -235,3 +235,12 @@ def test_rule_scripts_import_the_library_of_the_checkout(monkeypatch, tmp_path):
     library = use_checkout_library(tmp_path)
     assert library == str(tmp_path.resolve() / "src")
     assert os.environ["PYTHONPATH"].split(os.pathsep) == [library, "/elsewhere"]
+
+
+def test_logs_live_under_the_run_output_folder(tmp_path):
+    """Two configs run in one folder keep their logs apart: every log is under the config's outdir."""
+    other = tmp_path / "other.yaml"
+    other.write_text("outdir: run_a\n")
+    result = snakemake(tmp_path, "-n", "--configfile", str(TINY), str(other))
+    logs = [line.split("log:", 1)[1].strip() for line in result.stdout.splitlines() if line.strip().startswith("log:")]
+    assert logs and all(path.startswith("run_a/logs/") for path in logs)

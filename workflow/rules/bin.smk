@@ -7,7 +7,7 @@ rule bin:
     output:
         f"{OUT}/images/{{kind}}/shard{{shard}}/{{exposure}}ks_{{res}}x.fits",
     log:
-        "logs/bin/{kind}_shard{shard}_{exposure}ks_{res}x.log",
+        f"{OUT}/logs/bin/{{kind}}_shard{{shard}}_{{exposure}}ks_{{res}}x.log",
     conda:
         CONDA_ENV
     script:
@@ -17,12 +17,12 @@ rule bin:
 rule detector_mask:
     output:
         f"{OUT}/masks/detmask_{{res}}x.fits",
+    log:
+        f"{OUT}/logs/masks/detmask_{{res}}x.log",
+    conda:
+        CONDA_ENV
     params:
         geometry=config["instrument"]["geometry"],
         resolution=lambda w: int(w.res),
-    log:
-        "logs/masks/detmask_{res}x.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/detector_mask.py"

@@ -10,8 +10,13 @@ from xmmsr.config import ConfigError, check_config, check_outdir, resolve_resour
 from xmmsr.instrument.model import instrument_files
 from xmmsr.thinning import real_images_from_config
 from xmmsr.learn import TASKS as ALL_TASKS
-from xmmsr.pipeline import (n_shards, shard_source_ids, training_seed as _training_seed,
-                            deblend_seed as _deblend_seed, use_checkout_library)
+from xmmsr.pipeline import (
+    n_shards,
+    shard_source_ids,
+    training_seed as _training_seed,
+    deblend_seed as _deblend_seed,
+    use_checkout_library,
+)
 
 use_checkout_library(workflow.basedir)  # every rule script (conda environments too) imports this checkout's library
 from xmmsr.sky.model import SOURCE_KINDS
@@ -27,7 +32,7 @@ try:
 except ConfigError as exc:
     raise WorkflowError(f"Invalid configuration. {exc}") from None
 if not Path(config["outdir"]).is_absolute():
-    OUT = config["outdir"]   # relative outputs stay relative: the same DAG from any working directory
+    OUT = config["outdir"]  # relative outputs stay relative: the same DAG from any working directory
 
 
 onstart:
@@ -39,6 +44,7 @@ onstart:
         workflow._xmmsr_outdir_lock = OutdirLock(OUT)
     except (InputError, OSError) as exc:
         raise WorkflowError(str(exc)) from None
+
 
 CONDA_ENV = "../../envs/xmmsr.yaml"
 KINDS = [k for k in SOURCE_KINDS if config["sources"][k]["n"] > 0]
@@ -73,8 +79,19 @@ TNG_SOURCES = config["sources"]["kind"] in ("tng", "mixed")
 IMAGE_SOURCES = config["sources"]["kind"] == "images"
 TNG_MANIFEST = f"{OUT}/sky/tng_manifest.json"
 # sources.tng keys that only shape the download (the manifest), not the projection of a cutout
-TNG_DOWNLOAD_KEYS = ("api_url", "selection", "gas_fields", "cutout_dir", "local_dir", "max_concurrent_downloads",
-                     "retries", "backoff_s", "timeout_s", "max_cutout_mb", "download_deadline_s")
+TNG_DOWNLOAD_KEYS = (
+    "api_url",
+    "selection",
+    "gas_fields",
+    "cutout_dir",
+    "local_dir",
+    "max_concurrent_downloads",
+    "retries",
+    "backoff_s",
+    "timeout_s",
+    "max_cutout_mb",
+    "download_deadline_s",
+)
 
 
 def source_params(wildcards):
@@ -86,12 +103,15 @@ def source_params(wildcards):
     if not config["sources"]["extended"]["include_agn"]:
         wanted["extended"] = ["sky", "extended"]
     params = {key: {k: v for k, v in config["sources"][key].items() if k != "n"} for key in wanted[wildcards.kind]}
-    for key in ("field_background", "field_exposure"):   # observing conditions of every field
+    for key in ("field_background", "field_exposure"):  # observing conditions of every field
         params[key] = config["sources"][key]
     if IMAGE_SOURCES and wildcards.kind == "extended":
         params["kind"] = "images"
-        params["images"] = {**config["sources"]["images"], "dir": str(Path(config["sources"]["images"]["dir"]).resolve())}
-        params["image_files"] = [p.name for p in image_truth_files()]   # a new or removed file reruns the shards
+        params["images"] = {
+            **config["sources"]["images"],
+            "dir": str(Path(config["sources"]["images"]["dir"]).resolve()),
+        }
+        params["image_files"] = [p.name for p in image_truth_files()]  # a new or removed file reruns the shards
     if TNG_SOURCES and wildcards.kind == "extended":
         params["kind"] = config["sources"]["kind"]
         params["tng"] = {k: v for k, v in config["sources"]["tng"].items() if k not in TNG_DOWNLOAD_KEYS}
@@ -106,8 +126,10 @@ def image_truth_files():
 
     folder = config["sources"]["images"]["dir"]
     if not folder:
-        raise WorkflowError("sources.kind is images but sources.images.dir is not set: point it at a folder of "
-                            "FITS images with a celestial WCS")
+        raise WorkflowError(
+            "sources.kind is images but sources.images.dir is not set: point it at a folder of "
+            "FITS images with a celestial WCS"
+        )
     try:
         return image_files(folder)
     except InputError as exc:
@@ -169,8 +191,10 @@ def pack_inputs(wildcards):
 
 def dataset_config():
     """The config sections that determine the training set (hashed into the HDF5 attributes)."""
-    return {k: sources_config() if k == "sources" else config[k]
-            for k in ("seed", "sources", "instrument", "simulate", "pack")}
+    return {
+        k: sources_config() if k == "sources" else config[k]
+        for k in ("seed", "sources", "instrument", "simulate", "pack")
+    }
 
 
 def real_pair_files():
@@ -196,8 +220,10 @@ def report_inputs(wildcards):
 
 def report_config():
     """The config sections the report prints."""
-    shown = {k: sources_config() if k == "sources" else config[k]
-             for k in ("seed", "sources", "instrument", "simulate", "pack", "model", "evaluate")}
+    shown = {
+        k: sources_config() if k == "sources" else config[k]
+        for k in ("seed", "sources", "instrument", "simulate", "pack", "model", "evaluate")
+    }
     shown["train"] = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads")}
     return shown
 
@@ -259,10 +285,15 @@ def all_targets():
         for e in EXPOSURES_KS
         for r in RESOLUTIONS
     ]
-    expected = [f"{OUT}/expected/{kind}/shard{shard}/{r}x.fits" for kind in KINDS for shard in shards(kind) for r in RESOLUTIONS]
+    expected = [
+        f"{OUT}/expected/{kind}/shard{shard}/{r}x.fits" for kind in KINDS for shard in shards(kind) for r in RESOLUTIONS
+    ]
     masks = [f"{OUT}/masks/detmask_{r}x.fits" for r in RESOLUTIONS]
-    models = [f"{OUT}/models/{task}/{name}" for task in config["train"]["tasks"]
-              for name in ("model.pt", "model.onnx", "history.csv")]
+    models = [
+        f"{OUT}/models/{task}/{name}"
+        for task in config["train"]["tasks"]
+        for name in ("model.pt", "model.onnx", "history.csv")
+    ]
     report_pdf = [f"{OUT}/report/evaluation.pdf"]
     real = [f"{OUT}/metrics/{task}/real_thinned.csv" for task in config["train"]["tasks"]] if REAL_IMAGES else []
     return images + expected + masks + models + report_pdf + real

@@ -11,14 +11,14 @@ rule evaluate:
         json=f"{OUT}/metrics/{{task}}/summary.json",
         gallery=f"{OUT}/metrics/{{task}}/gallery.npz",
         sources=f"{OUT}/metrics/{{task}}/sources.csv",
+    log:
+        f"{OUT}/logs/evaluate/{{task}}.log",
+    conda:
+        CONDA_ENV
+    threads: 2
     params:
         instrument=config["instrument"],
         evaluate={k: v for k, v in config["evaluate"].items() if k not in ("real_pairs", "deblend")},
-    threads: 2
-    log:
-        "logs/evaluate/{task}.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/evaluate.py"
 
@@ -34,7 +34,7 @@ use rule evaluate as evaluate_adversarial with:
         gallery=f"{OUT}/metrics/{{task}}/adversarial/gallery.npz",
         sources=f"{OUT}/metrics/{{task}}/adversarial/sources.csv",
     log:
-        "logs/evaluate/{task}_adversarial.log",
+        f"{OUT}/logs/evaluate/{{task}}_adversarial.log",
 
 
 rule evaluate_real:
@@ -44,14 +44,14 @@ rule evaluate_real:
         images=real_pair_files(),
     output:
         f"{OUT}/metrics/real/real_pairs.csv",
+    log:
+        f"{OUT}/logs/evaluate/real.log",
+    conda:
+        CONDA_ENV
     params:
         pairs=config["evaluate"]["real_pairs"],
         instrument=config["instrument"],
         evaluate={k: v for k, v in config["evaluate"].items() if k not in ("real_pairs", "deblend")},
-    log:
-        "logs/evaluate/real.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/evaluate_real.py"
 
@@ -61,6 +61,10 @@ rule deblend:
         model=f"{OUT}/models/sr/model.pt",
     output:
         f"{OUT}/metrics/sr/deblend.csv",
+    log:
+        f"{OUT}/logs/evaluate/deblend.log",
+    conda:
+        CONDA_ENV
     params:
         deblend=config["evaluate"]["deblend"],
         instrument=config["instrument"],
@@ -68,10 +72,6 @@ rule deblend:
         nsigma=config["evaluate"]["detection_nsigma"],
         rl_iterations=config["evaluate"]["rl_iterations"],
         seed=deblend_seed(),
-    log:
-        "logs/evaluate/deblend.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/deblend.py"
 
@@ -92,12 +92,12 @@ rule report:
             caption="../report/figures.rst",
             category="Evaluation",
         ),
-    params:
-        config=report_config(),
     log:
-        "logs/report.log",
+        f"{OUT}/logs/report.log",
     conda:
         CONDA_ENV
+    params:
+        config=report_config(),
     script:
         "../scripts/report.py"
 
@@ -115,16 +115,16 @@ rule release:
         deblend=[f"{OUT}/metrics/sr/deblend.csv"] if "sr" in config["train"]["tasks"] else [],
     output:
         directory(f"{OUT}/release"),
+    log:
+        f"{OUT}/logs/release.log",
+    localrule: True
+    conda:
+        CONDA_ENV
     params:
         tasks=config["train"]["tasks"],
         # the training logs hold the measured throughput (the card's training time); not inputs, since
         # logs are not products
-        train_logs=expand("logs/train/{task}.log", task=config["train"]["tasks"]),
+        train_logs=expand(f"{OUT}/logs/train/{{task}}.log", task=config["train"]["tasks"]),
         config_name=release_config_name(),
-    log:
-        "logs/release.log",
-    localrule: True
-    conda:
-        CONDA_ENV
     script:
         "../scripts/release.py"

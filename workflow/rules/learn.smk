@@ -6,15 +6,15 @@ rule pack:
         unpack(pack_inputs),
     output:
         DATASET,
+    log:
+        f"{OUT}/logs/pack.log",
+    conda:
+        CONDA_ENV
     params:
         kinds=[kind for kind in KINDS for _ in shards(kind)],
         pack=config["pack"],
         seed=config["seed"],
         dataset_config=dataset_config(),
-    log:
-        "logs/pack.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/pack.py"
 
@@ -26,17 +26,17 @@ rule train:
         model=f"{OUT}/models/{{task}}/model.pt",
         onnx=f"{OUT}/models/{{task}}/model.onnx",
         history=f"{OUT}/models/{{task}}/history.csv",
+    log:
+        f"{OUT}/logs/train/{{task}}.log",
+    conda:
+        CONDA_ENV
+    threads: 2
     params:
         # Checkpoints are not declared outputs: they survive a killed job, and a rerun resumes from them.
         checkpoint_dir=lambda w: f"{OUT}/checkpoints/{w.task}",
         model=config["model"],
         train=pixel_train_params(),
         seed=lambda w: training_seed(w.task),
-    threads: 2
-    log:
-        "logs/train/{task}.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/train.py"
 
@@ -50,14 +50,14 @@ rule train_adversarial:
     output:
         model=f"{OUT}/models/{{task}}/adversarial.pt",
         history=f"{OUT}/models/{{task}}/adversarial_history.csv",
+    log:
+        f"{OUT}/logs/train/{{task}}_adversarial.log",
+    conda:
+        CONDA_ENV
+    threads: 2
     params:
         checkpoint_dir=lambda w: f"{OUT}/checkpoints/adversarial_{w.task}",
         train={k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks")},
         seed=lambda w: training_seed(w.task) + 2,
-    threads: 2
-    log:
-        "logs/train/{task}_adversarial.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/train_adversarial.py"

@@ -8,12 +8,12 @@ rule pack_real:
         maps=[str(image.exposure_map) for image in REAL_IMAGES if image.exposure_map],
     output:
         REAL_DATASET,
-    params:
-        real=config["real"],
     log:
-        "logs/pack_real.log",
+        f"{OUT}/logs/pack_real.log",
     conda:
         CONDA_ENV
+    params:
+        real=config["real"],
     script:
         "../scripts/pack_real.py"
 
@@ -26,17 +26,17 @@ rule finetune:
     output:
         model=f"{OUT}/models/{{task}}/finetuned.pt",
         history=f"{OUT}/models/{{task}}/finetune_history.csv",
+    log:
+        f"{OUT}/logs/finetune/{{task}}.log",
+    conda:
+        CONDA_ENV
+    threads: 2
     params:
         checkpoint_dir=lambda w: f"{OUT}/checkpoints/finetune_{w.task}",
         train=pixel_train_params(),
         real=config["real"],
         instrument=config["instrument"],
         seed=lambda w: training_seed(w.task) + 1,
-    threads: 2
-    log:
-        "logs/finetune/{task}.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/finetune.py"
 
@@ -49,16 +49,16 @@ rule score_real:
     output:
         scores=f"{OUT}/metrics/{{task}}/real_thinned.csv",
         gallery=f"{OUT}/metrics/{{task}}/real_thinned_gallery.npz",
+    log:
+        f"{OUT}/logs/evaluate/real_thinned_{{task}}.log",
+    conda:
+        CONDA_ENV
+    threads: 2
     params:
         real=config["real"],
         instrument=config["instrument"],
         evaluate={k: v for k, v in config["evaluate"].items() if k != "real_pairs"},
         seed=config["seed"],
-    threads: 2
-    log:
-        "logs/evaluate/real_thinned_{task}.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/score_real.py"
 
@@ -69,7 +69,7 @@ rule export_finetuned:
     output:
         f"{OUT}/models/{{task}}/finetuned.onnx",
     log:
-        "logs/finetune/{task}_onnx.log",
+        f"{OUT}/logs/finetune/{{task}}_onnx.log",
     conda:
         CONDA_ENV
     script:
@@ -87,7 +87,7 @@ use rule evaluate as evaluate_finetuned with:
         gallery=f"{OUT}/metrics/{{task}}/finetuned/gallery.npz",
         sources=f"{OUT}/metrics/{{task}}/finetuned/sources.csv",
     log:
-        "logs/evaluate/{task}_finetuned.log",
+        f"{OUT}/logs/evaluate/{{task}}_finetuned.log",
 
 
 use rule deblend as deblend_finetuned with:
@@ -96,7 +96,7 @@ use rule deblend as deblend_finetuned with:
     output:
         f"{OUT}/metrics/sr/finetuned/deblend.csv",
     log:
-        "logs/evaluate/deblend_finetuned.log",
+        f"{OUT}/logs/evaluate/deblend_finetuned.log",
 
 
 # The release of the fine-tuned models, with a card that names the real observations that trained them:
@@ -112,13 +112,13 @@ rule release_finetuned:
         deblend=[f"{OUT}/metrics/sr/finetuned/deblend.csv"] if "sr" in config["train"]["tasks"] else [],
     output:
         directory(f"{OUT}/release_finetuned"),
-    params:
-        tasks=config["train"]["tasks"],
-        config_name=release_config_name(),
     log:
-        "logs/release_finetuned.log",
+        f"{OUT}/logs/release_finetuned.log",
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        tasks=config["train"]["tasks"],
+        config_name=release_config_name(),
     script:
         "../scripts/release_finetuned.py"

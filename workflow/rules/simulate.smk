@@ -7,6 +7,10 @@ rule simulate:
         unpack(simulate_inputs),
     output:
         events_dir("{kind}", "{shard}", "{exposure}", "{res}"),
+    log:
+        f"{OUT}/logs/simulate/{{kind}}_shard{{shard}}_{{exposure}}ks_{{res}}x.log",
+    conda:
+        CONDA_ENV
     params:
         instrument=simulation_params(),
         exposure_s=lambda w: float(w.exposure) * 1000.0,
@@ -15,10 +19,6 @@ rule simulate:
         tstart=config["simulate"]["tstart"],
         # "builtin", or the SIXTE settings (so builtin runs keep their params when SIXTE settings change)
         backend=simulation_backend(),
-    log:
-        "logs/simulate/{kind}_shard{shard}_{exposure}ks_{res}x.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/simulate.py"
 
@@ -30,30 +30,30 @@ rule sixte_instrument:
         **INSTRUMENT_FILES,
     output:
         directory(f"{OUT}/sixte/pn_{{res}}x"),
+    log:
+        f"{OUT}/logs/sixte_instrument/{{res}}x.log",
+    conda:
+        CONDA_ENV
     params:
         instrument=config["instrument"],
         resolution=lambda w: int(w.res),
         calib=config["simulate"]["sixte"]["calib"],
-    log:
-        "logs/sixte_instrument/{res}x.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/sixte_instrument.py"
 
 
 rule expected:
     input:
-        sky=f"{OUT}/sky/{{kind}}/shard{{shard}}",
         **INSTRUMENT_FILES,
+        sky=f"{OUT}/sky/{{kind}}/shard{{shard}}",
     output:
         f"{OUT}/expected/{{kind}}/shard{{shard}}/{{res}}x.fits",
+    log:
+        f"{OUT}/logs/expected/{{kind}}_shard{{shard}}_{{res}}x.log",
+    conda:
+        CONDA_ENV
     params:
         instrument=config["instrument"],
         resolution=lambda w: int(w.res),
-    log:
-        "logs/expected/{kind}_shard{shard}_{res}x.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/expected.py"

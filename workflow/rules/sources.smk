@@ -8,15 +8,15 @@ rule sources:
         images=image_truth_input,
     output:
         directory(f"{OUT}/sky/{{kind}}/shard{{shard}}"),
+    log:
+        f"{OUT}/logs/sources/{{kind}}_shard{{shard}}.log",
+    conda:
+        CONDA_ENV
     params:
         ids=shard_ids,
         sources=source_params,
         instrument=brightness_params(),
         seed=config["seed"],
-    log:
-        "logs/sources/{kind}_shard{shard}.log",
-    conda:
-        CONDA_ENV
     script:
         "../scripts/sources.py"
 
@@ -28,12 +28,12 @@ rule sources:
 rule tng_download:
     output:
         TNG_MANIFEST,
-    params:
-        tng=tng_download_params(),
     log:
-        "logs/sources/tng_download.log",
+        f"{OUT}/logs/sources/tng_download.log",
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        tng=tng_download_params(),
     script:
         "../scripts/tng_download.py"
