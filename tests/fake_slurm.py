@@ -2,7 +2,9 @@
 Python programs that run every job locally, at once, and record their arguments.
 
 ``install(bin_dir, state_dir)`` writes the programs; put ``bin_dir`` first on ``PATH`` and export
-``FAKE_SLURM_STATE=state_dir``. ``sbatch_calls(state_dir)`` then returns the argument lists of every
+``FAKE_SLURM_STATE=state_dir``. ``FAKE_SLURM_FAIL_FIRST="simulate=OUT_OF_MEMORY,bin=TIMEOUT"`` ends the first
+job of each named rule (from the plugin's ``--comment rule_<name>...``) in that state without running it, as
+Slurm does with a job past its memory or time. ``sbatch_calls(state_dir)`` then returns the argument lists of every
 submission, and ``srun_calls(state_dir)`` those of every job step.
 """
 
@@ -48,7 +50,8 @@ def jobs():
         rc = JOBS / f"{meta.stem}.rc"
         if rc.exists():
             code = rc.read_text().strip()
-            state = "COMPLETED" if code == "0" else ("CANCELLED" if code == "cancelled" else "FAILED")
+            state = {"0": "COMPLETED", "cancelled": "CANCELLED", "TIMEOUT": "TIMEOUT",
+                     "OUT_OF_MEMORY": "OUT_OF_MEMORY"}.get(code, "FAILED")
         else:
             state = "RUNNING"
         yield meta.stem, job["name"], state
@@ -76,6 +79,19 @@ log.parent.mkdir(parents=True, exist_ok=True)
 env = dict(os.environ, SLURM_JOB_ID=str(job_id), SLURM_JOBID=str(job_id), SLURM_JOB_NAME=name,
            SLURM_SUBMIT_DIR=os.getcwd(), SLURM_CLUSTER_NAME="fake")
 rc = JOBS / f"{job_id}.rc"
+comment = option(args, "--comment") or ""
+for entry in filter(None, os.environ.get("FAKE_SLURM_FAIL_FIRST", "").split(",")):
+    rule, state = entry.split("=")
+    marker = STATE / f"failed_{rule}"
+    if comment == f"rule_{rule}" or comment.startswith(f"rule_{rule}_wildcards"):
+        with open(STATE / "fail.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            first = not marker.exists()
+            marker.touch()
+        if first:
+            rc.write_text(state)
+            print(job_id)
+            sys.exit(0)
 wrapper = f"sh {shlex.quote(str(JOBS / f'{job_id}.sh'))}; echo $? > {shlex.quote(str(rc))}.tmp && mv {shlex.quote(str(rc))}.tmp {shlex.quote(str(rc))}"
 with open(log, "ab") as out:
     proc = subprocess.Popen(["sh", "-c", wrapper], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,

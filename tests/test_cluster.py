@@ -81,67 +81,85 @@ def kill_when(proc: subprocess.Popen, ready, timeout_s: float = 300.0) -> None:
 # --------------------------------------------------------------------------- profiles
 
 
-def test_profiles_give_every_rule_its_resources_and_the_slurm_essentials():
+def test_rules_carry_their_resources_and_profiles_only_site_names():
+    """Memory, run time, GPUs and threads live in the rules (config["resources"]), so that a --set-resources
+    of a site profile or the command line for one rule cannot wipe the others; the profiles name sites only."""
     workflow = yaml.safe_load(WORKFLOW_PROFILE.read_text())
     slurm = yaml.safe_load(SLURM_PROFILE.read_text())
-    rules = rule_names()
-    assert set(workflow["set-resources"]) <= rules and set(workflow["set-threads"]) <= rules
-    assert {"sources", "simulate", "expected", "bin", "pack", "train", "evaluate"} <= set(workflow["set-resources"])
-    for rule in ("sources", "simulate", "expected", "bin", "pack"):  # resubmitted bigger after a failure
-        assert "attempt" in str(workflow["set-resources"][rule]["mem_mb"])
-        assert "attempt" in str(workflow["set-resources"][rule]["runtime"])
-    train = workflow["set-resources"]["train"]
-    assert train["gpu"] == 1 and train["cpus_per_gpu"] >= 1 and train["runtime"] >= 12 * 60
+    assert "set-resources" not in workflow and "set-threads" not in workflow and "default-resources" not in workflow
     assert "code" not in workflow["rerun-triggers"] and "params" in workflow["rerun-triggers"]
-    assert "default-resources" not in workflow  # or it would silently replace the Slurm profile's account/partition
+    text = {smk.name: smk.read_text() for smk in (REPO / "workflow" / "rules").glob("*.smk")}
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for rule in ("sources", "simulate", "expected", "bin", "detector_mask", "sixte_instrument", "pack", "train",
+                 "evaluate", "evaluate_real"):
+        assert any(re.search(rf"^rule {rule}:\n(?:    .*\n|\n)*?        \*\*rule_resources\(\"{rule}\"\)", t, re.M)
+                   for t in text.values()), rule
+        assert config["resources"][rule]["mem_mb"] > 0 and config["resources"][rule]["runtime"] > 0
+    assert config["resources"]["train"]["gpu"] == 1 and config["resources"]["train"]["runtime"] >= 12 * 60
+    assert "attempt" in text["common.smk"][text["common.smk"].index("def rule_resources"):][:900]
 
     assert slurm["executor"] == "slurm" and slurm["retries"] >= 1 and slurm["latency-wait"] >= 30
     assert slurm["rerun-incomplete"] is True and slurm["jobs"] >= 1
     defaults = slurm["default-resources"]
     assert defaults["slurm_account"].startswith("EDIT_ME") and defaults["slurm_partition"].startswith("EDIT_ME")
-    assert defaults["runtime"] > 0 and defaults["mem_mb"] > 0
-    local = re.findall(r"localrules:\s*\n((?:\s+\w+,\n)+)", "".join(p.read_text() for p in
-                                                                   (REPO / "workflow" / "rules").glob("*.smk")))
+    assert set(slurm["set-resources"]) == {"train"} and set(slurm["set-resources"]["train"]) == {"slurm_partition"}
+    local = re.findall(r"localrules:\s*\n((?:\s+\w+,\n)+)", "".join(text.values()))
     assert "report" in "".join(local)
 
 
-def test_slurm_profile_submits_shards_to_cpus_and_training_to_a_gpu(tiny_run, tmp_path):
-    """The tiny run, one shard image redone through the Slurm profile and a fake Slurm: the sbatch flags of the
-    shard and training jobs, and the same bytes as the local run."""
+def _site_profile(directory: Path, retries: int = 0) -> Path:
+    """A site's generic Slurm profile, as users have them: executor, account, partition, default resources."""
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text(yaml.safe_dump({
+        "executor": "slurm", "jobs": 8, "latency-wait": 5, "retries": retries, "rerun-incomplete": True,
+        "default-resources": {"slurm_account": fake_slurm.ACCOUNT, "slurm_partition": "cpu", "runtime": 30,
+                              "mem_mb": 1000}}))
+    return directory
+
+
+def _fake_slurm_env(tmp_path: Path, **extra: str) -> tuple[Path, dict[str, str]]:
+    state = tmp_path / "slurm-state"
+    env = dict(os.environ, **fake_slurm.install(tmp_path / "bin", state), **extra)
+    env["PATH"] = os.pathsep.join([str(tmp_path / "bin"), str(Path(sys.executable).parent), env["PATH"]])
+    return state, env
+
+
+def _submitted(state: Path) -> dict[str, list[str]]:
+    submitted: dict[str, list[str]] = {}
+    for args in fake_slurm.sbatch_calls(state):
+        rule = re.match(r"rule_(\w+?)(_wildcards_.*)?$", args[args.index("--comment") + 1]).group(1)
+        submitted.setdefault(rule, []).append(" ".join(args))
+    return submitted
+
+
+def test_site_slurm_profile_with_a_gpu_partition_override(tiny_run, tmp_path):
+    """The tiny run, one shard image and the models redone through a site's generic Slurm profile and a fake
+    Slurm, the GPU partition named on the command line: every rule keeps its memory, time and GPUs, and the
+    bytes are the local run's."""
     workdir = copy_run(tiny_run, tmp_path / "work")
     for stale in ("events/agn/shard0000/10ks_1x", "images/agn/shard0000/10ks_1x.fits", "dataset/xmmsr_dataset.h5",
                   "models", "checkpoints"):
         path = workdir / "results" / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-    profile = tmp_path / "slurm"
-    shutil.copytree(SLURM_PROFILE.parent, profile)
-    text = (profile / SLURM_PROFILE.name).read_text()
-    (profile / SLURM_PROFILE.name).write_text(text.replace("EDIT_ME_account", fake_slurm.ACCOUNT)
-                                              .replace("EDIT_ME_cpu_partition", "cpu"))
-    state = tmp_path / "slurm-state"
-    env = dict(os.environ, **fake_slurm.install(tmp_path / "bin", state))
-    env["PATH"] = os.pathsep.join([str(tmp_path / "bin"), str(Path(sys.executable).parent), env["PATH"]])
-
+    profile = _site_profile(tmp_path / "slurm")
+    state, env = _fake_slurm_env(tmp_path)
     proc = start(workdir, "results/models/dn/model.pt", "results/models/sr/model.pt", "--profile", str(profile),
-                 "--jobs", "4", "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5",
-                 "--configfile", str(TINY), env=env)
+                 "--set-resources", "train:slurm_partition=a100", "--jobs", "4",
+                 "--slurm-init-seconds-before-status-checks", "1", "--configfile", str(TINY), env=env)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
 
-    submitted = {}
-    for args in fake_slurm.sbatch_calls(state):
-        rule = re.match(r"rule_(\w+?)(_wildcards_.*)?$", args[args.index("--comment") + 1]).group(1)
-        submitted.setdefault(rule, []).append(" ".join(args))
+    submitted = _submitted(state)
     assert sorted((rule, len(calls)) for rule, calls in submitted.items()) == [
         ("bin", 1), ("pack", 1), ("simulate", 1), ("train", 2)]
     for call in submitted["simulate"] + submitted["bin"] + submitted["pack"]:
         assert f"-A {fake_slurm.ACCOUNT}" in call and "-p cpu" in call and "--gpus" not in call
         assert "--ntasks=1" in call and "--cpus-per-task=1" in call
-    assert "-t 180" in submitted["simulate"][0] and "--mem 8000" in submitted["simulate"][0]
+    # the tiny config's shards of 3 sources: the shard rules' time at its floor, 10 % of the reference's
+    assert "-t 18" in submitted["simulate"][0] and "--mem 8000" in submitted["simulate"][0]
     assert "-t 720" in submitted["pack"][0] and "--mem 24000" in submitted["pack"][0]
     for call in submitted["train"]:
-        assert "--gpus=1" in call and "--cpus-per-gpu=8" in call and "-p gpu" in call
+        assert "--gpus=1" in call and "--cpus-per-gpu=8" in call and "-p a100" in call
         assert "-t 1440" in call and "--mem 64000" in call and f"-A {fake_slurm.ACCOUNT}" in call
     steps = fake_slurm.srun_calls(state)
     assert len(steps) == 5 and all("-n1" in args for args in steps)  # one job step per job
@@ -150,6 +168,29 @@ def test_slurm_profile_submits_shards_to_cpus_and_training_to_a_gpu(tiny_run, tm
     for task in ("dn", "sr"):
         model = torch.load(workdir / f"results/models/{task}/model.pt", weights_only=True)
         assert model["task"] == task
+
+
+def test_jobs_past_their_memory_or_time_are_resubmitted_bigger(tiny_run, tmp_path):
+    """Slurm ends the first simulate job with OUT_OF_MEMORY and the first bin job with TIMEOUT: with retries,
+    each is resubmitted with twice the memory and time, and the image comes out as in the local run."""
+    workdir = copy_run(tiny_run, tmp_path / "work")
+    for stale in ("events/agn/shard0000/10ks_1x", "images/agn/shard0000/10ks_1x.fits"):
+        path = workdir / "results" / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    profile = _site_profile(tmp_path / "slurm", retries=1)
+    state, env = _fake_slurm_env(tmp_path, FAKE_SLURM_FAIL_FIRST="simulate=OUT_OF_MEMORY,bin=TIMEOUT")
+    proc = start(workdir, "results/images/agn/shard0000/10ks_1x.fits", "--profile", str(profile),
+                 "--slurm-init-seconds-before-status-checks", "1", "--configfile", str(TINY), env=env)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    submitted = _submitted(state)
+    assert [len(submitted["simulate"]), len(submitted["bin"])] == [2, 2]
+    for rule, mem, minutes in (("simulate", 8000, 18), ("bin", 8000, 6)):
+        first, second = submitted[rule]
+        assert f"--mem {mem}" in first and f"-t {minutes}" in first
+        assert f"--mem {2 * mem}" in second and f"-t {2 * minutes}" in second
+    image = "results/images/agn/shard0000/10ks_1x.fits"
+    assert (workdir / image).read_bytes() == (tiny_run / image).read_bytes()
 
 
 # --------------------------------------------------------------------------- the reference scale

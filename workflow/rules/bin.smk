@@ -10,6 +10,8 @@ rule bin:
         f"{OUT}/logs/bin/{{kind}}_shard{{shard}}_{{exposure}}ks_{{res}}x.log",
     conda:
         CONDA_ENV
+    resources:
+        **rule_resources("bin"),
     script:
         "../scripts/bin.py"
 
@@ -21,6 +23,8 @@ rule detector_mask:
         f"{OUT}/logs/masks/detmask_{{res}}x.log",
     conda:
         CONDA_ENV
+    resources:
+        **rule_resources("detector_mask"),
     params:
         geometry=config["instrument"]["geometry"],
         resolution=lambda w: int(w.res),

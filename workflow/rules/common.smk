@@ -251,6 +251,28 @@ def training_seed(task):
     return _training_seed(config["seed"], task)
 
 
+SHARD_RULES = ("sources", "simulate", "expected", "bin")
+
+
+def rule_resources(rule):
+    """A rule's `resources:` from config["resources"]: memory and run time times the attempt (resubmitted bigger
+    after a failure), the shard rules' run time scaled by the shard size (sized for 1000 sources), GPUs as given."""
+    r = config["resources"][rule]
+    scale = max(0.1, config["shards"]["size"] / 1000) if rule in SHARD_RULES else 1.0
+    mem_mb, runtime = int(r["mem_mb"]), max(1, int(round(r["runtime"] * scale)))
+    resources = {
+        "mem_mb": lambda wildcards, attempt: mem_mb * attempt,
+        "runtime": lambda wildcards, attempt: runtime * attempt,
+    }
+    resources.update({key: r[key] for key in ("gpu", "cpus_per_gpu") if key in r})
+    return resources
+
+
+def rule_threads(rule, default=1):
+    """A rule's `threads:` from config["resources"] (capped at --cores on a local run)."""
+    return config["resources"][rule].get("threads", default)
+
+
 def simulation_backend():
     """The simulate rule's backend parameter: "builtin", or {"name": "sixte", executable, instrument_xml, calib}."""
     sim = config["simulate"]

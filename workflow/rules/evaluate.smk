@@ -15,7 +15,9 @@ rule evaluate:
         f"{OUT}/logs/evaluate/{{task}}.log",
     conda:
         CONDA_ENV
-    threads: 2
+    threads: rule_threads("evaluate")
+    resources:
+        **rule_resources("evaluate"),
     params:
         instrument=config["instrument"],
         evaluate={k: v for k, v in config["evaluate"].items() if k not in ("real_pairs", "deblend")},
@@ -48,6 +50,8 @@ rule evaluate_real:
         f"{OUT}/logs/evaluate/real.log",
     conda:
         CONDA_ENV
+    resources:
+        **rule_resources("evaluate_real"),
     params:
         pairs=config["evaluate"]["real_pairs"],
         instrument=config["instrument"],

@@ -10,6 +10,8 @@ rule pack:
         f"{OUT}/logs/pack.log",
     conda:
         CONDA_ENV
+    resources:
+        **rule_resources("pack"),
     params:
         kinds=[kind for kind in KINDS for _ in shards(kind)],
         pack=config["pack"],
@@ -30,7 +32,9 @@ rule train:
         f"{OUT}/logs/train/{{task}}.log",
     conda:
         CONDA_ENV
-    threads: 2
+    threads: rule_threads("train")
+    resources:
+        **rule_resources("train"),
     params:
         # Checkpoints are not declared outputs: they survive a killed job, and a rerun resumes from them.
         checkpoint_dir=lambda w: f"{OUT}/checkpoints/{w.task}",

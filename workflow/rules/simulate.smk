@@ -11,6 +11,8 @@ rule simulate:
         f"{OUT}/logs/simulate/{{kind}}_shard{{shard}}_{{exposure}}ks_{{res}}x.log",
     conda:
         CONDA_ENV
+    resources:
+        **rule_resources("simulate"),
     params:
         instrument=simulation_params(),
         exposure_s=lambda w: float(w.exposure) * 1000.0,
@@ -34,6 +36,8 @@ rule sixte_instrument:
         f"{OUT}/logs/sixte_instrument/{{res}}x.log",
     conda:
         CONDA_ENV
+    resources:
+        **rule_resources("sixte_instrument"),
     params:
         instrument=config["instrument"],
         resolution=lambda w: int(w.res),
@@ -52,6 +56,8 @@ rule expected:
         f"{OUT}/logs/expected/{{kind}}_shard{{shard}}_{{res}}x.log",
     conda:
         CONDA_ENV
+    resources:
+        **rule_resources("expected"),
     params:
         instrument=config["instrument"],
         resolution=lambda w: int(w.res),

@@ -12,6 +12,8 @@ rule sources:
         f"{OUT}/logs/sources/{{kind}}_shard{{shard}}.log",
     conda:
         CONDA_ENV
+    resources:
+        **rule_resources("sources"),
     params:
         ids=shard_ids,
         sources=source_params,
