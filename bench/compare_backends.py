@@ -181,7 +181,7 @@ def summary_table(rows: list[dict], exposure_s: float, active_pixels: int) -> st
             per = active_pixels * exposure_s / 1000.0
             bkg = f"{med('builtin_all') / per:.4f}; {med('sixte_all') / per:.4f}"
         lines.append(f"| {kind} | {res}x | {ratio_all:.3f} | {ratio_good:.3f} | {fr} | {ee} | {bkg} | "
-                     f"{med('builtin_seconds'):.1f}; {med('sixte_seconds'):.1f} |")
+                     f"{med('builtin_seconds'):.2f}; {med('sixte_seconds'):.1f} |")
     return "\n".join(lines)
 
 
