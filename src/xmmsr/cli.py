@@ -12,9 +12,8 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, load_config
-from .errors import InputError
+from .errors import InputError, TngApiError
 from .instrument.model import PnInstrument
-from .sky.tng.client import TngApiError
 
 
 def _instrument(config_path: str | None) -> tuple[PnInstrument, dict]:

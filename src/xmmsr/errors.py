@@ -49,3 +49,7 @@ def storage_error(exc: OSError, path: str | Path) -> OSError:
     problem, fix = _STORAGE_PROBLEMS[code]
     where = exc.filename or path
     return StorageError(code, f"{where}: cannot write or read the file: {problem}. Fix: {fix}", str(where))
+
+
+class TngApiError(RuntimeError):
+    """A request to the TNG API failed after all retries (the message names the URL, never the key)."""

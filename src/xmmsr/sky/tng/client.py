@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from ...errors import InputError, StorageError, storage_error
+from ...errors import InputError, StorageError, TngApiError, storage_error
 from ...io import atomic_path
 from .cutout import REQUIRED_FIELDS, cutout_problem
 
@@ -36,10 +36,6 @@ _KEY_FIX = (f"register at https://www.tng-project.org/users/register/ (the key i
 _CHUNK = 1 << 16  # bytes per read: a broken connection loses at most one chunk of the part file
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_REDIRECTS = 5
-
-
-class TngApiError(RuntimeError):
-    """A request to the TNG API failed after all retries (the message names the URL, never the key)."""
 
 
 def _is_loopback(host: str | None) -> bool:
