@@ -388,3 +388,29 @@ def test_submode_sets_frame_time_and_out_of_time_fraction():
     assert make_instrument(submode="PrimeFullWindowExtended", out_of_time_fraction=0.0).out_of_time_fraction == 0.0
     header = simulate_events(point_sky(1e-4), extended, 1000.0, 1, seed=1).header
     assert header["SUBMODE"][0] == "PrimeFullWindowExtended" and header["FRMTIME"][0] == pytest.approx(199.1)
+
+
+def test_a_time_split_gives_two_independent_poisson_images(instrument):
+    """TIME is uniform and independent of position and component (the photons are drawn component by
+    component, then put in a random order): the first and second halves of the exposure are two independent
+    Poisson images of the same mean, for the source and the background alike."""
+    sky = beta_sky(total_flux=2e-3, npix=600)
+    events = simulate_events(sky, instrument, 40_000.0, 1, seed=5)
+    c = events.columns
+    assert np.all(np.diff(c["TIME"]) >= 0)
+    t0, t1 = events.header["TSTART"][0], events.header["TSTOP"][0]
+    assert t0 <= c["TIME"][0] and c["TIME"][-1] <= t1
+    early = c["TIME"] < 0.5 * (t0 + t1)
+    grid = instrument.geometry.image_grid(1)
+    good = select_good(c["PATTERN"], c["FLAG"], c["PI"])
+    a = bin_counts(c["DETX"][good & early], c["DETY"][good & early], grid).astype(float)
+    b = bin_counts(c["DETX"][good & ~early], c["DETY"][good & ~early], grid).astype(float)
+    # the cluster (drawn first) and the background (drawn last) each split evenly
+    centre = np.hypot(*np.meshgrid(np.arange(grid.nx) - grid.nx / 2, np.arange(grid.ny) - grid.ny / 2)) < 20
+    for region in (centre, ~centre):
+        na, nb = a[region].sum(), b[region].sum()
+        assert abs(na - nb) < 4 * np.sqrt(na + nb), (na, nb)
+    # pixel by pixel: (A - B)^2 / (A + B) averages 1 for independent Poisson halves of one mean
+    both = (a + b) > 0
+    stat = np.mean((a[both] - b[both]) ** 2 / (a[both] + b[both]))
+    assert abs(stat - 1.0) < 0.03, stat

@@ -338,23 +338,56 @@ def _event_columns(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, energ
                    tstart: float) -> dict[str, np.ndarray]:
     """Event-list columns of detected photons, in time order.
 
-    Arrival times are sorted; a random permutation of the photons decorrelates them from the order in
-    which the components were drawn. Everything after the permutation is drawn in time order.
+    The photons are put in a uniformly random order (:func:`_random_order`, which keeps memory access
+    cache-sized) and given the order statistics of uniform arrival times: every photon's TIME is uniform
+    over the exposure and independent of its position and component, so that a TIME split of the list gives
+    two independent Poisson images. Everything after that is drawn in time order.
     """
     n = x.size
-    order = np.arange(n, dtype=np.int32)
-    rng.shuffle(order)
+    x, y, energy = _random_order(rng, x, y, energy)
     columns = {name: np.empty(n, dtype=dtype) for name, dtype in COLUMN_DTYPES.items()}
-    columns["TIME"] = np.sort(tstart + exposure_s * rng.random(n))
+    columns["TIME"] = tstart + exposure_s * _sorted_uniforms(rng, n)
     for a, b in _chunks(n):  # cache-sized pieces of the time-ordered list
-        pick = order[a:b]
-        cx, cy, ce = x[pick], y[pick], energy[pick]
+        cx, cy, ce = x[a:b], y[a:b], energy[a:b]
         xi, eta = frame.to_tangent(cx, cy)
         set_positions(columns, slice(a, b), cx, cy, xi, eta, instrument, resolution)
         columns["PI"][a:b] = instrument.require_response().to_pi(rng, ce)
         columns["PATTERN"][a:b] = _draw_patterns(rng, b - a, instrument)
         columns["ENERGY"][a:b] = ce * np.float32(1000.0)
     return columns
+
+
+_BUCKETS = 256
+
+
+def _random_order(rng: np.random.Generator, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The arrays (of equal length) in one uniformly random order, in two cache-friendly steps: every element
+    goes to one of 256 buckets drawn at random (a stable radix sort: 256 sequential streams, not a random
+    gather over the whole arrays), then each bucket, a few hundred kB, is shuffled in place. A random bucket
+    and a uniform order within it make every order equally likely."""
+    n = arrays[0].size
+    if n == 0:
+        return arrays
+    buckets = rng.integers(0, _BUCKETS, n, dtype=np.uint8)
+    grouped = np.argsort(buckets, kind="stable")
+    edges = np.concatenate([[0], np.cumsum(np.bincount(buckets, minlength=_BUCKETS))])
+    out = tuple(np.take(a, grouped) for a in arrays)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if hi - lo > 1:
+            local = rng.permutation(hi - lo)
+            for a in out:
+                a[lo:hi] = a[lo:hi][local]
+    return out
+
+
+def _sorted_uniforms(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` sorted uniform values in [0, 1) drawn directly as order statistics (normalised partial sums of
+    n + 1 exponential spacings), without sorting."""
+    if n == 0:
+        return np.zeros(0)
+    spacings = rng.standard_exponential(n + 1)
+    sums = np.cumsum(spacings)
+    return sums[:-1] / sums[-1]
 
 
 def _draw_patterns(rng: np.random.Generator, n: int, instrument: PnInstrument) -> np.ndarray:
