@@ -12,7 +12,7 @@ from astropy.io import fits
 
 from .. import __version__
 from ..errors import InputError
-from ..io import open_fits, write_fits_atomic
+from ..io import open_fits, write_table_file
 from ..sky.model import SkyModel
 from .geometry import DET_UNIT_ARCSEC
 from .model import PnInstrument
@@ -171,11 +171,9 @@ _FORMATS = {
 REQUIRED_FOR_BINNING = ("DETX", "DETY", "PI", "PATTERN", "FLAG")
 
 
-def to_hdulist(events: EventList) -> fits.HDUList:
-    """Serialise an event list: empty primary HDU plus EVENTS with pn-like columns and keywords."""
-    cols = [fits.Column(name=n, format=f, unit=u or None, array=events.columns[n]) for n, (f, u) in _FORMATS.items()]
-    table = fits.BinTableHDU.from_columns(cols, name="EVENTS")
-    h = table.header
+def _table_header(events: EventList) -> fits.Header:
+    """The EVENTS keywords: the simulation's, the sky WCS of X/Y and the legal ranges of the columns."""
+    h = fits.Header()
     for key, (value, comment) in events.header.items():
         h[key] = (value, comment)
     index = {n: i + 1 for i, n in enumerate(_FORMATS)}
@@ -192,12 +190,26 @@ def to_hdulist(events: EventList) -> fits.HDUList:
         h[f"TLMIN{index[name]}"], h[f"TLMAX{index[name]}"] = -20000, 20000
     for name, (lo, hi) in _limits(int(events.header["RESMULT"][0])).items():
         h[f"TLMIN{index[name]}"], h[f"TLMAX{index[name]}"] = lo, hi
+    return h
+
+
+def _primary(events: EventList) -> fits.PrimaryHDU:
     primary = fits.PrimaryHDU()
     for key in ("TELESCOP", "INSTRUME", "OBJECT", "OBS_ID", "DATE-OBS", "DATE-END", "RA_PNT", "DEC_PNT", "PA_PNT",
                 "EXPOSURE", "SEED", "CREATOR"):
         if key in events.header:
             primary.header[key] = events.header[key]
-    return fits.HDUList([primary, table, *gti_hdus(events.header)])
+    return primary
+
+
+def to_hdulist(events: EventList) -> fits.HDUList:
+    """Serialise an event list: empty primary HDU plus EVENTS with pn-like columns and keywords, and a GTI
+    table per CCD (what :func:`write_events` writes, as astropy objects)."""
+    cols = [fits.Column(name=n, format=f, unit=u or None, array=events.columns[n]) for n, (f, u) in _FORMATS.items()]
+    table = fits.BinTableHDU.from_columns(cols, name="EVENTS")
+    for card in _table_header(events).cards:
+        table.header[card.keyword] = (card.value, card.comment)
+    return fits.HDUList([_primary(events), table, *gti_hdus(events.header)])
 
 
 def gti_hdus(header: dict[str, tuple[object, str]]) -> list[fits.BinTableHDU]:
@@ -225,8 +237,10 @@ def gti_hdus(header: dict[str, tuple[object, str]]) -> list[fits.BinTableHDU]:
 
 
 def write_events(events: EventList, path: str | Path) -> None:
-    """Write an event list atomically (same content -> byte-identical file)."""
-    write_fits_atomic(to_hdulist(events), path)
+    """Write an event list atomically (same content -> byte-identical file; the bytes of :func:`to_hdulist`,
+    the rows filled column by column)."""
+    write_table_file(path, _primary(events), "EVENTS", _table_header(events), events.columns, _FORMATS,
+                     gti_hdus(events.header))
 
 
 def read_events(path: str | Path) -> tuple[fits.FITS_rec, fits.Header]:
