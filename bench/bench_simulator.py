@@ -57,6 +57,17 @@ def main() -> None:
           f"for the whole call (sky projection {t_projection:.2f} s, per-photon core {t_core:.2f} s, "
           f"time ordering and event columns {t_total - t_core - t_projection:.2f} s)")
     print(f"per-photon core (draw, vignetting, PSF, energies, field of view, CCDs): {photons / t_core / 1e6:.1f} M photons/s")
+    import subprocess
+    import sys
+    import tempfile
+
+    from xmmsr.instrument.events import write_events
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t_write = best_of(lambda: write_events(events, Path(tmp) / "events.fits"))
+    print(f"write_events: {len(events) / 1e6:.1f} M events in {t_write:.2f} s ({len(events) / t_write / 1e6:.1f} M events/s)")
+    t_import = best_of(lambda: subprocess.run([sys.executable, "-c", "import xmmsr.cli"], check=True))
+    print(f"start-up: python -c 'import xmmsr.cli' {t_import:.2f} s")
 
     rng = np.random.default_rng(0)
     n = 50_000_000
