@@ -234,7 +234,7 @@ def test_predict_writes_the_uncertainty_beside_the_prediction(task, model_files,
     assert s_head["RESMULT"] == fits.getheader(out)["RESMULT"]
     assert run(["predict", "--model", model_files[task], "--input", image, "--output", tmp_path / "b.fits",
                 "--uncertainty", tmp_path / "b.fits"]) == 2
-    assert "its own file name" in capsys.readouterr().err
+    assert "is also given as --output" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run(["predict", "--model", model_files[task], "--input", image, "--output", tmp_path / "c.fits",
              "--uncertainty", tmp_path / "c_sigma.fits", "--draws", 1])
