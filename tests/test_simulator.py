@@ -433,3 +433,16 @@ def test_event_files_are_astropys_bytes_written_faster(instrument, tmp_path):
     empty = simulate_events(point_sky(1e-30), instrument, 1.0, 1, seed=1, background=False)
     write_events(empty, tmp_path / "empty.fits")
     assert len(fits.getdata(tmp_path / "empty.fits", "EVENTS")) == len(empty) == 0
+
+
+def test_sparse_deposits_added_as_shifted_kernels_equal_the_fft_convolution(instrument, monkeypatch):
+    """A few point sources are convolved by adding shifted kernels (cheaper than an FFT of their box): the same
+    expected image as through the FFT, to rounding."""
+    import xmmsr.instrument.simulator as simulator
+
+    sky = point_sky(1e-3, (300.0, -200.0))
+    direct = expected_image(sky, instrument, 20_000.0, 2)
+    monkeypatch.setattr(simulator, "DIRECT_DEPOSITS", 0)
+    through_fft = expected_image(sky, instrument, 20_000.0, 2)
+    np.testing.assert_allclose(direct, through_fft, rtol=1e-9, atol=1e-12)
+    assert direct.sum() > 0

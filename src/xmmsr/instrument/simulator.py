@@ -535,13 +535,26 @@ def _add_convolved(out: np.ndarray, grid: ImageGrid, x: np.ndarray, y: np.ndarra
     ilo, jlo = int(i0.min()), int(j0.min())
     box = ImageGrid(int(i0.max()) - ilo + 2, int(j0.max()) - jlo + 2, p, grid.x0_arcsec + ilo * p,
                     grid.y0_arcsec + jlo * p)
-    conv = signal.fftconvolve(_cloud_in_cell(box, x, y, w), kernel, mode="full")
+    deposit = _cloud_in_cell(box, x, y, w)
     h = kernel.shape[0] // 2
-    r0, c0 = jlo - h, ilo - h                      # position of conv[0, 0] on the grid
+    cells = np.flatnonzero(deposit)
+    if cells.size <= DIRECT_DEPOSITS:   # a few point sources: shifted kernels, cheaper than an FFT of the box
+        for cell in cells:
+            r, c = divmod(int(cell), box.nx)
+            _add_clipped(out, kernel * deposit[r, c], jlo + r - h, ilo + c - h)
+        return
+    _add_clipped(out, signal.fftconvolve(deposit, kernel, mode="full"), jlo - h, ilo - h)
+
+
+DIRECT_DEPOSITS = 32   # deposit cells up to which the kernel is added cell by cell instead of by FFT
+
+
+def _add_clipped(out: np.ndarray, patch: np.ndarray, r0: int, c0: int) -> None:
+    """Add ``patch`` to ``out`` with its [0, 0] at row ``r0``, column ``c0``; what falls outside is dropped."""
     rs, cs = max(r0, 0), max(c0, 0)
-    re, ce = min(r0 + conv.shape[0], grid.ny), min(c0 + conv.shape[1], grid.nx)
+    re, ce = min(r0 + patch.shape[0], out.shape[0]), min(c0 + patch.shape[1], out.shape[1])
     if rs < re and cs < ce:
-        out[rs:re, cs:ce] += conv[rs - r0: re - r0, cs - c0: ce - c0]
+        out[rs:re, cs:ce] += patch[rs - r0: re - r0, cs - c0: ce - c0]
 
 
 @lru_cache(maxsize=1024)
