@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -33,11 +34,13 @@ from astropy.io import fits
 
 from ..errors import InputError
 from ..io import atomic_path, open_fits, write_fits_atomic
-from ..sky.model import SkyModel
-from ..sky.simput import DiffuseComponent
+from ..sky.model import FieldBackground, SkyModel, empty_point_table, tan_wcs
+from ..sky.simput import DiffuseComponent, diffuse_simput_hdulist, simput_source_count, to_simput_hdulist
+from ..sky.spectra import photon_spectrum
 from .model import PnInstrument
 from .events import COLUMN_DTYPES, EVENT_COLUMNS, MJDREF_XMM, EventList, Pointing, event_header, set_positions
-from .simulator import ccd_live, check_exposure
+from .simulator import ccd_live, check_exposure, offaxis_arcmin
+from .sixte_instrument import xml_name
 
 EXECUTABLES = ("sixtesim", "runsixt")
 CHATTER = 2                 # warnings and errors (parameter files would otherwise keep an earlier run's)
@@ -74,8 +77,6 @@ def instrument_xml(location: str | Path, resolution: int) -> tuple[Path, bool]:
     """The instrument XML for ``resolution`` at ``location`` and whether it must be made 2x
     (:func:`derive_2x_instrument`): a folder written by ``xmmsr sixte-instrument`` (``pn_{R}x.xml``; a 1x
     one serves 2x too, derived) or an XML file, taken as the 1x instrument."""
-    from .sixte_instrument import xml_name
-
     p = Path(location).expanduser()
     if p.is_dir():
         for res, derive in ((resolution, False), (1, resolution == 2)):
@@ -173,8 +174,10 @@ def _scaled_psf(src: Path, dst: Path, factor: float) -> None:
 # Running SIXTE
 
 
+@functools.lru_cache(maxsize=8)
 def sixte_version(executable: Path) -> str:
-    """SIXTE's version (``sixteversion`` beside the executable), e.g. ``2.7.2``; ``unknown`` without it."""
+    """SIXTE's version (``sixteversion`` beside the executable), e.g. ``2.7.2``; ``unknown`` without it. Asked
+    once per executable and process, not for every event list it is recorded in."""
     tool = Path(executable).parent / "sixteversion"
     if not tool.is_file():
         return "unknown"
@@ -271,9 +274,6 @@ def diffuse_background_components(sky: SkyModel, instrument: PnInstrument, grid_
     soft-proton residual (when the field has one): its profile divided by the photon vignetting at 1.25 keV
     and a spectrum proportional to 1/area in 0.5-2 keV, so that after SIXTE's vignetting and effective area
     its counts are flat in energy with the built-in's rate and radial profile."""
-    from ..sky.model import FieldBackground, tan_wcs
-    from ..sky.spectra import photon_spectrum
-
     field = FieldBackground.of(sky.meta)
     bkg, g = instrument.background, instrument.geometry
     frame = Pointing.of(sky, instrument)
@@ -287,8 +287,6 @@ def diffuse_background_components(sky: SkyModel, instrument: PnInstrument, grid_
     yy, xx = np.meshgrid(offsets, offsets, indexing="ij")
     xi, eta = xi_c[0] - xx, eta_c[0] + yy
     dx, dy = frame.to_detector(xi, eta)
-    from .simulator import offaxis_arcmin
-
     disc = (np.hypot(xx, yy) <= g.fov_radius_arcmin * 60.0).astype(np.float64)
     area = np.pi * g.fov_radius_arcmin**2
     response = instrument.require_response()
@@ -339,9 +337,6 @@ def run_sixte(sky: SkyModel, instrument: PnInstrument, xml: Path, exposure_s: fl
     (``workdir/sixte_evt.fits``) only after it has been checked to be a readable FITS file with an
     EVENTS extension; on any failure an :class:`InputError` is raised and no file has that name.
     """
-    from ..sky.model import FieldBackground
-    from ..sky.simput import diffuse_simput_hdulist, simput_source_count, to_simput_hdulist
-
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     exe = find_sixte(executable)
@@ -410,8 +405,6 @@ def run_sixte(sky: SkyModel, instrument: PnInstrument, xml: Path, exposure_s: fl
 def _far_dark_source(sky: SkyModel) -> SkyModel:
     """A catalogue SIXTE accepts for a field without sources: one point source of 1e-30 ph cm-2 s-1, 10 degrees
     from the pointing (SIXTE refuses an empty catalogue; this one yields no photon)."""
-    from ..sky.model import empty_point_table
-
     points = np.zeros(1, dtype=empty_point_table().dtype)
     points["RA"], points["DEC"] = (sky.ra_pnt + 10.0) % 360.0, float(np.clip(sky.dec_pnt, -75.0, 75.0))
     points["FLUX"], points["GAMMA"], points["NH"] = 1e-30, 2.0, 0.0
