@@ -19,8 +19,10 @@ from xmmsr.learn.checkpoint import TrainedModel, save_model
 from xmmsr.learn.model import Architecture, build_generator
 from xmmsr.learn.normalise import Normalisation
 
-BASELINES = {"dn": ("input", "gaussian", "adaptive_smoothing", "wavelet", "richardson_lucy", "model", "truth"),
-             "sr": ("input", "bicubic", "gaussian", "adaptive_smoothing", "wavelet", "richardson_lucy", "model", "truth")}
+BASELINES = {"dn": ("input", "gaussian", "adaptive_smoothing", "wavelet", "richardson_lucy", "model", "model_gated",
+                    "truth"),
+             "sr": ("input", "bicubic", "gaussian", "adaptive_smoothing", "wavelet", "richardson_lucy", "model",
+                    "model_gated", "truth")}
 
 
 def test_metric_files_hold_the_model_and_every_baseline(tiny_run):
@@ -52,6 +54,17 @@ def test_metric_files_hold_the_model_and_every_baseline(tiny_run):
             assert (part["source"] == "false_detection").sum() == row["n_false"]
             assert part["found"].sum() == row["n_matched"] and (part["source"] == "true_source").sum() == row["n_true"]
         assert sources["offaxis_arcmin"].between(0, 22).all()  # the image corners lie 20' from the axis
+        found = sources["found"].astype(bool)
+        assert (sources.loc[found, "detected_significance"] >= 5.0).all()
+        assert sources.loc[~found & (sources["source"] == "true_source"), "detected_significance"].isna().all()
+        purity = pd.read_csv(out / "purity.csv").set_index("method")   # completeness at equal purity
+        assert set(purity.index) == set(expected_methods) - {"truth"}
+        assert (purity["threshold"] >= 5.0).all() and (purity["false_per_field"] <= 0.1 + 1e-9).all()
+        assert (purity["completeness"] <= purity["completeness_at_nsigma"] + 1e-9).all()
+        for method, row in purity.iterrows():   # at the default threshold: the per-image figures (one image)
+            image = per_image[per_image["method"] == method].iloc[0]
+            assert row["false_per_field_at_nsigma"] == image["n_false"]
+            assert row["completeness_at_nsigma"] == pytest.approx(image["completeness"], nan_ok=True)
         assert {"mean", "median", "p16", "p84", "n"} <= set(table.columns)
 
 
@@ -59,13 +72,13 @@ def test_report_pdf_has_every_page_and_names_models_and_baselines(tiny_run):
     pypdf = pytest.importorskip("pypdf")
     pdf = tiny_run / "results" / "report" / "evaluation.pdf"
     reader = pypdf.PdfReader(pdf)
-    # provenance; per task: table, breakdown, points/consistency, sources; curves; one gallery page per task;
-    # de-blending
-    assert len(reader.pages) == 1 + 2 * 4 + 1 + 2 + 1
+    # provenance; per task: table, breakdown, points/consistency, sources, equal purity; curves; one gallery
+    # page per task; de-blending
+    assert len(reader.pages) == 1 + 2 * 5 + 1 + 2 + 1
     text = "\n".join(page.extract_text() for page in reader.pages)
     for needle in ("De-noising (DN)", "Super-resolution (SR)", "Training and validation curves",
                    "de-blending close point-source pairs", "point sources lost and invented",
-                   "point sources and data consistency", "config hash",
+                   "point sources and data consistency", "config hash", "completeness at equal purity",
                    *[m.label for m in methods.REGISTRY.values() if m.name != "finetuned"]):
         assert needle in text, needle
     # the run's own exposures (2 ks -> 10 ks in the tiny config), never the default 20 ks -> 100 ks

@@ -8,6 +8,7 @@ import pytest
 from scipy.signal import fftconvolve
 
 from xmmsr.evaluate import consistency as cons
+from xmmsr import detection
 from xmmsr.evaluate import points
 from xmmsr.metrics import deviance_map
 
@@ -42,14 +43,14 @@ def field(instrument):
     rc = (instrument.aim_offaxis_arcmin, 1)
     b = instrument.background_rate_arcsec2() * 4.0**2 * EXP_TARGET
     src = source_image(psf, rc, 4.0, SHAPE, BRIGHT + [FAINT], sub=5)
-    return {"b": b, "image": b + src, "fwhm": points.psf_fwhm_px(instrument, 1), "rc": rc, "psf": psf}
+    return {"b": b, "image": b + src, "fwhm": detection.psf_fwhm_px(instrument, 1), "rc": rc, "psf": psf}
 
 
 def expected_aperture_flux(psf, rc: tuple[float, int], fwhm_px: float, flux: float, pixel: float = 4.0) -> float:
     """Aperture counts minus the annulus level for a King source of ``flux`` counts (truncated PSF)."""
     f = lambda r_px: psf.enclosed_fraction(r_px * pixel, rc[0], resolution=rc[1])  # noqa: E731
-    r_ap = points.APERTURE_FWHM * fwhm_px
-    r_in, r_out = (a * fwhm_px for a in points.ANNULUS_FWHM)
+    r_ap = detection.APERTURE_FWHM * fwhm_px
+    r_in, r_out = (a * fwhm_px for a in detection.ANNULUS_FWHM)
     ann = (f(r_out) - f(r_in)) * r_ap**2 / (r_out**2 - r_in**2)
     return float(flux * (f(r_ap) - ann) / f(psf.max_radius_arcsec / pixel))
 
@@ -57,7 +58,7 @@ def expected_aperture_flux(psf, rc: tuple[float, int], fwhm_px: float, flux: flo
 def test_detects_known_sources_with_positions_and_fluxes(field):
     mask = np.ones(SHAPE, bool)
     assert 1.6 < field["fwhm"] < 2.0  # ~7" FWHM on 4" pixels
-    det = points.detect_point_sources(field["image"], mask, field["b"], field["fwhm"])
+    det = detection.detect_point_sources(field["image"], mask, field["b"], field["fwhm"])
     assert list(det.columns[:4]) == ["x", "y", "flux", "significance"]
     truth = pd.DataFrame({"x": [s[0] for s in BRIGHT], "y": [s[1] for s in BRIGHT],
                           "flux": [expected_aperture_flux(field["psf"], field["rc"], field["fwhm"], s[2])
@@ -70,7 +71,7 @@ def test_detects_known_sources_with_positions_and_fluxes(field):
     assert np.all(det["significance"] >= 5.0)
     # local level: the background plus the source's own PSF wings in the annulus
     psf, rc, fw = field["psf"], field["rc"], field["fwhm"]
-    r_in, r_out = (a * fw * 4.0 for a in points.ANNULUS_FWHM)
+    r_in, r_out = (a * fw * 4.0 for a in detection.ANNULUS_FWHM)
     ee = lambda r: psf.enclosed_fraction(r, rc[0], resolution=rc[1])  # noqa: E731
     wings = (ee(r_out) - ee(r_in)) / (np.pi * (r_out**2 - r_in**2) / 16.0 * ee(psf.max_radius_arcsec))
     level = field["b"] + wings * np.array([BRIGHT[i][2] for i in pairs.truth_index])
@@ -81,7 +82,7 @@ def test_detects_known_sources_with_positions_and_fluxes(field):
     # the faint source (15 counts) is about 2.5 sigma; at 10x the flux it would be found
     assert np.min(np.hypot(det["x"] - FAINT[0], det["y"] - FAINT[1])) > 10
     brighter = field["image"] + 9 * source_image(field["psf"], field["rc"], 4.0, SHAPE, [FAINT], sub=5)
-    det10 = points.detect_point_sources(brighter, mask, field["b"], field["fwhm"])
+    det10 = detection.detect_point_sources(brighter, mask, field["b"], field["fwhm"])
     assert np.min(np.hypot(det10["x"] - FAINT[0], det10["y"] - FAINT[1])) < 0.5
 
 
@@ -105,21 +106,21 @@ def test_hallucinated_source_and_truth_against_itself(field):
 def test_empty_fields_masks_and_extended_emission(field):
     mask = np.ones(SHAPE, bool)
     b = field["b"]
-    assert len(points.detect_point_sources(np.full(SHAPE, b), mask, b, field["fwhm"])) == 0
+    assert len(detection.detect_point_sources(np.full(SHAPE, b), mask, b, field["fwhm"])) == 0
     # a vignetted background described exactly by the background map: no source either
     yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
     vign = b * (1.0 - 0.35 * ((xx - 40.0) ** 2 + (yy - 55.0) ** 2) / 96.0**2)
-    assert len(points.detect_point_sources(vign, mask, vign, field["fwhm"])) == 0
+    assert len(detection.detect_point_sources(vign, mask, vign, field["fwhm"])) == 0
     # nothing is detected where the mask is off (a source in a chip gap)
     gap = mask.copy()
     gap[:, 66:76] = False
-    det = points.detect_point_sources(field["image"], gap, b, field["fwhm"])
+    det = detection.detect_point_sources(field["image"], gap, b, field["fwhm"])
     assert len(det) == len(BRIGHT) - 2 and np.all((det["x"] < 64) | (det["x"] > 78))
     # a broad blob (sigma 8 px) is not a point source against its surroundings; against the flat
     # background alone it would be
     blob = b + 3.0 * b * np.exp(-((xx - 48.0) ** 2 + (yy - 48.0) ** 2) / (2 * 8.0**2))
-    assert len(points.detect_point_sources(blob, mask, b, field["fwhm"])) == 0
-    assert len(points.detect_point_sources(blob, mask, b, field["fwhm"], annulus_fwhm=None)) == 1
+    assert len(detection.detect_point_sources(blob, mask, b, field["fwhm"])) == 0
+    assert len(detection.detect_point_sources(blob, mask, b, field["fwhm"], annulus_fwhm=None)) == 1
 
 
 def test_match_sources_is_greedy_one_to_one():

@@ -14,6 +14,8 @@ from astropy.wcs import WCS
 from conftest import beta_sky
 
 import xmmsr
+from xmmsr.config import default_config
+from xmmsr.learn.gate import default_gate
 from xmmsr import __version__
 from xmmsr.cli import main
 from xmmsr.errors import InputError
@@ -115,7 +117,8 @@ def test_predict_sas_image_through_the_cli(task, model_files, tmp_path, capsys):
     counts, header = sas_counts(), sas_header()
     image = write_image(tmp_path / "in.fits", counts, header)
     out = tmp_path / "out.fits"
-    assert run(["predict", "--model", model_files[task], "--input", image, "--output", out]) == 0
+    # the network's output as it is (the source gate off): compared with the generator below
+    assert run(["predict", "--model", model_files[task], "--input", image, "--output", out, "--source-gate", 0]) == 0
     assert f"{task} prediction" in capsys.readouterr().out
     s = 2 if task == "sr" else 1
     with fits.open(out) as hdul:
@@ -125,7 +128,7 @@ def test_predict_sas_image_through_the_cli(task, model_files, tmp_path, capsys):
     assert (h["EXPOSURE"], h["BUNIT"], h["RESMULT"], h["MODTASK"]) == (TARGET_EXPOSURE, "count", s, task)
     assert h["INEXPOS"] == INPUT_EXPOSURE and h["MODINEXP"] == INPUT_EXPOSURE and h["NORMMETH"] == "asinh"
     assert h["CREATOR"] == f"xmmsr {__version__}" and "predict" in str(h["HISTORY"])
-    assert (h["TELESCOP"], h["OBS_ID"]) == ("XMM", "0123456789")
+    assert (h["TELESCOP"], h["OBS_ID"]) == ("XMM", "0123456789") and h["GATESIG"] == 0.0
 
     # values and orientation: the generator applied to the whole image, away from the padded edges
     model = load_model(model_files[task])
@@ -174,7 +177,10 @@ def test_predict_simulated_image(model_files, tmp_path):
             data, h = hdul[0].data, hdul[0].header
         assert data.shape == (counts.shape[0] * s, counts.shape[1] * s) and h["EXPOSURE"] == TARGET_EXPOSURE
         assert np.isfinite(data).all() and data.min() >= 0
-        np.testing.assert_allclose(data, predict_counts(load_model(model_files[task]), counts, 20000.0), rtol=1e-6)
+        gate = default_gate(s)   # xmmsr predict tests the predicted sources on the input by default
+        assert h["GATESIG"] == gate.sigma == default_config()["evaluate"]["source_gate_sigma"] > 0
+        np.testing.assert_allclose(data, predict_counts(load_model(model_files[task]), counts, 20000.0, gate=gate),
+                                   rtol=1e-6)
         px = np.array([10.0, 200.0, 390.0])
         assert_same_sky(header, h, s, px, px[::-1])
 

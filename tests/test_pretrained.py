@@ -7,6 +7,7 @@ import hashlib
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import torch
 from astropy.io import fits
@@ -96,9 +97,11 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
     from xmmsr.evaluate.release import TaskRun, write_release
 
     results = tiny_run / "results"
+    # the pixel-loss summary stands in for an adversarial model's: the card's layout is what is tested here
     runs = [TaskRun(task, results / f"models/{task}/model.pt", results / f"models/{task}/model.onnx",
                     results / f"models/{task}/history.csv", results / f"metrics/{task}/summary.csv",
-                    tiny_run / f"results/logs/train/{task}.log") for task in TASKS]
+                    tiny_run / f"results/logs/train/{task}.log", purity=results / f"metrics/{task}/purity.csv",
+                    adversarial=(results / f"metrics/{task}/summary.csv",) * 2) for task in TASKS]
     card = write_release(runs, results / "dataset/xmmsr_dataset.h5", "config.yaml + tests/data/tiny.yaml",
                          tmp_path / "release")
     for task in TASKS:
@@ -110,6 +113,12 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
                      "Known limits", "train samples", "PSNR sqrt vs truth [dB]"):
         assert fragment in text, fragment
     assert str(tiny_run) not in text  # no machine paths in a shipped file
+    assert text.count("Completeness at equal purity") == 2 and text.count("Adversarial loss:") == 2
+    purity = pd.read_csv(results / "metrics/dn/purity.csv").set_index("method")
+    row = purity.loc["model_gated"]
+    assert (f"| **model, sources tested on the input** | {row['threshold']:.1f} | {row['false_per_field']:.2f} | "
+            f"{row['completeness']:.2f} |") in text
+    assert "| pixel loss + adversarial (ESRGAN), sources tested on the input |" in text
     # facts of this run, not of the shipped one: its exposures, its sources' brightness range, its PSF
     assert "Inputs (2 ks) and targets (10 ks)" in text and "20 ks" not in text.split("## Intended use")[0]
     from xmmsr.config import load_config

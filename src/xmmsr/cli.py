@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import ConfigError, default_config, load_config
 from .errors import InputError, TngApiError
 from .instrument.model import PnInstrument
 
@@ -144,7 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         out = predict_file(args.model or shipped_model(args.task), args.input, args.output, args.device,
-                           args.exposure_map, args.uncertainty, args.draws, args.seed)
+                           args.exposure_map, args.uncertainty, args.draws, args.seed, args.source_gate)
     for w in caught:
         print(f"xmmsr predict: warning: {w.message}", file=sys.stderr)
     h = fits.getheader(out)
@@ -302,6 +302,16 @@ def _output_file(text: str) -> str:
     return text
 
 
+def _gate_sigma(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"needs a significance >= 0 (0: no gate), got {text}")
+    return value
+
+
 def _draws(text: str) -> int:
     try:
         value = int(text)
@@ -395,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(parametric bootstrap: Poisson inputs drawn from the prediction, predicted again)")
     p.add_argument("--draws", type=_draws, default=8, help="bootstrap draws of --uncertainty (>= 2, default 8)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap draws (default 0)")
+    p.add_argument("--source-gate", type=_gate_sigma, default=None, metavar="SIGMA",
+                   help="keep a compact source of the prediction only where the input's counts show it at this "
+                   "Poisson significance (default: evaluate.source_gate_sigma of the default config, "
+                   f"{default_config()['evaluate']['source_gate_sigma']:g}; 0: the network's output unchanged)")
     _overwrite_option(p)
     p.set_defaults(func=cmd_predict)
 

@@ -11,6 +11,7 @@ rule evaluate:
         json=f"{OUT}/metrics/{{task}}/summary.json",
         gallery=f"{OUT}/metrics/{{task}}/gallery.npz",
         sources=f"{OUT}/metrics/{{task}}/sources.csv",
+        purity=f"{OUT}/metrics/{{task}}/purity.csv",
     log:
         f"{OUT}/logs/evaluate/{{task}}.log",
     conda:
@@ -35,6 +36,7 @@ use rule evaluate as evaluate_adversarial with:
         json=f"{OUT}/metrics/{{task}}/adversarial/summary.json",
         gallery=f"{OUT}/metrics/{{task}}/adversarial/gallery.npz",
         sources=f"{OUT}/metrics/{{task}}/adversarial/sources.csv",
+        purity=f"{OUT}/metrics/{{task}}/adversarial/purity.csv",
     log:
         f"{OUT}/logs/evaluate/{{task}}_adversarial.log",
 
@@ -116,6 +118,8 @@ rule release:
         onnx=expand(f"{OUT}/models/{{task}}/model.onnx", task=config["train"]["tasks"]),
         histories=expand(f"{OUT}/models/{{task}}/history.csv", task=config["train"]["tasks"]),
         summaries=expand(f"{OUT}/metrics/{{task}}/summary.csv", task=config["train"]["tasks"]),
+        purity=expand(f"{OUT}/metrics/{{task}}/purity.csv", task=config["train"]["tasks"]),
+        adversarial=expand(f"{OUT}/metrics/{{task}}/adversarial/summary.csv", task=adversarial_tasks()),
         deblend=[f"{OUT}/metrics/sr/deblend.csv"] if "sr" in config["train"]["tasks"] else [],
     output:
         directory(f"{OUT}/release"),

@@ -86,6 +86,7 @@ use rule evaluate as evaluate_finetuned with:
         json=f"{OUT}/metrics/{{task}}/finetuned/summary.json",
         gallery=f"{OUT}/metrics/{{task}}/finetuned/gallery.npz",
         sources=f"{OUT}/metrics/{{task}}/finetuned/sources.csv",
+        purity=f"{OUT}/metrics/{{task}}/finetuned/purity.csv",
     log:
         f"{OUT}/logs/evaluate/{{task}}_finetuned.log",
 
@@ -108,6 +109,9 @@ rule release_finetuned:
         onnx=expand(f"{OUT}/models/{{task}}/finetuned.onnx", task=config["train"]["tasks"]),
         histories=expand(f"{OUT}/models/{{task}}/finetune_history.csv", task=config["train"]["tasks"]),
         summaries=expand(f"{OUT}/metrics/{{task}}/finetuned/summary.csv", task=config["train"]["tasks"]),
+        purity=expand(f"{OUT}/metrics/{{task}}/finetuned/purity.csv", task=config["train"]["tasks"]),
+        pixel_summaries=expand(f"{OUT}/metrics/{{task}}/summary.csv", task=adversarial_tasks()),
+        adversarial=expand(f"{OUT}/metrics/{{task}}/adversarial/summary.csv", task=adversarial_tasks()),
         real_scores=expand(f"{OUT}/metrics/{{task}}/real_thinned.csv", task=config["train"]["tasks"]),
         deblend=[f"{OUT}/metrics/sr/finetuned/deblend.csv"] if "sr" in config["train"]["tasks"] else [],
     output:

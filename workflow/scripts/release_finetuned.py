@@ -11,11 +11,14 @@ with logged_to(sm.log[0]):
     from xmmsr.io import atomic_directory
 
     deblend = Path(sm.input.deblend[0]) if sm.input.deblend else None
+    # the adversarial model continues the simulation-trained one: both summaries, by task (metrics/{task}/...)
+    adversarial = {Path(a).parents[1].name: (Path(p), Path(a))
+                   for p, a in zip(sm.input.pixel_summaries, sm.input.adversarial)}
     runs = [TaskRun(task, Path(model), Path(onnx), None, Path(summary), None, Path(history), Path(scores),
-                    deblend if task == "sr" else None)
-            for task, model, onnx, history, summary, scores in zip(sm.params.tasks, sm.input.models, sm.input.onnx,
-                                                                  sm.input.histories, sm.input.summaries,
-                                                                  sm.input.real_scores)]
+                    deblend if task == "sr" else None, Path(purity), adversarial.get(task))
+            for task, model, onnx, history, summary, scores, purity in zip(
+                sm.params.tasks, sm.input.models, sm.input.onnx, sm.input.histories, sm.input.summaries,
+                sm.input.real_scores, sm.input.purity)]
     with atomic_directory(sm.output[0]) as tmp:
         card = write_release(runs, Path(sm.input.dataset), sm.params.config_name, tmp)
     print(f"{sm.output[0]}: fine-tuned {', '.join(sm.params.tasks)} models and {card.name}")

@@ -6,7 +6,7 @@ a secondary ``ratio`` times fainter, east of it at a separation in units of the 
 expected images (the built-in
 simulator's noise-free images, background included) are drawn ``trials`` times as Poisson input
 images at the input exposure; each method's prediction is searched for point sources
-(:func:`xmmsr.evaluate.points.detect_point_sources` with a peak box of half a FWHM, so that the finder
+(:func:`xmmsr.detection.detect_point_sources` with a peak box of half a FWHM, so that the finder
 itself does not merge a pair that the image separates). A pair is *resolved* when two distinct
 detections lie within half the separation of the two true positions.
 """
@@ -25,7 +25,8 @@ from ..instrument.simulator import expected_background, expected_image
 from ..learn.checkpoint import TrainedModel
 from ..learn.predict import predict_counts
 from ..sky.model import POINT_COLUMNS, SkyModel, make_wcs
-from . import baselines, points
+from .. import detection
+from . import baselines
 
 METHODS = ("input", "richardson_lucy", "model", "truth")
 CUTOUT_HALF_PX = 16       # 1x pixels: each pair is scored in a 32 x 32 (1x) / 64 x 64 (2x) cutout
@@ -109,7 +110,7 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
     and ``truth`` (the noise-free 2x image at the target exposure; one draw)."""
     if model.upscale != 2:
         raise ValueError(f"de-blending scores an SR model; got a {model.task} model")
-    fwhm = {r: points.psf_fwhm_px(instrument, r) for r in (1, 2)}
+    fwhm = {r: detection.psf_fwhm_px(instrument, r) for r in (1, 2)}
     fwhm_arcsec = fwhm[1] * instrument.geometry.image_grid(1).pixel_arcsec
     separations = np.asarray(separations_fwhm, dtype=np.float64) * fwhm_arcsec
     psf_1x_on_2x, psf_2x = baselines.psf_kernel(instrument, 1, grid_resolution=2), baselines.psf_kernel(instrument, 2)
@@ -144,6 +145,6 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
 
 def _is_resolved(image: np.ndarray, mask: np.ndarray, background: np.ndarray, fwhm_px: float, nsigma: float,
                  positions: np.ndarray, separation_arcsec: float, instrument: PnInstrument, resolution: int) -> bool:
-    detections = points.detect_point_sources(image, mask, background, fwhm_px, nsigma, peak_box_fwhm=PEAK_BOX_FWHM)
+    detections = detection.detect_point_sources(image, mask, background, fwhm_px, nsigma, peak_box_fwhm=PEAK_BOX_FWHM)
     radius = 0.5 * separation_arcsec / instrument.geometry.image_grid(resolution).pixel_arcsec
     return resolved(detections, positions, radius)

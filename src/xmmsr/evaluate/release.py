@@ -51,6 +51,8 @@ class TaskRun:
     finetune_history: Path | None = None   # a fine-tuned model: its fine-tuning history ...
     real_scores: Path | None = None        # ... and its scores on the held-out real images (score_real)
     deblend: Path | None = None            # SR: the de-blending table (rule deblend)
+    purity: Path | None = None             # completeness at equal purity (evaluate's purity.csv)
+    adversarial: tuple[Path, Path] | None = None  # summaries of the pixel-loss model and its adversarial continuation
 
 
 def _sha256(path: Path) -> str:
@@ -256,6 +258,8 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
                 f"has none, i.e. hallucinated) and data consistency (the prediction forward-modelled to the {t_in} "
                 "input; the truth's value is the noise level):", ""]
         out += _table(summary, "all", "all", tables.CARD_POINTS)
+        if run.purity is not None:
+            out += _purity(run.purity)
         out += _uncertainty(summary)
         for kind in sorted(summary[summary["group"] == "kind"]["value"].astype(str).unique()):
             n = summary[(summary["group"] == "kind") & (summary["value"].astype(str) == kind)
@@ -264,6 +268,8 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
             out += _table(summary, "kind", kind, tables.CARD_KINDS)
         if run.deblend is not None:
             out += _deblending(run.deblend, t_in)
+        if run.adversarial is not None:
+            out += _adversarial(*run.adversarial)
         out += _measured_limits(run.task, summary) + [""]
     first = next(iter(models.values()))
     real_names = sorted({name for m in models.values()
@@ -307,6 +313,49 @@ def _uncertainty(summary: pd.DataFrame) -> list[str]:
     return ["", f"Per-pixel uncertainty (`xmmsr predict --uncertainty`: a parametric bootstrap): the truth lies "
             f"within ±1σ in {c68:.0%} of the pixels (nominal 68 %) and within ±2σ in {c95:.0%} (nominal 95 %), "
             f"medians over the test images: {verdict}."]
+
+
+def _purity(path: Path) -> list[str]:
+    """Completeness at equal purity: each method's detection threshold raised until it has at most the
+    goal's false sources per field (:func:`xmmsr.evaluate.points.purity_table`)."""
+    table = pd.read_csv(path)
+    if table.empty:
+        return []
+    goal, n = float(table["false_per_field_goal"].iloc[0]), int(table["n_fields"].iloc[0])
+    out = ["", f"Completeness at equal purity: each method's detection threshold (significance at the target "
+           f"exposure, never below the default) raised until it invents at most {goal:g} sources per field over "
+           f"the {n} test fields; a method that invents sources loses the faint true ones with them:", "",
+           "| method | threshold [σ] | false sources per field | completeness | at the default threshold: false "
+           "per field | completeness |", "|---|---|---|---|---|---|"]
+    rows = table.set_index("method")
+    for method in methods.ordered(rows.index):
+        r = rows.loc[method]
+        name = methods.label(method)
+        out.append(f"| {f'**{name}**' if methods.role(method) == 'model' else name} | {r['threshold']:.1f} | "
+                   f"{r['false_per_field']:.2f} | {r['completeness']:.2f} | {r['false_per_field_at_nsigma']:.2f} | "
+                   f"{r['completeness_at_nsigma']:.2f} |")
+    return out
+
+
+ADVERSARIAL_METRICS = ("psnr_sqrt_vs_expected", "ssim_sqrt_vs_expected", "deviance_vs_expected", "completeness",
+                       "n_false", "median_flux_ratio", "consistency_deviance")
+
+
+def _adversarial(pixel_summary: Path, adversarial_summary: Path) -> list[str]:
+    """The pixel-loss model beside its adversarial continuation (both evaluated on the test split)."""
+    rows = []
+    for name, path in (("pixel loss", pixel_summary), ("pixel loss + adversarial (ESRGAN)", adversarial_summary)):
+        summary = tables.read_summary(path)
+        for method, suffix in (("model", ""), ("model_gated", ", sources tested on the input")):
+            values = [tables.median(summary, method, m) for m in ADVERSARIAL_METRICS]
+            if any(np.isfinite(v) for v in values):
+                rows.append(f"| {name}{suffix} | " + " | ".join(
+                    "–" if not np.isfinite(v) else tables.METRICS[m].fmt.format(v)
+                    for m, v in zip(ADVERSARIAL_METRICS, values)) + " |")
+    return ["", "Adversarial loss: the simulation-trained pixel-loss model continued with ESRGAN's relativistic "
+            "average GAN term (rule `train_adversarial`; not shipped, shown so that users can choose), both on the "
+            "test split:", "", "| model | " + " | ".join(tables.METRICS[m].label for m in ADVERSARIAL_METRICS) + " |",
+            "|---" * (len(ADVERSARIAL_METRICS) + 1) + "|", *rows]
 
 
 def _deblending(path: Path, t_in: str) -> list[str]:

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import __version__, metrics
+from .. import __version__, detection, metrics
 from ..instrument.model import PnInstrument
 from ..instrument.simulator import offaxis_arcmin
 from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.data import PairDataset, open_dataset
-from ..learn.predict import predict_counts, predict_uncertainty
+from ..learn.gate import SourceGate, gate_sources
+from ..learn.predict import conserve_total, predict_counts, predict_uncertainty
 from ..progress import progress
 from . import baselines, consistency, methods, points
 
@@ -59,13 +60,20 @@ def masked_mse(pred: np.ndarray, target: tuple[np.ndarray, np.ndarray]) -> float
     return float(np.mean(np.square(pred[mask] - expected[mask])))
 
 
-def predictions(model: TrainedModel, frame: dict[str, Any], settings: methods.Settings) -> dict[str, np.ndarray]:
+def predictions(model: TrainedModel, frame: dict[str, Any], settings: methods.Settings,
+                gate: SourceGate | None = None) -> dict[str, np.ndarray]:
     """Every method's expected counts per output pixel at the target exposure for one frame: the
-    registered baselines of the model's task, the model and the truth."""
+    registered baselines of the model's task, the model, the model with its source gate (``gate``) and
+    the truth."""
     out = methods.predict_baselines(model.task, frame["input"], frame["exposure_input"], frame["exposure_target"],
                                     model.upscale, settings)
     out["model"] = predict_counts(model, frame["input"], frame["exposure_input"],
                                   footprint=frame["mask_input"]).astype(np.float64)
+    if gate is not None:
+        gated = gate_sources(out["model"], frame["input"], frame["exposure_input"], model.target_exposure_s,
+                             model.upscale, gate, frame["mask_input"])[0]
+        out["model_gated"] = conserve_total(gated, frame["input"], frame["exposure_input"],
+                                            model.target_exposure_s).astype(np.float64)
     out["truth"] = frame["expected"]
     return out
 
@@ -79,8 +87,10 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     pixel_arcsec = instrument.geometry.image_grid(s).pixel_arcsec
     psf_out = baselines.psf_kernel(instrument, s)
     psf_1x_out = baselines.psf_kernel(instrument, 1, grid_resolution=s)
-    fwhm_px = points.psf_fwhm_px(instrument, s)
+    fwhm_px = detection.psf_fwhm_px(instrument, s)
     kernel = consistency.degradation_kernel(instrument, s)
+    gate = (SourceGate(float(eval_cfg["source_gate_sigma"]), detection.psf_fwhm_px(instrument, 1), fwhm_px)
+            if eval_cfg["source_gate_sigma"] > 0 else None)
     with open_dataset(dataset) as h5:
         meta = h5["meta"][:]
         dataset_info = {"config_hash": str(h5.attrs["config_hash"]), "software": str(h5.attrs["software"]),
@@ -110,7 +120,7 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
             info = {"task": task, "sample": frame["index"], "kind": KIND_LABELS[m["kind"].decode()],
                     "source_id": int(m["source_id"]), "model_kind": m["model"].decode(),
                     "source_counts": source_counts}
-            preds = predictions(model, frame, settings)
+            preds = predictions(model, frame, settings, gate)
             coverage = {}
             if eval_cfg["uncertainty_draws"] >= 2:
                 sigma = predict_uncertainty(model, frame["input"], frame["exposure_input"], eval_cfg["uncertainty_draws"],
@@ -120,7 +130,7 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                                                                        frame["mask_target"], k)
                             for p, k in (("68", 1.0), ("95", 2.0))}
             nsigma = eval_cfg["detection_nsigma"]
-            truth_sources = points.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm_px, nsigma)
+            truth_sources = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm_px, nsigma)
             for method, pred in preds.items():
                 row = {**info, "method": method}
                 row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
@@ -161,6 +171,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     sources = (pd.concat(source_rows, ignore_index=True) if source_rows
                else pd.DataFrame(columns=["sample", "kind", "method", *points.SOURCE_COLUMNS]))
     write_csv(sources[["sample", "kind", "method", *points.SOURCE_COLUMNS]], out / "sources.csv")
+    write_csv(points.purity_table(sources, int(table["sample"].nunique()), eval_cfg["detection_nsigma"]),
+              out / "purity.csv")
     write_csv(summary, out / "summary.csv")
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps({"provenance": provenance, "overall": overall.to_dict(orient="records")},

@@ -28,6 +28,7 @@ from .. import __version__
 from ..errors import InputError
 from ..io import atomic_path, gti_extensions, open_fits, write_fits_atomic
 from .checkpoint import TrainedModel, load_model
+from .gate import SourceGate, default_gate, default_sigma, gate_sources
 from .device import auto_device_type, mps_available
 from .model import Architecture
 
@@ -80,12 +81,14 @@ def _spans(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
 
 
 def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float | np.ndarray, tile: int = 512,
-                   overlap: int = 32, conserve_flux: bool = True, footprint: np.ndarray | None = None) -> np.ndarray:
+                   overlap: int = 32, conserve_flux: bool = True, footprint: np.ndarray | None = None,
+                   gate: SourceGate | None = None) -> np.ndarray:
     """Expected counts per output pixel at ``model.target_exposure_s`` for a 1x-grid count image.
 
     ``footprint``: the 1x pixels with data (exposure on an active detector pixel); the prediction is 0
     elsewhere (the network, which does not see the mask, would spread counts into chip gaps and beyond
-    the detector). With ``conserve_flux`` (the default) the prediction is then scaled so that its total
+    the detector). ``gate``: remove the compact sources the input does not support
+    (:func:`~xmmsr.learn.gate.gate_sources`) before the flux conservation. With ``conserve_flux`` (the default) the prediction is then scaled so that its total
     equals the input's counts scaled to the target exposure (pixel by pixel with ``exposure_s``): the
     unbiased estimate of the total expected counts, whose Poisson error is 1/sqrt(counts) (1 % for
     10^4 counts). The network redistributes the counts; it does not create or lose them
@@ -134,6 +137,9 @@ def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float | 
         if inside.shape != image.shape:
             raise ValueError(f"footprint shape {inside.shape} differs from the image's {image.shape}")
         expected[~np.repeat(np.repeat(inside, s, axis=0), s, axis=1)] = 0.0
+    if gate is not None:
+        expected = gate_sources(expected, image, seconds if per_pixel else float(exposure_s),
+                                float(model.target_exposure_s), s, gate, footprint)[0]
     if conserve_flux:
         conserve_total(expected, image, seconds if per_pixel else float(exposure_s), float(model.target_exposure_s))
     return expected
@@ -301,8 +307,12 @@ def _upscale_wcs(header: fits.Header, s: int) -> None:
 
 def predict_file(model_path: str | Path, input_path: str | Path, output_path: str | Path,
                  device: str = "auto", exposure_map: str | Path | None = None,
-                 uncertainty_path: str | Path | None = None, draws: int = 8, seed: int = 0) -> Path:
+                 uncertainty_path: str | Path | None = None, draws: int = 8, seed: int = 0,
+                 source_gate: float | None = None) -> Path:
     """Predict on a FITS count image and write the float32 result atomically; returns ``output_path``.
+    ``source_gate``: the input support (Poisson significance) a compact source of the prediction needs
+    (:mod:`xmmsr.learn.gate`; None: the default configuration's ``evaluate.source_gate_sigma``); 0 keeps
+    the network's output as it is.
     ``uncertainty_path``: also write the per-pixel 1-sigma uncertainty (:func:`predict_uncertainty`,
     ``draws`` bootstrap draws from ``seed``) with the prediction's header.
 
@@ -327,16 +337,20 @@ def predict_file(model_path: str | Path, input_path: str | Path, output_path: st
     seconds = per_pixel.seconds if per_pixel.source != "EXPOSURE" else exposure
     # the pixels with exposure (an exposure map, or CCDs with on-time); a uniform EXPOSURE tells none
     footprint = per_pixel.seconds > 0.01 * float(per_pixel.seconds.max()) if per_pixel.source != "EXPOSURE" else None
+    source_gate = default_sigma() if source_gate is None else float(source_gate)
+    gate = default_gate(model.upscale, source_gate) if source_gate > 0 else None
     result = predict_counts(model, counts, seconds, overlap=max(32, receptive_radius(model.architecture)),
-                            footprint=footprint)
+                            footprint=footprint, gate=gate)
     if not np.isfinite(result).all():
         raise InputError(model_path, "weights", "the model produced non-finite values on this image",
                          "check the training run; the model has diverged")
     hdr = output_header(header, model, exposure, model_path.name, input_path.name)
     hdr["EXPSRC"] = (per_pixel.source, "input exposure per pixel taken from")
+    hdr["GATESIG"] = (float(source_gate), "input support of predicted sources (0: no gate)")
     if uncertainty_path is not None:
         sigma = predict_uncertainty(model, counts, seconds, draws, seed, prediction=result,
-                                    overlap=max(32, receptive_radius(model.architecture)), footprint=footprint)
+                                    overlap=max(32, receptive_radius(model.architecture)), footprint=footprint,
+                                    gate=gate)
         sigma_hdr = hdr.copy()
         sigma_hdr["BUNIT"] = ("count", "1-sigma uncertainty of the expected counts per pixel")
         sigma_hdr["UNCMETH"] = ("parametric bootstrap", "Poisson inputs drawn from the prediction, re-predicted")

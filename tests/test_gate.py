@@ -1,0 +1,89 @@
+"""The source gate: a predicted source is kept only where the input counts support it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.signal import fftconvolve
+
+from xmmsr import detection
+from xmmsr.learn.gate import SourceGate, default_gate, gate_sources, poisson_significance
+
+EXP_INPUT, EXP_TARGET = 20e3, 100e3
+SHAPE = (80, 80)
+LEVEL = 0.5           # background counts per pixel at the target exposure
+REAL = (24.0, 30.0)   # a source the input shows
+FAKE = (56.0, 50.0)   # a bump the input does not show
+
+
+def _psf_image(instrument, sources: list[tuple[float, float, float]]) -> np.ndarray:
+    sky = np.zeros(SHAPE)
+    for x, y, f in sources:
+        sky[int(y), int(x)] += f
+    kernel = instrument.psf.kernel(4.0, instrument.aim_offaxis_arcmin, resolution=1)
+    return fftconvolve(sky, kernel, mode="same")
+
+
+def test_poisson_significance_matches_the_poisson_tail():
+    n = np.array([0.0, 3.0, 8.0, 20.0, 5.0])
+    b = np.array([1.0, 1.0, 2.0, 5.0, 6.0])
+    z = poisson_significance(n, b)
+    want = stats.norm.isf(stats.poisson.sf(n - 1, b))
+    above = n > b
+    np.testing.assert_allclose(z[above], want[above], rtol=1e-6)
+    assert np.all(z[~above] == 0.0)
+    assert poisson_significance(np.array([30.0]), np.array([5.0]))[0] > poisson_significance(
+        np.array([12.0]), np.array([5.0]))[0] > 2.0
+
+
+def test_gate_removes_the_unsupported_source_and_keeps_the_real_one(instrument):
+    gate = default_gate(1, 4.0, instrument)
+    prediction = LEVEL + _psf_image(instrument, [(*REAL, 400.0), (*FAKE, 400.0)])
+    # the input: background and only the real source, at the input exposure (its expectation: no noise,
+    # so the test's verdicts do not depend on a draw)
+    counts = (LEVEL + _psf_image(instrument, [(*REAL, 400.0)])) * EXP_INPUT / EXP_TARGET
+    gated, table = gate_sources(prediction, counts, EXP_INPUT, EXP_TARGET, 1, gate)
+    assert len(table) == 2
+    real = table.loc[(table["x"] - REAL[0]).abs() < 1.5]
+    fake = table.loc[(table["x"] - FAKE[0]).abs() < 1.5]
+    assert bool(real["kept"].iloc[0]) and not bool(fake["kept"].iloc[0])
+    assert float(real["input_sigma"].iloc[0]) > 5.0 and float(fake["input_sigma"].iloc[0]) < 1.0
+    assert gated.dtype == np.float32 and np.all(gated <= prediction.astype(np.float32) + 1e-6)  # never raised
+    y, x = int(REAL[1]), int(REAL[0])
+    np.testing.assert_allclose(gated[y - 5:y + 6, x - 5:x + 6], prediction[y - 5:y + 6, x - 5:x + 6], rtol=1e-6)
+    y, x = int(FAKE[1]), int(FAKE[0])
+    # the bump is clipped at its surroundings (the annulus level: background and the PSF wings' share)
+    assert gated[y, x] <= float(fake["level"].iloc[0]) + 1e-6 and gated[y, x] < 0.1 * prediction[y, x]
+    again = detection.detect_point_sources(gated, np.ones(SHAPE, bool), LEVEL, gate.fwhm_out_px, 5.0)
+    assert len(again) == 1 and abs(again["x"].iloc[0] - REAL[0]) < 1.0
+
+
+def test_gate_sigma_zero_keeps_everything_and_footprint_limits_candidates(instrument):
+    prediction = LEVEL + _psf_image(instrument, [(*REAL, 400.0), (*FAKE, 400.0)])
+    counts = np.full(SHAPE, LEVEL * EXP_INPUT / EXP_TARGET)
+    gated, table = gate_sources(prediction, counts, EXP_INPUT, EXP_TARGET, 1, default_gate(1, 0.0, instrument))
+    assert len(table) == 2 and table["kept"].all()
+    np.testing.assert_array_equal(gated, prediction.astype(np.float32))
+    footprint = np.ones(SHAPE, bool)
+    footprint[:, 40:] = False   # the fake source's side has no data
+    _, table = gate_sources(prediction, counts, EXP_INPUT, EXP_TARGET, 1, default_gate(1, 0.0, instrument), footprint)
+    assert len(table) == 1
+
+
+def test_gate_on_the_2x_grid_tests_the_1x_input(instrument):
+    gate = default_gate(2, 4.0, instrument)
+    assert gate.fwhm_out_px > 0 and gate.fwhm_1x_px > 0
+    fine = np.kron(LEVEL + _psf_image(instrument, [(*REAL, 400.0), (*FAKE, 400.0)]), np.ones((2, 2))) / 4.0
+    counts = (LEVEL + _psf_image(instrument, [(*REAL, 400.0)])) * EXP_INPUT / EXP_TARGET
+    gated, table = gate_sources(fine, counts, EXP_INPUT, EXP_TARGET, 2, gate)
+    kept = table.loc[table["kept"]]
+    assert len(kept) == 1 and abs(kept["x"].iloc[0] / 2 - REAL[0]) < 1.0
+    assert (~table["kept"]).sum() == 1
+
+
+def test_gate_settings_are_checked():
+    with pytest.raises(ValueError, match="source gate"):
+        SourceGate(-1.0, 1.7, 1.7)
+    with pytest.raises(ValueError, match="source gate"):
+        SourceGate(3.0, 0.0, 1.7)
