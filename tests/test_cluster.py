@@ -133,9 +133,9 @@ def _submitted(state: Path) -> dict[str, list[str]]:
 
 
 def test_site_slurm_profile_with_a_gpu_partition_override(tiny_run, tmp_path):
-    """The tiny run, one shard image and the models redone through a site's generic Slurm profile and a fake
-    Slurm, the GPU partition named on the command line: every rule keeps its memory, time and GPUs, and the
-    bytes are the local run's."""
+    """The tiny run, one shard image, the training set and the DN model redone through a site's generic Slurm
+    profile and a fake Slurm, the GPU partition named on the command line: every rule keeps its memory, time
+    and GPUs, and the bytes are the local run's."""
     workdir = copy_run(tiny_run, tmp_path / "work")
     for stale in ("events/agn/shard0000/10ks_1x", "images/agn/shard0000/10ks_1x.fits", "dataset/xmmsr_dataset.h5",
                   "models", "checkpoints"):
@@ -143,7 +143,7 @@ def test_site_slurm_profile_with_a_gpu_partition_override(tiny_run, tmp_path):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     profile = _site_profile(tmp_path / "slurm")
     state, env = _fake_slurm_env(tmp_path)
-    proc = start(workdir, "results/models/dn/model.pt", "results/models/sr/model.pt", "--profile", str(profile),
+    proc = start(workdir, "results/models/dn/model.pt", "--profile", str(profile),
                  "--set-resources", "train:slurm_partition=a100", "--jobs", "4",
                  "--slurm-init-seconds-before-status-checks", "1", "--configfile", str(TINY), env=env)
     out, _ = proc.communicate(timeout=600)
@@ -151,7 +151,7 @@ def test_site_slurm_profile_with_a_gpu_partition_override(tiny_run, tmp_path):
 
     submitted = _submitted(state)
     assert sorted((rule, len(calls)) for rule, calls in submitted.items()) == [
-        ("bin", 1), ("pack", 1), ("simulate", 1), ("train", 2)]
+        ("bin", 1), ("pack", 1), ("simulate", 1), ("train", 1)]
     for call in submitted["simulate"] + submitted["bin"] + submitted["pack"]:
         assert f"-A {fake_slurm.ACCOUNT}" in call and "-p cpu" in call and "--gpus" not in call
         assert "--ntasks=1" in call and "--cpus-per-task=1" in call
@@ -162,12 +162,10 @@ def test_site_slurm_profile_with_a_gpu_partition_override(tiny_run, tmp_path):
         assert "--gpus=1" in call and "--cpus-per-gpu=8" in call and "-p a100" in call
         assert "-t 1440" in call and "--mem 64000" in call and f"-A {fake_slurm.ACCOUNT}" in call
     steps = fake_slurm.srun_calls(state)
-    assert len(steps) == 5 and all("-n1" in args for args in steps)  # one job step per job
+    assert len(steps) == 4 and all("-n1" in args for args in steps)  # one job step per job
 
     assert data_files(workdir) == data_files(tiny_run)  # the cluster remade the same bytes
-    for task in ("dn", "sr"):
-        model = torch.load(workdir / f"results/models/{task}/model.pt", weights_only=True)
-        assert model["task"] == task
+    assert torch.load(workdir / "results/models/dn/model.pt", weights_only=True)["task"] == "dn"
 
 
 def test_jobs_past_their_memory_or_time_are_resubmitted_bigger(tiny_run, tmp_path):

@@ -181,7 +181,7 @@ def test_one_registry_names_every_method_and_drops_none(tiny_run):
     for task in ("dn", "sr"):
         scored = set(pd.read_csv(tiny_run / f"results/metrics/{task}/per_image.csv")["method"])
         assert scored <= set(methods.REGISTRY), scored - set(methods.REGISTRY)
-        assert {m.name for m in methods.baselines_for(task)} | {"model", "truth"} == scored
+        assert {m.name for m in methods.baselines_for(task)} | {"model", "model_gated", "truth"} == scored
     assert methods.ordered(["model", "my_method", "input"]) == ["input", "model", "my_method"]
     assert methods.label("my_method") == "my_method" and methods.role("my_method") == "model"
 

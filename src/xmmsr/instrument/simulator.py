@@ -29,12 +29,21 @@ from .model import PATTERN_GOOD_MAX, PnInstrument
 from .psf import PsfModel
 from .response import SpectralResponse
 
+# the exponents (of u, of v) of the columns of _pixel_to_detector's cubic design matrix
+CUBIC_POWERS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2), (3, 0), (2, 1), (1, 2), (0, 3))
+
+
 def _pixel_to_detector(sky: SkyModel, frame: Pointing, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Detector position (arcsec) of sky-model pixel centres.
 
     The exact WCS + gnomonic transformation is evaluated on a coarse lattice and a cubic polynomial in
     pixel coordinates is fitted to it (TAN-to-TAN over a pn field is smooth to far below 0.01"); the
     fit is checked on the lattice and the exact transformation used where it is not good enough.
+    The polynomial is evaluated separably: per sky row, its coefficients in the column coordinate
+    (rows x 4), then either the whole map by one matrix product (most pixels asked for) or four
+    products per pixel (sparse skies): a 1800^2 sky in about 0.2 s where a 10-column design matrix
+    per pixel took 2.5 s. The sums run in another order than the design matrix's, so positions differ
+    from it by < 1e-12 arcsec.
     """
     ny, nx = sky.image.shape
     lattice_x = np.unique(np.linspace(0, nx - 1, min(nx, 24)).round())
@@ -52,8 +61,20 @@ def _pixel_to_detector(sky: SkyModel, frame: Pointing, cols: np.ndarray, rows: n
     worst = max(float(np.abs(basis @ c - e).max()) for c, e in zip(coeffs, exact))
     if worst > 1e-3:  # arcsec; very large or strongly distorted sky models
         return frame.to_detector(*frame.tangent(*sky.wcs.wcs_pix2world(cols.astype(float), rows.astype(float), 0)))
-    full = design(cols.astype(np.float64), rows.astype(np.float64))
-    return full @ coeffs[0], full @ coeffs[1]
+    u_powers = ((np.arange(nx) - u0) / su)[:, None] ** np.arange(4)   # (nx, 4): u^0 .. u^3 per column
+    v_powers = ((np.arange(ny) - v0) / sv)[:, None] ** np.arange(4)   # (ny, 4)
+    dense = rows.size > 0.3 * nx * ny
+    out = []
+    for c in coeffs:
+        a = np.zeros((4, 4))   # a[i, j] multiplies u^i v^j
+        for (i, j), value in zip(CUBIC_POWERS, c):
+            a[i, j] = value
+        per_row = v_powers @ a.T   # (ny, 4): the polynomial's coefficients in u on each row
+        if dense:
+            out.append((per_row @ u_powers.T).ravel()[rows * nx + cols])
+        else:
+            out.append(np.einsum("ni,ni->n", per_row[rows], u_powers[cols]))
+    return out[0], out[1]
 
 
 @dataclass(frozen=True)
