@@ -53,8 +53,9 @@ def test_gate_removes_the_unsupported_source_and_keeps_the_real_one(instrument):
     y, x = int(REAL[1]), int(REAL[0])
     np.testing.assert_allclose(gated[y - 5:y + 6, x - 5:x + 6], prediction[y - 5:y + 6, x - 5:x + 6], rtol=1e-6)
     y, x = int(FAKE[1]), int(FAKE[0])
-    # the bump is clipped at its surroundings (the annulus level: background and the PSF wings' share)
-    assert gated[y, x] <= float(fake["level"].iloc[0]) + 1e-6 and gated[y, x] < 0.1 * prediction[y, x]
+    # the bump is clipped at its surroundings (a surface fitted to the annulus: the background and the PSF
+    # wings there), not dug into a hole
+    assert LEVEL <= gated[y, x] < 0.1 * prediction[y, x]
     again = detection.detect_point_sources(gated, np.ones(SHAPE, bool), LEVEL, gate.fwhm_out_px, 5.0)
     assert len(again) == 1 and abs(again["x"].iloc[0] - REAL[0]) < 1.0
 
@@ -87,3 +88,20 @@ def test_gate_settings_are_checked():
         SourceGate(-1.0, 1.7, 1.7)
     with pytest.raises(ValueError, match="source gate"):
         SourceGate(3.0, 0.0, 1.7)
+
+
+def test_a_ripple_on_a_bright_core_is_removed_and_a_source_on_it_kept(instrument):
+    """A bump on the curved core of a bright cluster stands out from the annulus mean below it; the gate
+    measures it against the core's own surface, so only a bump the input shows survives."""
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    core = LEVEL + 40.0 * (1 + ((xx - 40.0) ** 2 + (yy - 40.0) ** 2) / 15.0 ** 2) ** -1.5
+    ripple, source = (46.0, 40.0), (34.0, 40.0)   # both on the core's slope, 6 pixels from its centre
+    prediction = core + _psf_image(instrument, [(*ripple, 1000.0), (*source, 1000.0)])
+    counts = (core + _psf_image(instrument, [(*source, 1000.0)])) * EXP_INPUT / EXP_TARGET
+    gated, table = gate_sources(prediction, counts, EXP_INPUT, EXP_TARGET, 1, default_gate(1, 3.0, instrument))
+    at = {name: table.loc[np.hypot(table["x"] - p[0], table["y"] - p[1]) < 1.5] for name, p in
+          (("ripple", ripple), ("source", source))}
+    assert len(at["ripple"]) == 1 and len(at["source"]) == 1
+    assert not bool(at["ripple"]["kept"].iloc[0]) and bool(at["source"]["kept"].iloc[0])
+    y, x = int(ripple[1]), int(ripple[0])
+    assert abs(gated[y, x] - core[y, x]) < 0.05 * core[y, x]   # clipped back to the core, no hole

@@ -103,6 +103,27 @@ def test_hallucinated_source_and_truth_against_itself(field):
     assert out["median_flux_ratio"] == pytest.approx(0.5, abs=0.05)
 
 
+def test_a_source_at_the_mask_edge_is_neither_found_nor_false(field):
+    """A true source just inside the mask's edge is left out of the truth (edge cut); the prediction's peak,
+    a pixel further in, passes the cut: it is the edge source, not a hallucination."""
+    b, fwhm = field["b"], field["fwhm"]
+    mask = np.ones(SHAPE, bool)
+    mask[:, 59:] = False          # the source at x = 58 lies within one FWHM of the edge at x = 58.5
+    truth_image = b + source_image(field["psf"], field["rc"], 4.0, SHAPE, [(58.0, 40.0, 800.0)], sub=5)
+    pred = b + source_image(field["psf"], field["rc"], 4.0, SHAPE, [(56.6, 40.0, 800.0)], sub=5)
+    truth = detection.detect_point_sources(truth_image, mask, b, fwhm)
+    anywhere = detection.detect_point_sources(truth_image, mask, b, fwhm, edge_fwhm=0.0)
+    assert len(truth) == 0 and len(anywhere) == 1
+    plain, _ = points.score_and_list(truth, pred, mask, b, fwhm, 4.0)
+    assert plain["n_detected"] == 1 and plain["n_false"] == 1
+    scored, rows = points.score_and_list(truth, pred, mask, b, fwhm, 4.0, edge_truth=anywhere)
+    assert scored["n_detected"] == 0 and scored["n_false"] == 0 and rows.empty
+    # a hallucination elsewhere stays false
+    extra = pred + source_image(field["psf"], field["rc"], 4.0, SHAPE, [(30.2, 40.0, 800.0)], sub=5)
+    scored, _ = points.score_and_list(truth, extra, mask, b, fwhm, 4.0, edge_truth=anywhere)
+    assert scored["n_false"] == 1
+
+
 def test_empty_fields_masks_and_extended_emission(field):
     mask = np.ones(SHAPE, bool)
     b = field["b"]

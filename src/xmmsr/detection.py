@@ -67,7 +67,7 @@ COLUMNS = ("x", "y", "flux", "significance", "level")
 def detect_point_sources(image: np.ndarray, mask: np.ndarray, background: np.ndarray | float,
                          psf_fwhm_px: float, nsigma: float = NSIGMA, *,
                          annulus_fwhm: tuple[float, float] | None = ANNULUS_FWHM,
-                         peak_box_fwhm: float = PEAK_BOX_FWHM) -> pd.DataFrame:
+                         peak_box_fwhm: float = PEAK_BOX_FWHM, edge_fwhm: float = EDGE_FWHM) -> pd.DataFrame:
     """Point sources in an expected-counts map (see the module docstring for the method).
 
     ``image``: expected counts per pixel at the target exposure; ``mask``: pixels to use (True/1);
@@ -75,7 +75,8 @@ def detect_point_sources(image: np.ndarray, mask: np.ndarray, background: np.nda
     ``psf_fwhm_px``: PSF FWHM in pixels of this grid. Returns a DataFrame with columns ``x``, ``y``
     (0-based pixel coordinates, x along columns), ``flux`` (aperture counts minus local level),
     ``significance`` and ``level`` (the local level per pixel), sorted by decreasing flux.
-    ``peak_box_fwhm``: half-size of the local-maximum box in FWHM (smaller separates closer pairs).
+    ``peak_box_fwhm``: half-size of the local-maximum box in FWHM (smaller separates closer pairs);
+    ``edge_fwhm``: the least distance of a source from the mask's edge in FWHM (0: anywhere in the mask).
     """
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
@@ -96,7 +97,8 @@ def detect_point_sources(image: np.ndarray, mask: np.ndarray, background: np.nda
     # 1-2: candidates, local maxima of the smoothed excess, away from the mask edge
     smoothed = ndimage.gaussian_filter(data - bdata, SMOOTH_FWHM * fwhm / np.sqrt(8.0 * np.log(2.0)),
                                        mode="constant")
-    inner = ndimage.binary_erosion(m, structure=_disk(max(EDGE_FWHM * fwhm, 1.0)) > 0, border_value=0)
+    inner = (ndimage.binary_erosion(m, structure=_disk(max(edge_fwhm * fwhm, 1.0)) > 0, border_value=0)
+             if edge_fwhm > 0 else m)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoDetectionsWarning)
         peaks = find_peaks(smoothed, 0.0, box_size=2 * int(np.ceil(peak_box_fwhm * fwhm)) + 1, mask=~m)

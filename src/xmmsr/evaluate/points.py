@@ -111,14 +111,21 @@ SOURCE_COLUMNS = ("source", "x", "y", "flux", "significance", "offaxis_arcmin", 
 
 def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, background: np.ndarray | float,
                    psf_fwhm_px: float, pixel_arcsec: float, nsigma: float = NSIGMA,
-                   offaxis_arcmin: np.ndarray | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+                   offaxis_arcmin: np.ndarray | None = None,
+                   edge_truth: pd.DataFrame | None = None) -> tuple[dict[str, float], pd.DataFrame]:
     """:func:`score_against_truth` and the sources behind it, one row each (:data:`SOURCE_COLUMNS`): every
     true source (``source`` = ``true_source``; its flux and significance in the truth; ``found`` when
     matched; ``detected_significance`` that of its match in the prediction) and every detection without a
     true source (``false_detection``: hallucinated; its own flux and significance, also as
     ``detected_significance``).
-    ``offaxis_arcmin``: a map of the off-axis angle on this grid (NaN without it)."""
+    ``offaxis_arcmin``: a map of the off-axis angle on this grid (NaN without it).
+    ``edge_truth``: the truth's sources found anywhere in the mask (``edge_fwhm=0``): a detection that
+    matches none of ``truth`` but lies within the match radius of a true source that ``truth`` leaves out
+    for being near the mask's edge is neither found nor false (the prediction's peak of an edge source
+    may lie a pixel further in than the truth's and pass the edge cut that the truth's did not)."""
     detected = detect_point_sources(pred, mask, background, psf_fwhm_px, nsigma)
+    if edge_truth is not None:
+        detected = _without_edge_sources(truth, edge_truth, detected, MATCH_FWHM * float(psf_fwhm_px))
     pairs = match_pairs(truth, detected, MATCH_FWHM * float(psf_fwhm_px))
     out = summarise_pairs(pairs)
     out["median_offset_arcsec"] = out.pop("median_offset_px") * float(pixel_arcsec)
@@ -171,3 +178,21 @@ def purity_table(sources: pd.DataFrame, n_fields: int, nsigma: float = NSIGMA,
                      "false_per_field_at_nsigma": float(false_sig.size) / n_fields if n_fields else np.nan,
                      "completeness_at_nsigma": float(np.sum(found >= nsigma)) / n_true if n_true else np.nan})
     return pd.DataFrame(rows, columns=list(PURITY_COLUMNS))
+
+
+def _without_edge_sources(truth: pd.DataFrame, edge_truth: pd.DataFrame, detected: pd.DataFrame,
+                          max_sep_px: float) -> pd.DataFrame:
+    """``detected`` without the detections of true sources near the mask's edge (see :func:`score_and_list`)."""
+    if edge_truth.empty or detected.empty:
+        return detected
+    edge_xy = np.column_stack([edge_truth["x"], edge_truth["y"]]).astype(np.float64)
+    if not truth.empty:   # the edge sources: those of edge_truth that truth does not hold
+        d, _ = cKDTree(np.column_stack([truth["x"], truth["y"]]).astype(np.float64)).query(edge_xy)
+        edge_xy = edge_xy[d > 0.5]
+    if edge_xy.size == 0:
+        return detected
+    pairs = match_pairs(truth, detected, max_sep_px)
+    unmatched = np.ones(len(detected), dtype=bool)
+    unmatched[pairs.detected_index] = False
+    d, _ = cKDTree(edge_xy).query(np.column_stack([detected["x"], detected["y"]]).astype(np.float64))
+    return detected[~(unmatched & (d <= max_sep_px))].reset_index(drop=True)

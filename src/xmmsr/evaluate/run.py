@@ -131,12 +131,14 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                             for p, k in (("68", 1.0), ("95", 2.0))}
             nsigma = eval_cfg["detection_nsigma"]
             truth_sources = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm_px, nsigma)
+            truth_anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm_px,
+                                                            nsigma, edge_fwhm=0.0)
             for method, pred in preds.items():
                 row = {**info, "method": method}
                 row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
                                                  eval_cfg["asinh_scale_counts"]))
                 scores, sources = points.score_and_list(truth_sources, pred, frame["mask_target"], bkg, fwhm_px,
-                                                        pixel_arcsec, nsigma, offaxis)
+                                                        pixel_arcsec, nsigma, offaxis, truth_anywhere)
                 row.update(scores)
                 if method != "truth":
                     source_rows.append(sources.assign(sample=info["sample"], kind=info["kind"], method=method))

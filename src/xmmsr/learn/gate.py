@@ -9,12 +9,14 @@ compact source of the prediction against the input counts it was predicted from:
    ``CANDIDATE_SIGMA``, below the evaluation's 5, so that every source the evaluation could count is
    tested), with the prediction's own local level as background;
 2. support: the input counts ``N`` in the detection aperture (``APERTURE_FWHM`` x the 1x FWHM) at the
-   candidate's position against ``B``, the counts the prediction's local level (annulus mean, the
-   surroundings without the source) gives in that aperture at the input exposure; the one-sided Poisson
-   significance of ``N`` over ``B`` (``P(X >= N | B)`` as a Gaussian z; the regularised incomplete
-   gamma function, continuous in the fractional counts of exact aperture weights);
+   candidate's position against ``B``, the counts that the prediction's surroundings without the
+   source give in that aperture at the input exposure: a quadratic surface fitted to the prediction in
+   the detection annulus, so that a ripple on the curved core of a bright cluster has to stand out
+   from the core, not from the annulus mean below it; the one-sided Poisson significance of ``N``
+   over ``B`` (``P(X >= N | B)`` as a Gaussian z; the regularised incomplete gamma function,
+   continuous in the fractional counts of exact aperture weights);
 3. a candidate below ``sigma`` is removed: within ``REMOVE_FWHM`` x FWHM of it the prediction is
-   clipped at the local level (never raised), and the caller's flux conservation then restores the
+   clipped at that surface (never raised), and the caller's flux conservation then restores the
    input's total.
 
 The gate makes the prediction claim only sources that a detection on the input itself supports at
@@ -24,6 +26,7 @@ that level are removed too (the evaluation's completeness says how many).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +84,31 @@ def poisson_significance(counts: np.ndarray, expected: np.ndarray) -> np.ndarray
     return np.where(n > b, np.maximum(z, 0.0), 0.0)
 
 
+def _local_surface(image: np.ndarray, mask: np.ndarray, x: float, y: float, fwhm: float,
+                   level: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The image's surroundings of (x, y) without the source: a quadratic surface fitted (least squares)
+    to the image in the detection annulus (``ANNULUS_FWHM`` x FWHM, masked pixels left out), so that
+    the curvature of extended emission (a cluster's core) is part of what a source must stand out from;
+    the annulus mean ``level`` where too little of the annulus lies in the mask."""
+    r_in, r_out = (a * fwhm for a in detection.ANNULUS_FWHM)
+    r = int(np.ceil(r_out))
+    cx, cy = int(round(x)), int(round(y))
+    y0, y1, x0, x1 = max(cy - r, 0), min(cy + r + 1, image.shape[0]), max(cx - r, 0), min(cx + r + 1, image.shape[1])
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    d2 = (xx - x) ** 2 + (yy - y) ** 2
+    ring = (d2 >= r_in ** 2) & (d2 <= r_out ** 2) & mask[y0:y1, x0:x1]
+    full = np.pi * (r_out ** 2 - r_in ** 2)
+    if ring.sum() < 0.75 * full:
+        return lambda u, v: np.full(np.shape(u), float(level))
+
+    def basis(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        du, dv = (np.asarray(u, dtype=np.float64) - x) / fwhm, (np.asarray(v, dtype=np.float64) - y) / fwhm
+        return np.stack([np.ones_like(du), du, dv, du * du, du * dv, dv * dv], axis=-1)
+
+    coeffs = np.linalg.lstsq(basis(xx[ring], yy[ring]), image[y0:y1, x0:x1][ring].astype(np.float64), rcond=None)[0]
+    return lambda u, v: basis(u, v) @ coeffs
+
+
 def gate_sources(prediction: np.ndarray, counts: np.ndarray, exposure_s: float | np.ndarray,
                  target_exposure_s: float, upscale: int, gate: SourceGate,
                  footprint: np.ndarray | None = None) -> tuple[np.ndarray, pd.DataFrame]:
@@ -97,26 +125,37 @@ def gate_sources(prediction: np.ndarray, counts: np.ndarray, exposure_s: float |
                               input_sigma=np.zeros(len(candidates)), kept=np.ones(len(candidates), dtype=bool))
     if candidates.empty:
         return pred, table
-    x1 = (candidates["x"].to_numpy() + 0.5) / s - 0.5
-    y1 = (candidates["y"].to_numpy() + 0.5) / s - 0.5
-    aperture = CircularAperture(np.column_stack([x1, y1]), detection.APERTURE_FWHM * gate.fwhm_1x_px)
     seconds = np.broadcast_to(np.asarray(exposure_s, dtype=np.float64), (h, w))
     data = np.where(inside, np.asarray(counts, dtype=np.float64), 0.0)
-    n, area, exposure_sum = detection.aperture_sums(aperture, (data, inside.astype(np.float64),
-                                                                np.where(inside, seconds, 0.0)))
-    # the prediction's local level per output pixel -> counts per 1x pixel at the input exposure
-    mean_exposure = exposure_sum / np.maximum(area, 1e-12)
-    b = candidates["level"].to_numpy() * s * s * area * mean_exposure / float(target_exposure_s)
+    radius_1x = detection.APERTURE_FWHM * gate.fwhm_1x_px
+    n = np.zeros(len(candidates))
+    b = np.zeros(len(candidates))
+    surfaces = []
+    for i, (x, y, level) in enumerate(candidates[["x", "y", "level"]].itertuples(index=False)):
+        surface = _local_surface(pred, mask_out, x, y, gate.fwhm_out_px, level)
+        surfaces.append(surface)
+        # the input aperture (1x pixels, exact photutils weights) and the surface's counts in it
+        x1, y1 = (x + 0.5) / s - 0.5, (y + 0.5) / s - 0.5
+        weights = CircularAperture((x1, y1), radius_1x).to_mask(method=detection.APERTURE_METHOD)
+        large, small = weights.get_overlap_slices((h, w))
+        if large is None:
+            continue
+        wgt = weights.data[small] * inside[large]
+        iy, ix = np.mgrid[large]
+        at_1x = s * s * np.maximum(surface((ix + 0.5) * s - 0.5, (iy + 0.5) * s - 0.5), 0.0)
+        n[i] = float(np.sum(wgt * data[large]))
+        b[i] = float(np.sum(wgt * at_1x * seconds[large])) / float(target_exposure_s)
     z = poisson_significance(n, b)
-    kept = (z >= gate.sigma) & (area > 0)
+    kept = (z >= gate.sigma) & (b > 0)
     table = table.assign(input_counts=n, input_expected=b, input_sigma=z, kept=kept)
     radius = REMOVE_FWHM * gate.fwhm_out_px
     r = int(np.ceil(radius))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    for x, y, level in candidates.loc[~kept, ["x", "y", "level"]].itertuples(index=False):
+    for i in np.flatnonzero(~kept):
+        x, y = float(candidates["x"].iloc[i]), float(candidates["y"].iloc[i])
         cx, cy = int(round(x)), int(round(y))
         y0, y1_, x0, x1_ = max(cy - r, 0), min(cy + r + 1, pred.shape[0]), max(cx - r, 0), min(cx + r + 1, pred.shape[1])
-        disk = ((xx + cx - x) ** 2 + (yy + cy - y) ** 2 <= radius ** 2)[y0 - cy + r:y1_ - cy + r, x0 - cx + r:x1_ - cx + r]
+        yy, xx = np.mgrid[y0:y1_, x0:x1_]
+        disk = (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
         patch = pred[y0:y1_, x0:x1_]
-        patch[disk] = np.minimum(patch[disk], np.float32(max(level, 0.0)))
+        patch[disk] = np.minimum(patch[disk], np.maximum(surfaces[i](xx[disk], yy[disk]), 0.0).astype(np.float32))
     return pred, table
