@@ -57,7 +57,11 @@ def test_metric_files_hold_the_model_and_every_baseline(tiny_run):
         found = sources["found"].astype(bool)
         assert (sources.loc[found, "detected_significance"] >= 5.0).all()
         assert sources.loc[~found & (sources["source"] == "true_source"), "detected_significance"].isna().all()
-        purity = pd.read_csv(out / "purity.csv").set_index("method")   # completeness at equal purity
+        purity = pd.read_csv(out / "purity.csv")   # completeness at equal purity
+        kinds = per_image.drop_duplicates("sample")["kind"]
+        assert set(purity["fields"]) == ({"all"} | ({"without extended sources"} if (kinds != "extended").any()
+                                                    else set()))
+        purity = purity[purity["fields"] == "all"].set_index("method")
         assert set(purity.index) == set(expected_methods) - {"truth"}
         assert (purity["threshold"] >= 5.0).all() and (purity["false_per_field"] <= 0.1 + 1e-9).all()
         assert (purity["completeness"] <= purity["completeness_at_nsigma"] + 1e-9).all()

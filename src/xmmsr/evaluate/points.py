@@ -149,18 +149,19 @@ def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, back
     return out, rows.reindex(columns=list(SOURCE_COLUMNS))
 
 
-PURITY_COLUMNS = ("method", "n_fields", "false_per_field_goal", "threshold", "false_per_field", "completeness",
+PURITY_COLUMNS = ("fields", "method", "n_fields", "false_per_field_goal", "threshold", "false_per_field", "completeness",
                   "false_per_field_at_nsigma", "completeness_at_nsigma")
 
 
 def purity_table(sources: pd.DataFrame, n_fields: int, nsigma: float = NSIGMA,
-                 false_per_field: float = 0.1) -> pd.DataFrame:
+                 false_per_field: float = 0.1, fields: str = "all") -> pd.DataFrame:
     """Completeness of every method at the same purity: the lowest detection threshold (>= ``nsigma``,
     the significance in the prediction) at which the method has at most ``false_per_field`` false
     detections per field over the ``n_fields`` fields of ``sources`` (:func:`score_and_list`'s rows with a
     ``method`` column), and the fraction of the true sources it then finds. A method that invents
     sources must raise its threshold and loses the faint true ones with them: this compares methods,
-    the input included, on equal terms (one row per method, :data:`PURITY_COLUMNS`)."""
+    the input included, on equal terms (one row per method, :data:`PURITY_COLUMNS`; ``fields`` names the
+    fields the rows count)."""
     rows = []
     allowed = int(np.floor(false_per_field * n_fields + 1e-9))
     for method, part in sources.groupby("method", sort=False):
@@ -171,7 +172,7 @@ def purity_table(sources: pd.DataFrame, n_fields: int, nsigma: float = NSIGMA,
             threshold = max(threshold, float(np.nextafter(false_sig[allowed], np.inf)))
         found = true["detected_significance"].to_numpy(dtype=np.float64)
         n_true = len(true)
-        rows.append({"method": method, "n_fields": int(n_fields), "false_per_field_goal": float(false_per_field),
+        rows.append({"fields": fields, "method": method, "n_fields": int(n_fields), "false_per_field_goal": float(false_per_field),
                      "threshold": threshold,
                      "false_per_field": float(np.sum(false_sig >= threshold)) / n_fields if n_fields else np.nan,
                      "completeness": float(np.sum(found >= threshold)) / n_true if n_true else np.nan,
