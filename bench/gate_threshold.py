@@ -21,8 +21,9 @@ import pandas as pd
 from xmmsr import detection
 from xmmsr.config import default_config, load_config
 from xmmsr.evaluate import points
-from xmmsr.evaluate.run import _frames, _streaks
+from xmmsr.evaluate.run import _frames
 from xmmsr.instrument.model import PnInstrument
+from xmmsr.instrument.simulator import out_of_time_streaks
 from xmmsr.learn.checkpoint import load_model
 from xmmsr.learn.data import PairDataset, open_dataset
 from xmmsr.learn.gate import default_gate, gate_sources
@@ -52,7 +53,7 @@ def main() -> None:
         background = h5[f"background_rate_{s}x"]
         for frame in _frames(ds):
             bkg = np.asarray(background[frame["index"]], dtype=np.float64) * frame["exposure_target"]
-            bkg = bkg + _streaks(frame["expected"] - bkg, instrument, s)   # as the evaluation
+            bkg = bkg + out_of_time_streaks(frame["expected"] - bkg, instrument, s)   # as the evaluation
             truth = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma)
             anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma,
                                                       edge_fwhm=0.0)

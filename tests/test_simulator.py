@@ -462,3 +462,21 @@ def test_sky_projection_is_the_exact_transformation(instrument, every):
     dx, dy = _pixel_to_detector(sky, frame, cols, rows)
     ex, ey = frame.to_detector(*frame.tangent(*sky.wcs.wcs_pix2world(cols.astype(float), rows.astype(float), 0)))
     assert np.abs(dx - ex).max() < 1e-6 and np.abs(dy - ey).max() < 1e-6   # arcsec
+
+
+def test_out_of_time_streaks_of_an_image_and_of_its_padded_frame(instrument):
+    """The streaks hold the out-of-time fraction of each column's counts within each CCD row, spread
+    along the column; a frame padded around the grid (as the training set's) gives the same streaks."""
+    from xmmsr.instrument.simulator import out_of_time_streaks
+
+    cx, cy = instrument.geometry.image_grid(1).centers()
+    image = np.zeros((cy.size, cx.size))
+    image[200, 150] = 1000.0
+    streaks = out_of_time_streaks(image, instrument, 1)
+    f = instrument.out_of_time_fraction
+    assert streaks.sum() == pytest.approx(f * 1000.0, rel=1e-9)
+    assert np.count_nonzero(streaks[:, 150]) > 100 and np.count_nonzero(np.delete(streaks, 150, axis=1)) == 0
+    padded = np.zeros((cy.size + 5, cx.size + 5))
+    padded[2:2 + cy.size, 2:2 + cx.size] = image
+    np.testing.assert_allclose(out_of_time_streaks(padded, instrument, 1)[2:2 + cy.size, 2:2 + cx.size], streaks)
+    assert not out_of_time_streaks(image[:100, :100], instrument, 1).any()   # a cutout: no whole columns

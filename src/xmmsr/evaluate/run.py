@@ -89,7 +89,7 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     psf_1x_out = baselines.psf_kernel(instrument, 1, grid_resolution=s)
     fwhm_px = detection.psf_fwhm_px(instrument, s)
     kernel = consistency.degradation_kernel(instrument, s)
-    gate = (SourceGate(float(eval_cfg["source_gate_sigma"]), detection.psf_fwhm_px(instrument, 1), fwhm_px)
+    gate = (SourceGate(float(eval_cfg["source_gate_sigma"]), detection.psf_fwhm_px(instrument, 1), fwhm_px, instrument)
             if eval_cfg["source_gate_sigma"] > 0 else None)
     with open_dataset(dataset) as h5:
         meta = h5["meta"][:]
@@ -132,7 +132,7 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
             nsigma = eval_cfg["detection_nsigma"]
             # the detection's background: the field's and the out-of-time streaks of its sources (known
             # detector structure, in the truth and in every prediction; not point sources)
-            detect_bkg = bkg + _streaks(frame["expected"] - bkg, instrument, s)
+            detect_bkg = bkg + out_of_time_streaks(frame["expected"] - bkg, instrument, s)
             truth_sources = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg,
                                                            fwhm_px, nsigma)
             truth_anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg,
@@ -186,18 +186,6 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **gallery)
     return table
-
-
-def _streaks(image: np.ndarray, instrument: PnInstrument, s: int) -> np.ndarray:
-    """:func:`out_of_time_streaks` of a dataset frame: the image grid sits centred in the frame (padded
-    by pack to a multiple of the network's size; the 2x offset twice the 1x one)."""
-    cx, cy = instrument.geometry.image_grid(1).centers()
-    h1, w1 = image.shape[0] // s, image.shape[1] // s
-    y0, x0 = s * ((h1 - cy.size) // 2), s * ((w1 - cx.size) // 2)
-    h, w = s * cy.size, s * cx.size
-    out = np.zeros_like(image, dtype=np.float64)
-    out[y0:y0 + h, x0:x0 + w] = out_of_time_streaks(image[y0:y0 + h, x0:x0 + w], instrument, s)
-    return out
 
 
 POINT_SOURCE_FIELDS = "without extended sources"

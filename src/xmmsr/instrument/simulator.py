@@ -482,12 +482,22 @@ def out_of_time_streaks(counts: np.ndarray, instrument: PnInstrument, resolution
     """The out-of-time (readout) streaks of a count or expected-count image on the ``resolution`` grid:
     the out-of-time fraction of each CCD column's counts, spread along the column. The image's own
     counts stand in for the in-time ones (they hold the streaks already: an error of the out-of-time
-    fraction, 6 % in full frame, on the streaks)."""
+    fraction, 6 % in full frame, on the streaks). An image larger than the grid holds it centred, as
+    the training set's frames do (the 1x offset rounded down, the 2x offset twice it); a smaller one
+    (a cutout, whose columns are not whole) gets no streaks (zeros)."""
     f = instrument.out_of_time_fraction
     image = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
-    if f == 0:
-        return np.zeros_like(image)
-    return f * _column_streaks(image, instrument, instrument.geometry.image_grid(resolution))
+    cx, cy = instrument.geometry.image_grid(1).centers()
+    s = int(resolution)
+    h1, w1 = image.shape[0] // s, image.shape[1] // s
+    out = np.zeros_like(image)
+    if f == 0 or h1 < cy.size or w1 < cx.size:
+        return out
+    y0, x0 = s * ((h1 - cy.size) // 2), s * ((w1 - cx.size) // 2)
+    h, w = s * cy.size, s * cx.size
+    out[y0:y0 + h, x0:x0 + w] = f * _column_streaks(image[y0:y0 + h, x0:x0 + w], instrument,
+                                                    instrument.geometry.image_grid(s))
+    return out
 
 
 def _block_sum(fine: np.ndarray, s: int) -> np.ndarray:

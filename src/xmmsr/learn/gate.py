@@ -12,7 +12,8 @@ compact source of the prediction against the input counts it was predicted from:
    candidate's position against ``B``, the counts that the prediction's surroundings without the
    source give in that aperture at the input exposure: a quadratic surface fitted to the prediction in
    the detection annulus, so that a ripple on the curved core of a bright cluster has to stand out
-   from the core, not from the annulus mean below it; the one-sided Poisson significance of ``N``
+   from the core, not from the annulus mean below it; the out-of-time streaks of the input's sources
+   (from its own column sums) are part of the surroundings too; the one-sided Poisson significance of ``N``
    over ``B`` (``P(X >= N | B)`` as a Gaussian z; the regularised incomplete gamma function,
    continuous in the fractional counts of exact aperture weights);
 3. a candidate below ``sigma`` is removed: within ``REMOVE_FWHM`` x FWHM of it the prediction is
@@ -27,7 +28,8 @@ that level are removed too (the evaluation's completeness says how many).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,7 @@ from photutils.aperture import CircularAperture
 from scipy import special, stats
 
 from .. import detection
+from ..instrument.simulator import out_of_time_streaks
 
 CANDIDATE_SIGMA = 3.0      # detection threshold of the candidates in the prediction
 REMOVE_FWHM = 2.0          # radius (FWHM) within which a rejected source is clipped at its local level
@@ -43,11 +46,13 @@ REMOVE_FWHM = 2.0          # radius (FWHM) within which a rejected source is cli
 @dataclass(frozen=True)
 class SourceGate:
     """The gate's settings: ``sigma`` the input support a source needs; the PSF FWHM in pixels of the
-    1x input grid and of the output grid."""
+    1x input grid and of the output grid; ``instrument``: the out-of-time streaks of the input's sources
+    are part of the surroundings a source must stand out from (None: no streaks)."""
 
     sigma: float
     fwhm_1x_px: float
     fwhm_out_px: float
+    instrument: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (self.sigma >= 0 and self.fwhm_1x_px > 0 and self.fwhm_out_px > 0):
@@ -71,7 +76,8 @@ def default_gate(upscale: int, sigma: float | None = None, instrument=None) -> S
         instrument = PnInstrument.from_config(default_config()["instrument"])
     if sigma is None:
         sigma = default_sigma()
-    return SourceGate(float(sigma), detection.psf_fwhm_px(instrument, 1), detection.psf_fwhm_px(instrument, upscale))
+    return SourceGate(float(sigma), detection.psf_fwhm_px(instrument, 1), detection.psf_fwhm_px(instrument, upscale),
+                      instrument)
 
 
 def poisson_significance(counts: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -120,19 +126,24 @@ def gate_sources(prediction: np.ndarray, counts: np.ndarray, exposure_s: float |
     h, w = np.shape(counts)
     inside = np.ones((h, w), bool) if footprint is None else np.asarray(footprint, dtype=bool)
     mask_out = np.repeat(np.repeat(inside, s, axis=0), s, axis=1)
-    candidates = detection.detect_point_sources(pred, mask_out, 0.0, gate.fwhm_out_px, CANDIDATE_SIGMA)
+    seconds = np.broadcast_to(np.asarray(exposure_s, dtype=np.float64), (h, w))
+    data = np.where(inside, np.asarray(counts, dtype=np.float64), 0.0)
+    # the input's out-of-time streaks: input counts per 1x pixel, and expected counts per output pixel
+    streak_in = (np.zeros((h, w)) if gate.instrument is None else out_of_time_streaks(data, gate.instrument, 1))
+    streak_out = np.repeat(np.repeat(streak_in * (float(target_exposure_s) / seconds), s, axis=0), s, axis=1) / (s * s)
+    candidates = detection.detect_point_sources(pred, mask_out, streak_out, gate.fwhm_out_px, CANDIDATE_SIGMA)
     table = candidates.assign(input_counts=np.zeros(len(candidates)), input_expected=np.zeros(len(candidates)),
                               input_sigma=np.zeros(len(candidates)), kept=np.ones(len(candidates), dtype=bool))
     if candidates.empty:
         return pred, table
-    seconds = np.broadcast_to(np.asarray(exposure_s, dtype=np.float64), (h, w))
-    data = np.where(inside, np.asarray(counts, dtype=np.float64), 0.0)
+    residual = pred - streak_out
     radius_1x = detection.APERTURE_FWHM * gate.fwhm_1x_px
     n = np.zeros(len(candidates))
     b = np.zeros(len(candidates))
     surfaces = []
     for i, (x, y, level) in enumerate(candidates[["x", "y", "level"]].itertuples(index=False)):
-        surface = _local_surface(pred, mask_out, x, y, gate.fwhm_out_px, level)
+        streak_here = float(streak_out[min(max(int(round(y)), 0), h * s - 1), min(max(int(round(x)), 0), w * s - 1)])
+        surface = _local_surface(residual, mask_out, x, y, gate.fwhm_out_px, level - streak_here)
         surfaces.append(surface)
         # the input aperture (1x pixels, exact photutils weights) and the surface's counts in it
         x1, y1 = (x + 0.5) / s - 0.5, (y + 0.5) / s - 0.5
@@ -144,7 +155,7 @@ def gate_sources(prediction: np.ndarray, counts: np.ndarray, exposure_s: float |
         iy, ix = np.mgrid[large]
         at_1x = s * s * np.maximum(surface((ix + 0.5) * s - 0.5, (iy + 0.5) * s - 0.5), 0.0)
         n[i] = float(np.sum(wgt * data[large]))
-        b[i] = float(np.sum(wgt * at_1x * seconds[large])) / float(target_exposure_s)
+        b[i] = float(np.sum(wgt * (at_1x * seconds[large] / float(target_exposure_s) + streak_in[large])))
     z = poisson_significance(n, b)
     kept = (z >= gate.sigma) & (b > 0)
     table = table.assign(input_counts=n, input_expected=b, input_sigma=z, kept=kept)
@@ -157,5 +168,6 @@ def gate_sources(prediction: np.ndarray, counts: np.ndarray, exposure_s: float |
         yy, xx = np.mgrid[y0:y1_, x0:x1_]
         disk = (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
         patch = pred[y0:y1_, x0:x1_]
-        patch[disk] = np.minimum(patch[disk], np.maximum(surfaces[i](xx[disk], yy[disk]), 0.0).astype(np.float32))
+        floor = np.maximum(surfaces[i](xx[disk], yy[disk]), 0.0) + streak_out[y0:y1_, x0:x1_][disk]
+        patch[disk] = np.minimum(patch[disk], floor.astype(np.float32))
     return pred, table
