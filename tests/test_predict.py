@@ -14,7 +14,6 @@ from astropy.wcs import WCS
 from conftest import beta_sky
 
 import xmmsr
-from xmmsr.config import default_config
 from xmmsr.learn.gate import default_gate
 from xmmsr import __version__
 from xmmsr.cli import main
@@ -177,10 +176,13 @@ def test_predict_simulated_image(model_files, tmp_path):
             data, h = hdul[0].data, hdul[0].header
         assert data.shape == (counts.shape[0] * s, counts.shape[1] * s) and h["EXPOSURE"] == TARGET_EXPOSURE
         assert np.isfinite(data).all() and data.min() >= 0
-        gate = default_gate(s)   # xmmsr predict tests the predicted sources on the input by default
-        assert h["GATESIG"] == gate.sigma == default_config()["evaluate"]["source_gate_sigma"] > 0
-        np.testing.assert_allclose(data, predict_counts(load_model(model_files[task]), counts, 20000.0, gate=gate),
-                                   rtol=1e-6)
+        assert h["GATESIG"] == 0.0   # the network's output unless --source-gate asks for the gate
+        np.testing.assert_allclose(data, predict_counts(load_model(model_files[task]), counts, 20000.0), rtol=1e-6)
+        gated = predict_file(model_files[task], image, tmp_path / f"{task}_gated.fits", device="cpu", source_gate=3.0)
+        with fits.open(gated) as hdul:
+            assert hdul[0].header["GATESIG"] == 3.0
+            np.testing.assert_allclose(hdul[0].data, predict_counts(load_model(model_files[task]), counts, 20000.0,
+                                                                    gate=default_gate(s, 3.0)), rtol=1e-6)
         px = np.array([10.0, 200.0, 390.0])
         assert_same_sky(header, h, s, px, px[::-1])
 

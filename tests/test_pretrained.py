@@ -119,7 +119,7 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
     assert (f"| all ({row['n_fields']}) | **model, sources tested on the input** | {row['threshold']:.1f} | "
             f"{row['false_per_field']:.2f} | {row['completeness']:.2f} |") in text
     assert "| pixel loss + adversarial (ESRGAN), sources tested on the input |" in text
-    assert text.count("With the source gate (`xmmsr predict`'s default") == 2
+    assert text.count("With the source gate (`xmmsr predict --source-gate`") == 2
     # facts of this run, not of the shipped one: its exposures, its sources' brightness range, its PSF
     assert "Inputs (2 ks) and targets (10 ks)" in text and "20 ks" not in text.split("## Intended use")[0]
     from xmmsr.config import load_config

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, default_config, load_config
+from .config import ConfigError, load_config
 from .errors import InputError, TngApiError
 from .instrument.model import PnInstrument
 
@@ -405,10 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(parametric bootstrap: Poisson inputs drawn from the prediction, predicted again)")
     p.add_argument("--draws", type=_draws, default=8, help="bootstrap draws of --uncertainty (>= 2, default 8)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap draws (default 0)")
-    p.add_argument("--source-gate", type=_gate_sigma, default=None, metavar="SIGMA",
+    p.add_argument("--source-gate", type=_gate_sigma, default=0.0, metavar="SIGMA",
                    help="keep a compact source of the prediction only where the input's counts show it at this "
-                   "Poisson significance (default: evaluate.source_gate_sigma of the default config, "
-                   f"{default_config()['evaluate']['source_gate_sigma']:g}; 0: the network's output unchanged)")
+                   "Poisson significance, e.g. 3 (default 0: the network's output unchanged; the evaluation "
+                   "scores the gate at evaluate.source_gate_sigma as model_gated)")
     _overwrite_option(p)
     p.set_defaults(func=cmd_predict)
 

@@ -169,8 +169,8 @@ def _measured_limits(task: str, summary: pd.DataFrame) -> list[str]:
                  f"{tables.median(summary, 'gaussian', 'n_false'):.0f}): {verdict}.")
     gated_false, gated_c = (tables.median(summary, "model_gated", m) for m in ("n_false", "completeness"))
     if np.isfinite(gated_false):
-        lines.append(f"- With the source gate (`xmmsr predict`'s default: a predicted source kept only where the "
-                     f"input's counts show it): {gated_false:.1f} detections per field not in the truth, "
+        lines.append(f"- With the source gate (`xmmsr predict --source-gate`: a predicted source kept only where "
+                     f"the input's counts show it): {gated_false:.1f} detections per field not in the truth, "
                      f"completeness {gated_c:.2f} (without it {false:.1f} and {model_c:.2f}).")
     return lines
 

@@ -59,23 +59,14 @@ class SourceGate:
             raise ValueError(f"source gate needs sigma >= 0 and positive FWHMs, got {self}")
 
 
-def default_sigma() -> float:
-    """The default configuration's ``evaluate.source_gate_sigma``: what ``xmmsr predict`` uses."""
-    from ..config import default_config
-
-    return float(default_config()["evaluate"]["source_gate_sigma"])
-
-
-def default_gate(upscale: int, sigma: float | None = None, instrument=None) -> SourceGate:
+def default_gate(upscale: int, sigma: float, instrument=None) -> SourceGate:
     """The gate at the aim point's PSF of ``instrument`` (default: the default configuration's, which the
-    shipped models were trained with); ``sigma`` None: :func:`default_sigma`."""
+    shipped models were trained with)."""
     if instrument is None:
         from ..config import default_config
         from ..instrument.model import PnInstrument
 
         instrument = PnInstrument.from_config(default_config()["instrument"])
-    if sigma is None:
-        sigma = default_sigma()
     return SourceGate(float(sigma), detection.psf_fwhm_px(instrument, 1), detection.psf_fwhm_px(instrument, upscale),
                       instrument)
 

@@ -28,7 +28,7 @@ from .. import __version__
 from ..errors import InputError
 from ..io import atomic_path, gti_extensions, open_fits, write_fits_atomic
 from .checkpoint import TrainedModel, load_model
-from .gate import SourceGate, default_gate, default_sigma, gate_sources
+from .gate import SourceGate, default_gate, gate_sources
 from .device import auto_device_type, mps_available
 from .model import Architecture
 
@@ -308,11 +308,10 @@ def _upscale_wcs(header: fits.Header, s: int) -> None:
 def predict_file(model_path: str | Path, input_path: str | Path, output_path: str | Path,
                  device: str = "auto", exposure_map: str | Path | None = None,
                  uncertainty_path: str | Path | None = None, draws: int = 8, seed: int = 0,
-                 source_gate: float | None = None) -> Path:
+                 source_gate: float = 0.0) -> Path:
     """Predict on a FITS count image and write the float32 result atomically; returns ``output_path``.
     ``source_gate``: the input support (Poisson significance) a compact source of the prediction needs
-    (:mod:`xmmsr.learn.gate`; None: the default configuration's ``evaluate.source_gate_sigma``); 0 keeps
-    the network's output as it is.
+    (:mod:`xmmsr.learn.gate`); 0 (the default) keeps the network's output as it is.
     ``uncertainty_path``: also write the per-pixel 1-sigma uncertainty (:func:`predict_uncertainty`,
     ``draws`` bootstrap draws from ``seed``) with the prediction's header.
 
@@ -337,8 +336,7 @@ def predict_file(model_path: str | Path, input_path: str | Path, output_path: st
     seconds = per_pixel.seconds if per_pixel.source != "EXPOSURE" else exposure
     # the pixels with exposure (an exposure map, or CCDs with on-time); a uniform EXPOSURE tells none
     footprint = per_pixel.seconds > 0.01 * float(per_pixel.seconds.max()) if per_pixel.source != "EXPOSURE" else None
-    source_gate = default_sigma() if source_gate is None else float(source_gate)
-    gate = default_gate(model.upscale, source_gate) if source_gate > 0 else None
+    gate = default_gate(model.upscale, float(source_gate)) if source_gate > 0 else None
     result = predict_counts(model, counts, seconds, overlap=max(32, receptive_radius(model.architecture)),
                             footprint=footprint, gate=gate)
     if not np.isfinite(result).all():
