@@ -147,5 +147,5 @@ def test_tiny_workflow_to_the_training_set_with_sixte(tmp_path):
     assert (work / "results" / "sixte" / "pn_2x" / "pn_2x.xml").is_file()
     events = sorted((work / "results" / "events").rglob("*.fits"))
     assert events and all(fits.getheader(e, "EVENTS")["BACKEND"] == "sixte" for e in events)
-    log = (work / "results" / "logs" / "simulate" / "background_shard0000_1ks_2x.log").read_text()
+    log = (work / "results" / "logs" / "simulate" / "background_shard0000_2ks_2x.log").read_text()
     assert "runsixt" in log or "sixtesim" in log
