@@ -40,7 +40,7 @@ from .. import detection
 from ..instrument.simulator import out_of_time_streaks
 
 CANDIDATE_SIGMA = 3.0      # detection threshold of the candidates in the prediction
-REMOVE_FWHM = 2.0          # radius (FWHM) within which a rejected source is clipped at its local level
+REMOVE_FWHM = 2.0          # radius (FWHM) within which a rejected source is clipped to its surroundings
 
 
 @dataclass(frozen=True)
