@@ -204,3 +204,19 @@ def test_report_compares_the_adversarial_model_side_by_side(tiny_run, tmp_path):
     assert "adversarial_sr.png" in [p.name for p in pngs]
     text = "\n".join(page.extract_text() for page in pypdf.PdfReader(tmp_path / "r.pdf").pages)
     assert "pixel loss against pixel + adversarial loss" in text and "adversarial model" in text
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_off_axis_map_of_a_padded_frame_is_the_grids_where_the_grid_sits(instrument, s):
+    """The training set's frames hold the image grid centred (1x offset rounded down, 2x twice it): the
+    evaluation's off-axis map follows it, so listed sources get their own angle."""
+    from xmmsr.evaluate.run import _frame_offaxis
+    from xmmsr.instrument.simulator import offaxis_arcmin
+
+    cx, cy = instrument.geometry.image_grid(s).centers()
+    grid = offaxis_arcmin(instrument, cx[None, :], cy[:, None])
+    frame = _frame_offaxis(instrument, s, (416 * s, 416 * s))
+    cx1, cy1 = instrument.geometry.image_grid(1).centers()
+    y0, x0 = s * ((416 - cy1.size) // 2), s * ((416 - cx1.size) // 2)
+    assert (y0, x0) != (0, 0)
+    np.testing.assert_allclose(frame[y0:y0 + grid.shape[0], x0:x0 + grid.shape[1]], grid, rtol=1e-12)

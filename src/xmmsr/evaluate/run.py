@@ -109,10 +109,9 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     rows: list[dict[str, Any]] = []
     source_rows: list[pd.DataFrame] = []
     gallery: dict[str, np.ndarray] = {}
-    cx, cy = instrument.geometry.image_grid(s).centers()
-    offaxis = offaxis_arcmin(instrument, cx[None, :], cy[:, None])
     with open_dataset(dataset) as h5:   # the background plane of each frame (fields differ)
         background = h5[f"background_rate_{s}x"]
+        offaxis = _frame_offaxis(instrument, s, background.shape[1:])
         for n, frame in enumerate(_frames(test)):
             m = meta[frame["index"]]
             bkg = np.asarray(background[frame["index"]], dtype=np.float64) * frame["exposure_target"]
@@ -186,6 +185,18 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **gallery)
     return table
+
+
+def _frame_offaxis(instrument: PnInstrument, s: int, shape: tuple[int, int]) -> np.ndarray:
+    """Off-axis angle (arcmin) of every pixel of a dataset frame at resolution ``s``: the image grid sits
+    centred in the frame (pack pads it; the 1x offset rounded down, the 2x offset twice it), the padding
+    continues the grid's pixels."""
+    cx, cy = instrument.geometry.image_grid(s).centers()
+    cx1, cy1 = instrument.geometry.image_grid(1).centers()
+    y0, x0 = s * ((shape[0] // s - cy1.size) // 2), s * ((shape[1] // s - cx1.size) // 2)
+    fx = cx[0] + (np.arange(shape[1]) - x0) * (cx[1] - cx[0])
+    fy = cy[0] + (np.arange(shape[0]) - y0) * (cy[1] - cy[0])
+    return offaxis_arcmin(instrument, fx[None, :], fy[:, None])
 
 
 POINT_SOURCE_FIELDS = "without extended sources"
