@@ -302,16 +302,6 @@ def _output_file(text: str) -> str:
     return text
 
 
-def _gate_sigma(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value >= 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"needs a significance >= 0 (0: no gate), got {text}")
-    return value
-
-
 def _draws(text: str) -> int:
     try:
         value = int(text)
@@ -405,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(parametric bootstrap: Poisson inputs drawn from the prediction, predicted again)")
     p.add_argument("--draws", type=_draws, default=8, help="bootstrap draws of --uncertainty (>= 2, default 8)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap draws (default 0)")
-    p.add_argument("--source-gate", type=_gate_sigma, default=0.0, metavar="SIGMA",
+    p.add_argument("--source-gate", type=_non_negative, default=0.0, metavar="SIGMA",
                    help="keep a compact source of the prediction only where the input's counts show it at this "
                    "Poisson significance, e.g. 3 (default 0: the network's output unchanged; the evaluation "
                    "scores the gate at evaluate.source_gate_sigma as model_gated)")
