@@ -18,7 +18,7 @@ from xmmsr.learn.gate import default_gate
 from xmmsr import __version__
 from xmmsr.cli import main
 from xmmsr.errors import InputError
-from xmmsr.learn.checkpoint import TrainedModel, load_model, save_model
+from xmmsr.learn.checkpoint import TrainedModel, content_digest, load_model, save_model, write_torch_file
 from xmmsr.learn.model import Architecture, build_generator
 from xmmsr.learn.normalise import Normalisation
 from xmmsr.learn.predict import export_onnx, predict_counts, predict_file, receptive_radius
@@ -247,6 +247,37 @@ def test_predict_writes_the_uncertainty_beside_the_prediction(task, model_files,
         run(["predict", "--model", model_files[task], "--input", image, "--output", tmp_path / "c.fits",
              "--uncertainty", tmp_path / "c_sigma.fits", "--draws", 1])
     assert "needs at least 2 draws" in capsys.readouterr().err
+
+
+def test_a_calibrated_model_scales_its_uncertainty(model_files, tmp_path):
+    """A model file with an uncertainty calibration (as the release writes it) keeps it through save and load,
+    and --uncertainty writes the bootstrap sigma times the factor of each pixel's bin, said in the header."""
+    from dataclasses import replace
+
+    from xmmsr.learn.calibration import UncertaintyCalibration
+
+    cal = UncertaintyCalibration(edges=(0.5,), scales=(1.5, 2.5), pixels=1000)
+    calibrated = tmp_path / "calibrated.pt"
+    save_model(calibrated, replace(load_model(model_files["dn"]), uncertainty_calibration=cal))
+    assert load_model(calibrated).uncertainty_calibration == cal
+    assert load_model(model_files["dn"]).uncertainty_calibration is None
+    image = write_image(tmp_path / "in.fits", sas_counts(), sas_header())
+    for model, name in ((model_files["dn"], "raw"), (calibrated, "cal")):
+        assert run(["predict", "--model", model, "--input", image, "--output", tmp_path / f"{name}.fits",
+                    "--uncertainty", tmp_path / f"{name}_sigma.fits", "--draws", 3]) == 0
+    raw, got = fits.getdata(tmp_path / "raw_sigma.fits"), fits.getdata(tmp_path / "cal_sigma.fits")
+    pred = fits.getdata(tmp_path / "cal.fits")
+    np.testing.assert_array_equal(fits.getdata(tmp_path / "raw.fits"), pred)
+    np.testing.assert_allclose(got, raw * np.where(pred >= 0.5, 2.5, 1.5), rtol=1e-6)
+    assert fits.getheader(tmp_path / "cal_sigma.fits")["UNCCAL"] is True
+    assert fits.getheader(tmp_path / "raw_sigma.fits")["UNCCAL"] is False
+    # a damaged entry (digest recomputed, so only the entry is wrong) is refused by name
+    payload = torch.load(calibrated, weights_only=True)
+    payload["uncertainty_calibration"]["scales"] = [1.0]
+    payload["digest"] = content_digest(payload)
+    write_torch_file(payload, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="uncertainty_calibration"):
+        load_model(tmp_path / "bad.pt")
 
 
 def test_receptive_radius_is_what_the_generator_sees():

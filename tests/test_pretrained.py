@@ -4,6 +4,7 @@ are, give the right shapes, and the DN model improves on its input on a field si
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import onnx
@@ -101,13 +102,20 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
     runs = [TaskRun(task, results / f"models/{task}/model.pt", results / f"models/{task}/model.onnx",
                     results / f"models/{task}/history.csv", results / f"metrics/{task}/summary.csv",
                     tiny_run / f"results/logs/train/{task}.log", purity=results / f"metrics/{task}/purity.csv",
-                    adversarial=(results / f"metrics/{task}/summary.csv",) * 2) for task in TASKS]
+                    adversarial=(results / f"metrics/{task}/summary.csv",) * 2,
+                    calibration=results / f"metrics/{task}/uncertainty_calibration.json") for task in TASKS]
     card = write_release(runs, results / "dataset/xmmsr_dataset.h5", "config.yaml + tests/data/tiny.yaml",
                          tmp_path / "release")
-    for task in TASKS:
-        assert (tmp_path / "release" / f"{task}.pt").read_bytes() == (results / f"models/{task}/model.pt").read_bytes()
-        assert load_model(tmp_path / "release" / f"{task}.pt").task == task
+    for task in TASKS:   # the run's model with the calibration its evaluation fitted on the val split
+        released, trained = load_model(tmp_path / "release" / f"{task}.pt"), load_model(results / f"models/{task}/model.pt")
+        assert released.task == task and trained.uncertainty_calibration is None
+        for name, weights in trained.generator.state_dict().items():
+            assert torch.equal(weights, released.generator.state_dict()[name]), name
+        recorded = json.loads((results / f"metrics/{task}/uncertainty_calibration.json").read_text())
+        assert released.uncertainty_calibration.to_dict() == recorded and recorded["split"] == "val"
+        assert (tmp_path / "release" / f"{task}.onnx").read_bytes() == (results / f"models/{task}/model.onnx").read_bytes()
     text = card.read_text()
+    assert text.count("| calibrated (shipped in the `.pt`; used by `--uncertainty`) |") == 2
     for fragment in ("| **model (RRDB)** |", "Gaussian smoothing (best width)", "false sources per field",
                      "Validation curve",
                      "Known limits", "train samples", "PSNR sqrt vs truth [dB]"):

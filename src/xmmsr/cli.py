@@ -392,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exposure-map", help="exposure map of the input (SAS eexpmap, seconds); without it the "
                    "per-CCD ONTIMEnn of the header are used when they differ, else EXPOSURE")
     p.add_argument("--uncertainty", type=_output_file, help="also write the per-pixel 1-sigma uncertainty to this FITS "
-                   "(parametric bootstrap: Poisson inputs drawn from the prediction, predicted again)")
+                   "(parametric bootstrap: Poisson inputs drawn from the prediction, predicted again; scaled by the "
+                   "model's calibration against simulated truths when it has one, as the shipped models do)")
     p.add_argument("--draws", type=_draws, default=8, help="bootstrap draws of --uncertainty (>= 2, default 8)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap draws (default 0)")
     p.add_argument("--source-gate", type=_non_negative, default=0.0, metavar="SIGMA",

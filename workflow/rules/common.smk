@@ -330,6 +330,11 @@ def finetune_start(wildcards):
     return f"{OUT}/models/{wildcards.task}/model.pt"
 
 
+def finetuned_from_this_run():
+    """The tasks whose fine-tuning starts from a model this run trained (none when it starts from the shipped)."""
+    return config["train"]["tasks"] if config["real"]["finetune"]["start"] == "trained" else []
+
+
 def release_config_name():
     """The config files of this run as the model card names them (relative to the workflow, else by name)."""
     names = []

@@ -12,6 +12,7 @@ rule evaluate:
         gallery=f"{OUT}/metrics/{{task}}/gallery.npz",
         sources=f"{OUT}/metrics/{{task}}/sources.csv",
         purity=f"{OUT}/metrics/{{task}}/purity.csv",
+        calibration=f"{OUT}/metrics/{{task}}/uncertainty_calibration.json",
     log:
         f"{OUT}/logs/evaluate/{{task}}.log",
     conda:
@@ -37,6 +38,7 @@ use rule evaluate as evaluate_adversarial with:
         gallery=f"{OUT}/metrics/{{task}}/adversarial/gallery.npz",
         sources=f"{OUT}/metrics/{{task}}/adversarial/sources.csv",
         purity=f"{OUT}/metrics/{{task}}/adversarial/purity.csv",
+        calibration=f"{OUT}/metrics/{{task}}/adversarial/uncertainty_calibration.json",
     log:
         f"{OUT}/logs/evaluate/{{task}}_adversarial.log",
 
@@ -119,6 +121,7 @@ rule release:
         histories=expand(f"{OUT}/models/{{task}}/history.csv", task=config["train"]["tasks"]),
         summaries=expand(f"{OUT}/metrics/{{task}}/summary.csv", task=config["train"]["tasks"]),
         purity=expand(f"{OUT}/metrics/{{task}}/purity.csv", task=config["train"]["tasks"]),
+        calibrations=expand(f"{OUT}/metrics/{{task}}/uncertainty_calibration.json", task=config["train"]["tasks"]),
         adversarial=expand(f"{OUT}/metrics/{{task}}/adversarial/summary.csv", task=adversarial_tasks()),
         deblend=[f"{OUT}/metrics/sr/deblend.csv"] if "sr" in config["train"]["tasks"] else [],
     output:

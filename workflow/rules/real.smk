@@ -87,6 +87,7 @@ use rule evaluate as evaluate_finetuned with:
         gallery=f"{OUT}/metrics/{{task}}/finetuned/gallery.npz",
         sources=f"{OUT}/metrics/{{task}}/finetuned/sources.csv",
         purity=f"{OUT}/metrics/{{task}}/finetuned/purity.csv",
+        calibration=f"{OUT}/metrics/{{task}}/finetuned/uncertainty_calibration.json",
     log:
         f"{OUT}/logs/evaluate/{{task}}_finetuned.log",
 
@@ -108,8 +109,13 @@ rule release_finetuned:
         models=expand(f"{OUT}/models/{{task}}/finetuned.pt", task=config["train"]["tasks"]),
         onnx=expand(f"{OUT}/models/{{task}}/finetuned.onnx", task=config["train"]["tasks"]),
         histories=expand(f"{OUT}/models/{{task}}/finetune_history.csv", task=config["train"]["tasks"]),
+        # the validation curves of the simulation training this run did before fine-tuning (start: trained)
+        training_histories=expand(f"{OUT}/models/{{task}}/history.csv", task=finetuned_from_this_run()),
         summaries=expand(f"{OUT}/metrics/{{task}}/finetuned/summary.csv", task=config["train"]["tasks"]),
         purity=expand(f"{OUT}/metrics/{{task}}/finetuned/purity.csv", task=config["train"]["tasks"]),
+        calibrations=expand(
+            f"{OUT}/metrics/{{task}}/finetuned/uncertainty_calibration.json", task=config["train"]["tasks"]
+        ),
         pixel_summaries=expand(f"{OUT}/metrics/{{task}}/summary.csv", task=adversarial_tasks()),
         adversarial=expand(f"{OUT}/metrics/{{task}}/adversarial/summary.csv", task=adversarial_tasks()),
         real_scores=expand(f"{OUT}/metrics/{{task}}/real_thinned.csv", task=config["train"]["tasks"]),
@@ -123,6 +129,7 @@ rule release_finetuned:
         CONDA_ENV
     params:
         tasks=config["train"]["tasks"],
+        train_logs=expand(f"{OUT}/logs/train/{{task}}.log", task=finetuned_from_this_run()),
         config_name=release_config_name(),
     script:
         "../scripts/release_finetuned.py"

@@ -14,11 +14,17 @@ with logged_to(sm.log[0]):
     # the adversarial model continues the simulation-trained one: both summaries, by task (metrics/{task}/...)
     adversarial = {Path(a).parents[1].name: (Path(p), Path(a))
                    for p, a in zip(sm.input.pixel_summaries, sm.input.adversarial)}
-    runs = [TaskRun(task, Path(model), Path(onnx), None, Path(summary), None, Path(history), Path(scores),
-                    deblend if task == "sr" else None, Path(purity), adversarial.get(task))
-            for task, model, onnx, history, summary, scores, purity in zip(
+    # the simulation training's validation curve and time, when this run trained the models it fine-tuned
+    trained = {Path(h).parent.name: (Path(h), Path(log))
+               for h, log in zip(sm.input.training_histories, sm.params.train_logs)}   # models/{task}/history.csv
+    runs = [TaskRun(task, Path(model), Path(onnx), history=trained.get(task, (None, None))[0],
+                    train_log=trained.get(task, (None, None))[1], summary_csv=Path(summary),
+                    finetune_history=Path(history), real_scores=Path(scores),
+                    deblend=deblend if task == "sr" else None, purity=Path(purity), adversarial=adversarial.get(task),
+                    calibration=Path(calibration))
+            for task, model, onnx, history, summary, scores, purity, calibration in zip(
                 sm.params.tasks, sm.input.models, sm.input.onnx, sm.input.histories, sm.input.summaries,
-                sm.input.real_scores, sm.input.purity)]
+                sm.input.real_scores, sm.input.purity, sm.input.calibrations)]
     with atomic_directory(sm.output[0]) as tmp:
         card = write_release(runs, Path(sm.input.dataset), sm.params.config_name, tmp)
     print(f"{sm.output[0]}: fine-tuned {', '.join(sm.params.tasks)} models and {card.name}")

@@ -35,6 +35,7 @@ from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.data import PairDataset, open_dataset
 from ..learn.gate import SourceGate, gate_sources
+from ..learn.calibration import UncertaintyCalibration, fit_calibration
 from ..learn.predict import conserve_total, predict_counts, predict_uncertainty
 from ..progress import progress
 from . import baselines, consistency, methods, points
@@ -78,6 +79,18 @@ def predictions(model: TrainedModel, frame: dict[str, Any], settings: methods.Se
     return out
 
 
+def fit_uncertainty_calibration(model: TrainedModel, frames: PairDataset, draws: int) -> UncertaintyCalibration:
+    """The scale factors of the model's bootstrap uncertainty (:mod:`xmmsr.learn.calibration`) fitted on
+    ``frames`` (the validation split: the test split scores the result)."""
+    def images() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        for frame in _frames(frames):
+            pred = predict_counts(model, frame["input"], frame["exposure_input"], footprint=frame["mask_input"])
+            sigma = predict_uncertainty(model, frame["input"], frame["exposure_input"], draws,
+                                        seed=int(frame["index"]), prediction=pred, footprint=frame["mask_input"])
+            yield pred, sigma, frame["expected"], frame["mask_target"]
+    return fit_calibration(images(), split=frames.split)
+
+
 def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: dict[str, Any],
                   eval_cfg: dict[str, Any], out_dir: str | Path, base_dir: str | Path | None = None) -> pd.DataFrame:
     """Score the model and the baselines on the evaluation split; write the task's metric files."""
@@ -102,6 +115,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                             methods.candidates_from_config(eval_cfg),
                             (((f["input"], f["exposure_input"], f["exposure_target"], s), (f["expected"], f["mask_target"]))
                              for f in _frames(val) if f["mask_target"].any()), masked_mse)
+    calibration = (fit_uncertainty_calibration(model, val, eval_cfg["uncertainty_draws"])
+                   if eval_cfg["uncertainty_draws"] >= 2 else None)
     test = PairDataset(dataset, task, eval_cfg["split"], max_items=eval_cfg["max_images"])
     if len(test) == 0:
         raise ValueError(f"{dataset}: the {eval_cfg['split']} split is empty; raise pack.split.{eval_cfg['split']}")
@@ -125,8 +140,10 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                 sigma = predict_uncertainty(model, frame["input"], frame["exposure_input"], eval_cfg["uncertainty_draws"],
                                             seed=int(frame["index"]), prediction=preds["model"],
                                             footprint=frame["mask_input"])
-                coverage = {f"coverage_{p}": metrics.interval_coverage(preds["model"], sigma, frame["expected"],
-                                                                       frame["mask_target"], k)
+                calibrated = calibration.apply(preds["model"], sigma)
+                coverage = {f"coverage{kind}_{p}": metrics.interval_coverage(preds["model"], spread, frame["expected"],
+                                                                             frame["mask_target"], k)
+                            for kind, spread in (("", sigma), ("_calibrated", calibrated))
                             for p, k in (("68", 1.0), ("95", 2.0))}
             nsigma = eval_cfg["detection_nsigma"]
             # the detection's background: the field's and the out-of-time streaks of its sources (known
@@ -181,6 +198,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps({"provenance": provenance, "overall": overall.to_dict(orient="records")},
                                   indent=1, sort_keys=True, default=float))
+    with atomic_path(out / "uncertainty_calibration.json") as tmp:
+        tmp.write_text(json.dumps(None if calibration is None else calibration.to_dict(), indent=1, sort_keys=True))
     with atomic_path(out / "gallery.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **gallery)

@@ -41,16 +41,20 @@ METRICS: dict[str, Metric] = {
     "consistency_deviance": Metric("consistency deviance", "{:.3f}", "truth"),
     "coverage_68": Metric("±1σ coverage (nominal 0.68)", "{:.2f}", "one", 0.6827),
     "coverage_95": Metric("±2σ coverage (nominal 0.95)", "{:.2f}", "one", 0.9545),
+    "coverage_calibrated_68": Metric("±1σ coverage, calibrated (nominal 0.68)", "{:.2f}", "one", 0.6827),
+    "coverage_calibrated_95": Metric("±2σ coverage, calibrated (nominal 0.95)", "{:.2f}", "one", 0.9545),
 }
 
 # the columns of each table
 REPORT_OVERALL = ("psnr_asinh_vs_expected", "ssim_asinh_vs_expected", "psnr_sqrt_vs_expected",
                   "psnr_linear_vs_expected", "l1_vs_expected", "deviance_vs_expected", "deviance_vs_target",
-                  "flux_ratio", "completeness", "n_false", "consistency_deviance", "coverage_68")
+                  "flux_ratio", "completeness", "n_false", "consistency_deviance", "coverage_68",
+                  "coverage_calibrated_68")
 CARD_IMAGES = ("psnr_sqrt_vs_expected", "psnr_asinh_vs_expected", "ssim_sqrt_vs_expected", "ssim_linear_vs_expected",
                "deviance_vs_expected", "deviance_vs_target", "flux_ratio")
 CARD_POINTS = ("completeness", "n_false", "median_flux_ratio", "median_offset_arcsec", "consistency_deviance")
 CARD_UNCERTAINTY = ("coverage_68", "coverage_95")
+CARD_UNCERTAINTY_CALIBRATED = ("coverage_calibrated_68", "coverage_calibrated_95")
 CARD_KINDS = ("psnr_sqrt_vs_expected", "deviance_vs_expected", "ssim_sqrt_vs_expected")
 
 

@@ -7,6 +7,8 @@ The file is a plain dict of tensors and built-in types (no pickled objects):
 * ``normalisation``: :class:`Normalisation` fields
 * ``input_exposure_s`` / ``target_exposure_s``: exposures the model was trained for
 * ``train_config``: the ``train`` and ``model`` config sections; ``provenance``: dataset hash, seeds...
+* ``uncertainty_calibration`` (optional): :class:`~xmmsr.learn.calibration.UncertaintyCalibration` fields,
+  added by the release rule from the evaluation of this model
 * ``state_dict``: generator weights
 * ``digest``: ``sha256:`` of all the above (:func:`content_digest`), checked on load: a damaged file is
   refused instead of giving wrong predictions. Version 1 files (no digest) still load, unchecked.
@@ -32,6 +34,7 @@ from ..config import PACKAGE_DATA
 from ..errors import InputError
 from ..io import atomic_path
 from . import TASKS
+from .calibration import UncertaintyCalibration
 from .model import Architecture, Generator, build_generator
 from .normalise import Normalisation
 
@@ -51,6 +54,7 @@ class TrainedModel:
     target_exposure_s: float
     train_config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    uncertainty_calibration: UncertaintyCalibration | None = None
 
     @property
     def task(self) -> str:
@@ -76,6 +80,8 @@ def save_model(path: str | Path, model: TrainedModel) -> None:
         "provenance": model.provenance,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.generator.state_dict().items()},
     }
+    if model.uncertainty_calibration is not None:
+        payload["uncertainty_calibration"] = model.uncertainty_calibration.to_dict()
     payload["digest"] = content_digest(payload)
     write_torch_file(payload, path)
 
@@ -139,11 +145,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedM
     except (TypeError, ValueError, KeyError, RuntimeError) as exc:
         raise InputError(p, "architecture", f"does not match the stored weights ({exc.__class__.__name__})",
                          "give a model.pt written by the train rule of this xmmsr version") from None
+    calibration = None
+    if payload.get("uncertainty_calibration") is not None:
+        try:
+            calibration = UncertaintyCalibration.from_dict(payload["uncertainty_calibration"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise InputError(p, "uncertainty_calibration", f"cannot be read ({exc})",
+                             "release the model again (rule release) or remove the entry") from None
     generator.eval().to(device)
     return TrainedModel(generator=generator, architecture=arch,
                         normalisation=Normalisation.from_dict(payload["normalisation"]),
                         input_exposure_s=payload["input_exposure_s"], target_exposure_s=payload["target_exposure_s"],
-                        train_config=payload.get("train_config", {}), provenance=payload.get("provenance", {}))
+                        train_config=payload.get("train_config", {}), provenance=payload.get("provenance", {}),
+                        uncertainty_calibration=calibration)
 
 
 SHIPPED_DIR = "resources/models"   # the pretrained models inside the package (MODEL_CARD.md beside them)

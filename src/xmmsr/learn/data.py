@@ -53,7 +53,7 @@ class PairDataset(Dataset):
                  augment: bool = False, with_expected: bool = True, max_items: int | None = None) -> None:
         if task not in TARGETS:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(TARGETS)}")
-        self.path, self.task, self.crop, self.augment = Path(path), task, crop, augment
+        self.path, self.task, self.split, self.crop, self.augment = Path(path), task, split, crop, augment
         self.with_expected = with_expected
         self.upscale = UPSCALE[task]
         with open_dataset(self.path) as h5:

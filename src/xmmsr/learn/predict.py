@@ -162,7 +162,8 @@ def predict_uncertainty(model: TrainedModel, counts: np.ndarray, exposure_s: flo
     the 2x prediction binned 2 x 2: its sharper PSF is not blurred back, so the draws are slightly
     sharper than 1x data), each predicted again; the standard deviation of those predictions (same
     units and grid as the prediction). It is the spread of the estimator under the Poisson noise of the
-    input, not its bias: the evaluation reports its coverage against the truth. ``prediction``: the
+    input, not its bias: the evaluation reports its coverage against the truth and fits the scale factors
+    that correct it (:mod:`xmmsr.learn.calibration`). ``prediction``: the
     prediction on ``counts`` when already computed; ``kwargs`` go to :func:`predict_counts`."""
     if draws < 2:
         raise ValueError(f"draws must be >= 2, got {draws}")
@@ -313,7 +314,8 @@ def predict_file(model_path: str | Path, input_path: str | Path, output_path: st
     ``source_gate``: the input support (Poisson significance) a compact source of the prediction needs
     (:mod:`xmmsr.learn.gate`); 0 (the default) keeps the network's output as it is.
     ``uncertainty_path``: also write the per-pixel 1-sigma uncertainty (:func:`predict_uncertainty`,
-    ``draws`` bootstrap draws from ``seed``) with the prediction's header.
+    ``draws`` bootstrap draws from ``seed``) with the prediction's header, scaled by the model's
+    uncertainty calibration when it has one (released models; header ``UNCCAL``).
 
     The model sees count rates with the image's real per-pixel exposure: ``exposure_map`` if given, else
     the per-CCD ``ONTIMEnn`` when they differ, else ``EXPOSURE`` (:func:`~xmmsr.instrument.exposure.image_exposure`)."""
@@ -349,11 +351,18 @@ def predict_file(model_path: str | Path, input_path: str | Path, output_path: st
         sigma = predict_uncertainty(model, counts, seconds, draws, seed, prediction=result,
                                     overlap=max(32, receptive_radius(model.architecture)), footprint=footprint,
                                     gate=gate)
+        calibration = model.uncertainty_calibration
+        if calibration is not None:
+            sigma = calibration.apply(result, sigma)
         sigma_hdr = hdr.copy()
         sigma_hdr["BUNIT"] = ("count", "1-sigma uncertainty of the expected counts per pixel")
         sigma_hdr["UNCMETH"] = ("parametric bootstrap", "Poisson inputs drawn from the prediction, re-predicted")
         sigma_hdr["UNCDRAWS"] = (int(draws), "bootstrap draws")
         sigma_hdr["UNCSEED"] = (int(seed), "seed of the draws")
+        sigma_hdr["UNCCAL"] = (calibration is not None, "scaled to the truth's coverage on simulations")
+        if calibration is not None:
+            sigma_hdr["UNCLEVEL"] = (calibration.level, "fraction of the truth within +-1 sigma on the fit")
+            sigma_hdr["UNCSPLIT"] = (calibration.split, "simulated split the calibration was fitted on")
         sigma_hdr["PREDFILE"] = (output_path.name, "the prediction this uncertainty belongs to")
         write_fits_atomic(fits.HDUList([fits.PrimaryHDU(sigma, header=sigma_hdr)]), uncertainty_path)
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(result.astype(np.float32), header=hdr),
