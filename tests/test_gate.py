@@ -105,3 +105,35 @@ def test_a_ripple_on_a_bright_core_is_removed_and_a_source_on_it_kept(instrument
     assert not bool(at["ripple"]["kept"].iloc[0]) and bool(at["source"]["kept"].iloc[0])
     y, x = int(ripple[1]), int(ripple[0])
     assert abs(gated[y, x] - core[y, x]) < 0.05 * core[y, x]   # clipped back to the core, no hole
+
+
+@pytest.mark.parametrize("task", ["dn", "sr"])
+def test_evaluation_scores_what_predict_gives_with_and_without_the_gate(task, monkeypatch):
+    """The evaluation's `model` and `model_gated` are predict_counts without and with the gate (which acts
+    before the flux conservation), from one run of the network."""
+    import torch
+
+    from xmmsr.evaluate import methods, run
+    from xmmsr.learn.checkpoint import TrainedModel
+    from xmmsr.learn.model import Architecture, build_generator
+    from xmmsr.learn.normalise import Normalisation
+    from xmmsr.learn.predict import predict_counts
+
+    torch.manual_seed(3)
+    arch = Architecture(task, features=8, growth=8, blocks=1, dense_blocks=1)
+    model = TrainedModel(build_generator(arch).eval(), arch, Normalisation("asinh", 5e-5), EXP_INPUT, EXP_TARGET)
+    rng = np.random.default_rng(4)
+    counts = rng.poisson(np.full(SHAPE, 0.2)).astype(float)
+    counts[30:33, 20:23] += 6.0
+    mask = np.ones(SHAPE, dtype=bool)
+    mask[:, :6] = False
+    counts[~mask] = 0.0
+    frame = {"input": counts, "exposure_input": EXP_INPUT, "exposure_target": EXP_TARGET, "mask_input": mask,
+             "expected": np.zeros((SHAPE[0] * arch.upscale, SHAPE[1] * arch.upscale))}
+    monkeypatch.setattr(methods, "predict_baselines", lambda *args, **kwargs: {})
+    gate = default_gate(arch.upscale, 3.0)
+    preds = run.predictions(model, frame, None, gate)
+    np.testing.assert_array_equal(preds["model"], predict_counts(model, counts, EXP_INPUT, footprint=mask))
+    np.testing.assert_array_equal(preds["model_gated"],
+                                  predict_counts(model, counts, EXP_INPUT, footprint=mask, gate=gate))
+    assert preds["model"].dtype == preds["model_gated"].dtype == np.float64

@@ -65,16 +65,19 @@ def predictions(model: TrainedModel, frame: dict[str, Any], settings: methods.Se
                 gate: SourceGate | None = None) -> dict[str, np.ndarray]:
     """Every method's expected counts per output pixel at the target exposure for one frame: the
     registered baselines of the model's task, the model, the model with its source gate (``gate``) and
-    the truth."""
+    the truth. The model and its gated version are what :func:`predict_counts` gives without and with
+    ``gate`` (the gate acts before the flux conservation), from one run of the network."""
     out = methods.predict_baselines(model.task, frame["input"], frame["exposure_input"], frame["exposure_target"],
                                     model.upscale, settings)
-    out["model"] = predict_counts(model, frame["input"], frame["exposure_input"],
-                                  footprint=frame["mask_input"]).astype(np.float64)
+    network = predict_counts(model, frame["input"], frame["exposure_input"], footprint=frame["mask_input"],
+                             conserve_flux=False)
     if gate is not None:
-        gated = gate_sources(out["model"], frame["input"], frame["exposure_input"], model.target_exposure_s,
+        gated = gate_sources(network, frame["input"], frame["exposure_input"], model.target_exposure_s,
                              model.upscale, gate, frame["mask_input"])[0]
         out["model_gated"] = conserve_total(gated, frame["input"], frame["exposure_input"],
                                             model.target_exposure_s).astype(np.float64)
+    out["model"] = conserve_total(network, frame["input"], frame["exposure_input"],
+                                  model.target_exposure_s).astype(np.float64)
     out["truth"] = frame["expected"]
     return out
 
