@@ -208,6 +208,10 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(adversarial)))
     assert set(jobs) == {"train_adversarial", "evaluate_adversarial", "report", "all"}  # the pixel models stay
     assert jobs["train_adversarial"] == jobs["evaluate_adversarial"] == 2
+    dn_only = write_config(tmp_path / "adv_dn.yaml", {"train": {"loss": {"adversarial": 0.01},
+                                                                "adversarial": {"tasks": ["dn"]}}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(dn_only)))
+    assert jobs["train_adversarial"] == jobs["evaluate_adversarial"] == 1   # train.adversarial.tasks chooses
     unused = write_config(tmp_path / "unused.yaml", {"train": {"adversarial": {"epochs": 9}}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(unused)))
     assert set(jobs) == {"report", "all"}  # weight 0: nothing trains; the report prints the config

@@ -237,8 +237,18 @@ def pixel_train_params():
 
 
 def adversarial_tasks():
-    """The tasks with an adversarial model (train.loss.adversarial > 0), else none."""
-    return config["train"]["tasks"] if config["train"]["loss"]["adversarial"] > 0 else []
+    """The tasks with an adversarial model (train.loss.adversarial > 0; those of train.adversarial.tasks), else none."""
+    if config["train"]["loss"]["adversarial"] <= 0:
+        return []
+    return [task for task in config["train"]["tasks"] if task in config["train"]["adversarial"]["tasks"]]
+
+
+def adversarial_train_params():
+    """The train section as the adversarial continuation of one task sees it (which tasks have one is not
+    its concern: choosing them must not retrain the others)."""
+    train = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks")}
+    train["adversarial"] = {k: v for k, v in train["adversarial"].items() if k != "tasks"}
+    return train
 
 
 def deblend_seed():

@@ -61,7 +61,7 @@ rule train_adversarial:
     threads: 2
     params:
         checkpoint_dir=lambda w: f"{OUT}/checkpoints/adversarial_{w.task}",
-        train={k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks")},
+        train=adversarial_train_params(),
         seed=lambda w: training_seed(w.task) + 2,
     script:
         "../scripts/train_adversarial.py"
