@@ -328,6 +328,36 @@ def test_field_background_and_agn_field_draws_are_seeded_ranged_and_leave_the_so
     assert FieldBackground.of(bare.meta) == FieldBackground()
 
 
+def test_close_agn_pairs_are_drawn_when_asked_and_fields_unchanged_otherwise():
+    """sources.agn.pair_fraction gives AGN a fainter companion at a separation in the configured range;
+    without it (the default) the fields are those drawn before the option existed."""
+    from astropy.coordinates import SkyCoord
+
+    cfg = copy.deepcopy(default_config()["sources"])
+    cfg["agn"].update(target_fraction=1.0, pair_fraction=0.5, pair_separation_arcsec=[3.0, 9.0],
+                      pair_flux_ratio=[1.0, 5.0])
+    plain = copy.deepcopy(cfg)
+    plain["agn"]["pair_fraction"] = 0.0
+    pairs = 0
+    for i in range(4):
+        with_pairs, without = (generate_source("agn", i, c, BRIGHTNESS, 5) for c in (cfg, plain))
+        n, k = len(without.points), with_pairs.meta["AGNPAIRS"]
+        assert "AGNPAIRS" not in without.meta and len(with_pairs.points) == n + k
+        assert np.array_equal(with_pairs.points[:n], without.points)     # the field itself is unchanged
+        field = SkyCoord(without.points["RA"], without.points["DEC"], unit="deg")
+        companions = with_pairs.points[n:]
+        for c in companions:   # a primary at the drawn separation, brighter by the drawn ratio
+            sep = SkyCoord(c["RA"], c["DEC"], unit="deg").separation(field).arcsec
+            ratio = without.points["FLUX"] / c["FLUX"]
+            assert np.any((sep >= 3.0 - 1e-6) & (sep <= 9.0 + 1e-6) & (ratio >= 1.0 - 1e-9) & (ratio <= 5.0 + 1e-9)
+                          & (without.points["GAMMA"] == c["GAMMA"]) & (without.points["NH"] == c["NH"]))
+        pairs += k
+        if i == 0:
+            assert np.array_equal(generate_source("agn", 0, cfg, BRIGHTNESS, 5).points, with_pairs.points)
+    total = sum(len(generate_source("agn", i, plain, BRIGHTNESS, 5).points) for i in range(4))
+    assert 0.35 * total <= pairs <= 0.65 * total
+
+
 def test_bright_draws_are_capped_at_the_count_rate_of_real_fields():
     cfg = sources_cfg(400)
     cfg["extended"]["include_agn"] = False
