@@ -15,10 +15,10 @@ with logged_to(sm.log[0]):
     adversarial = {Path(a).parents[1].name: (Path(p), Path(a))
                    for p, a in zip(sm.input.pixel_summaries, sm.input.adversarial)}
     # the simulation training's validation curve and time, when this run trained the models it fine-tuned
-    trained = {Path(h).parent.name: (Path(h), Path(log))
-               for h, log in zip(sm.input.training_histories, sm.params.train_logs)}   # models/{task}/history.csv
-    runs = [TaskRun(task, Path(model), Path(onnx), history=trained.get(task, (None, None))[0],
-                    train_log=trained.get(task, (None, None))[1], summary_csv=Path(summary),
+    histories = {Path(h).parent.name: Path(h) for h in sm.input.training_histories}   # models/{task}/history.csv
+    train_logs = {Path(log).stem: Path(log) for log in sm.params.train_logs}           # logs/train/{task}.log
+    runs = [TaskRun(task, Path(model), Path(onnx), history=histories.get(task), train_log=train_logs.get(task),
+                    summary_csv=Path(summary),
                     finetune_history=Path(history), real_scores=Path(scores),
                     deblend=deblend if task == "sr" else None, purity=Path(purity), adversarial=adversarial.get(task),
                     calibration=Path(calibration))
