@@ -42,3 +42,26 @@ def test_vignetting_table_interpolates_in_angle_and_energy_and_rejects_bad_table
     table.write_text("theta_arcmin,v_1.0keV\n0,1.0\n10,1.5\n")
     with pytest.raises(InputError, match=r"vig\.csv.*factors in \[0, 1\]"):
         Vignetting.from_file(table)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_per_photon_vignetting_is_np_interp_of_the_two_energy_rows_bit_for_bit(dtype):
+    """Per-photon vignetting evaluates only the two energy rows each photon needs, with one angle search:
+    the same bits as np.interp of every row and the blend between them (on the nodes, between and beyond)."""
+    theta = np.array([0.0, 0.5, 1.0, 2.5, 4.0, 9.99, 10.0, 12.0, 20.0])
+    v = Vignetting(tuple(theta[[0, 2, 4, 6]]), (0.5, 1.0, 2.0), ((1.0, 0.93, 0.71, 0.52), (1.0, 0.9, 0.7, 0.5),
+                                                                  (1.0, 0.88, 0.66, 0.31)))
+    rng = np.random.default_rng(4)
+    angles = np.concatenate([theta, 12.0 * rng.random(20_000)]).astype(dtype)
+    energies = (0.3 + 2.0 * rng.random(angles.size)).astype(dtype)
+    got = v.of_squared(np.square(angles), energies)
+    grid = np.asarray(v.theta_arcmin, dtype=dtype)
+    rows = np.stack([np.interp(np.sqrt(np.square(angles)), grid, np.asarray(f, dtype=dtype)).astype(dtype)
+                     for f in v.factors])
+    e = np.clip(energies, 0.5, 2.0)
+    k = np.clip(np.searchsorted(np.asarray(v.energy_kev, dtype=dtype), e) - 1, 0, 1)
+    lo, hi = np.asarray(v.energy_kev, dtype=dtype)[k], np.asarray(v.energy_kev, dtype=dtype)[k + 1]
+    w = (e - lo) / (hi - lo)
+    i = np.arange(angles.size)
+    expected = rows[k, i] * (dtype(1) - w) + rows[k + 1, i] * w
+    assert got.dtype == dtype and np.array_equal(got, expected)

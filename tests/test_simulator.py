@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 from conftest import beta_sky, make_instrument, point_sky
 
 from xmmsr.errors import InputError
 from xmmsr.instrument.binning import bin_counts, select_good
 from xmmsr.instrument.events import write_events
 from xmmsr.instrument.geometry import DET_UNIT_ARCSEC
+from xmmsr.instrument import simulator
 from xmmsr.instrument.simulator import expected_background, expected_image, simulate_events
 from xmmsr.sky.model import SkyModel
 
@@ -390,12 +392,18 @@ def test_submode_sets_frame_time_and_out_of_time_fraction():
     assert header["SUBMODE"][0] == "PrimeFullWindowExtended" and header["FRMTIME"][0] == pytest.approx(199.1)
 
 
-def test_a_time_split_gives_two_independent_poisson_images(instrument):
+@pytest.mark.parametrize("per_slot", [None, 2_000])
+def test_a_time_split_gives_two_independent_poisson_images(instrument, monkeypatch, per_slot):
     """TIME is uniform and independent of position and component (the photons are drawn component by
-    component, then put in a random order): the first and second halves of the exposure are two independent
-    Poisson images of the same mean, for the source and the background alike."""
+    component, each given a random time slot, then put in a random order within it): the first and second
+    halves of the exposure are two independent Poisson images of the same mean, for the source and the
+    background alike; with this sky's two time slots and with ~70 of them."""
+    if per_slot is not None:
+        monkeypatch.setattr(simulator, "PHOTONS_PER_SLOT", per_slot)
     sky = beta_sky(total_flux=2e-3, npix=600)
     events = simulate_events(sky, instrument, 40_000.0, 1, seed=5)
+    n_slots = simulator.time_slot_count(events.header["NSKYPHOT"][0])
+    assert n_slots == 2 if per_slot is None else n_slots > 60
     c = events.columns
     assert np.all(np.diff(c["TIME"]) >= 0)
     t0, t1 = events.header["TSTART"][0], events.header["TSTOP"][0]
@@ -414,6 +422,30 @@ def test_a_time_split_gives_two_independent_poisson_images(instrument):
     both = (a + b) > 0
     stat = np.mean((a[both] - b[both]) ** 2 / (a[both] + b[both]))
     assert abs(stat - 1.0) < 0.03, stat
+    # arrival times uniform over the exposure (Kolmogorov-Smirnov), also within each tenth of it
+    assert stats.kstest((c["TIME"] - t0) / (t1 - t0), "uniform").pvalue > 1e-3
+    fine = np.floor(10 * (c["TIME"] - t0) / (t1 - t0) % 1.0 * 10).astype(int)
+    assert stats.chisquare(np.bincount(fine, minlength=10)).pvalue > 1e-3
+
+
+def test_time_slots_hand_out_every_event_once_in_a_random_order():
+    """Each event added lands in exactly one slot; slot sizes are multinomial; within a slot the order does
+    not follow the order of arrival."""
+    rng = np.random.default_rng(0)
+    slots = simulator.TimeSlots(rng, 50)
+    values = np.arange(200_000, dtype=np.float32)
+    for a in range(0, values.size, 30_000):   # pieces, as detect_photons hands them over
+        v = values[a:a + 30_000]
+        slots.add(v, -v, v + 0.5)
+    sizes, seen = [], []
+    for k, x, y, energy in slots.slots():
+        assert np.array_equal(y, -x) and np.array_equal(energy, x + 0.5)
+        sizes.append(x.size)
+        seen.append(x)
+        if x.size > 2:   # a random order: its rank correlation with the arrival order is ~0
+            assert abs(stats.spearmanr(np.arange(x.size), x)[0]) < 5 / np.sqrt(x.size)
+    assert np.array_equal(np.sort(np.concatenate(seen)), values) and slots.total == values.size
+    assert stats.chisquare(sizes).pvalue > 1e-3
 
 
 def test_event_files_are_astropys_bytes_written_faster(instrument, tmp_path):

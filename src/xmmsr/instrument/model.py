@@ -56,19 +56,38 @@ class Vignetting:
         t = x2.dtype.type if x2.dtype.kind == "f" else np.float64
         theta = np.sqrt(x2)
         grid = np.asarray(self.theta_arcmin, dtype=t)
-        rows = [np.interp(theta, grid, np.asarray(f, dtype=t)).astype(t, copy=False) for f in self.factors]
-        if len(rows) == 1:
-            return rows[0]
+
+        def row(i: int) -> np.ndarray:
+            return np.interp(theta, grid, np.asarray(self.factors[i], dtype=t)).astype(t, copy=False)
+
+        if len(self.factors) == 1:
+            return row(0)
         e = np.clip(np.asarray(energy_kev, dtype=t), self.energy_kev[0], self.energy_kev[-1])
-        k = np.clip(np.searchsorted(np.asarray(self.energy_kev, dtype=t), e) - 1, 0, len(rows) - 2)
+        k = np.clip(np.searchsorted(np.asarray(self.energy_kev, dtype=t), e) - 1, 0, len(self.factors) - 2)
         lo = np.asarray(self.energy_kev, dtype=t)[k]
         hi = np.asarray(self.energy_kev, dtype=t)[k + 1]
         w = (e - lo) / (hi - lo)
-        stacked = np.stack(rows)
-        if np.ndim(k) == 0:
-            return stacked[int(k)] * (t(1) - w) + stacked[int(k) + 1] * w
-        idx = np.arange(theta.size)
-        return stacked[k, idx] * (t(1) - w) + stacked[k + 1, idx] * w
+        lower, upper = (row(int(k)), row(int(k) + 1)) if np.ndim(k) == 0 else self._rows_at(theta, k, t)
+        return lower * (t(1) - w) + upper * w
+
+    def _rows_at(self, theta: np.ndarray, k: np.ndarray, t: type) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``k`` and ``k + 1`` of the table interpolated at ``theta``, each element only in the two rows it
+        needs: the values of ``np.interp`` (the same float64 arithmetic on the tables in the angles'
+        precision), with one search for all rows."""
+        grid = np.asarray(self.theta_arcmin, dtype=t).astype(np.float64)
+        table = np.asarray(self.factors, dtype=t).astype(np.float64)          # (energies, angles)
+        slopes = np.diff(table, axis=1) / np.diff(grid)                          # as np.interp computes them
+        x = theta.astype(np.float64)
+        j = np.clip(np.searchsorted(grid, x, side="right") - 1, 0, grid.size - 2)
+        offset = x - grid[j]
+        beyond = x >= grid[-1]
+        out = []
+        for row in (k, k + 1):
+            at = row * (grid.size - 1) + j
+            value = slopes.ravel()[at] * offset + table[:, :-1].ravel()[at]
+            value = np.where(beyond, table[row, -1], value)
+            out.append(value.astype(t, copy=False))
+        return out[0], out[1]
 
 
 @dataclass(frozen=True)

@@ -149,9 +149,13 @@ class Redistribution:
         u = rng.random(i.size, dtype=np.float32) * np.float32(n_levels)
         k = np.minimum(u.astype(np.int32), n_levels - 1)
         s = u - k
-        q = self.pi_quantiles
-        low = q[i, k] + (q[i, k + 1] - q[i, k]) * s
-        high = q[i + 1, k] + (q[i + 1, k + 1] - q[i + 1, k]) * s
+        q = self.pi_quantiles.ravel()   # flat look-ups (row i, level k at i * width + k): 1-D gathers are faster
+        width = self.pi_quantiles.shape[1]
+        at = i * np.int32(width) + k
+        q_ik, q_ik1 = q[at], q[at + 1]
+        q_i1k, q_i1k1 = q[at + width], q[at + width + 1]
+        low = q_ik + (q_ik1 - q_ik) * s
+        high = q_i1k + (q_i1k1 - q_i1k) * s
         pi = np.rint(low + (high - low) * t)
         return np.clip(pi, PI_RANGE_EV[0], PI_RANGE_EV[1]).astype(np.int16)
 

@@ -14,6 +14,7 @@ detector acceptance and field of view, and block-summing onto the image grid.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -191,15 +192,13 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
     grid = instrument.geometry.image_grid(resolution)
     reach = grid.refine(1, int(np.ceil(instrument.psf.max_radius_arcsec / grid.pixel_arcsec)))
     pixels = _sky_pixels(sky, frame, reach)
-    _check_memory(expected_photons(sky, pixels, instrument, exposure_s, background, FieldBackground.of(sky.meta)),
-                  exposure_s, memory_limit)
-    x, y, energy, n_sky_photons = detect_photons(rng, sky, pixels, instrument, exposure_s, resolution, background,
-                                                 FieldBackground.of(sky.meta))
+    field = FieldBackground.of(sky.meta)
+    n_expected = expected_photons(sky, pixels, instrument, exposure_s, background, field)
+    _check_memory(n_expected, exposure_s, memory_limit)
     live = ccd_live(sky, instrument)
-    if np.any(live < 1.0):   # CCDs that saw part of the exposure: their events thinned (registered position)
-        keep = rng.random(x.size, dtype=np.float32) < live[_ccd_index(instrument, x, y)].astype(np.float32)
-        x, y, energy = x[keep], y[keep], energy[keep]
-    columns = _event_columns(rng, x, y, energy, instrument, frame, exposure_s, resolution, tstart)
+    slots = TimeSlots(rng, time_slot_count(n_expected))
+    n_sky_photons = detect_photons(rng, sky, pixels, instrument, exposure_s, resolution, background, slots.add, field)
+    columns = _event_columns(rng, slots, instrument, frame, exposure_s, resolution, tstart, live)
     header = event_header(sky, instrument, frame, exposure_s, resolution, seed, background, tstart)
     for ccd, fraction in enumerate(live, start=1):
         header[f"ONTIME{ccd:02d}"] = (float(exposure_s * fraction), f"[s] on time of CCD {ccd}")
@@ -209,14 +208,15 @@ def simulate_events(sky: SkyModel, instrument: PnInstrument, exposure_s: float, 
 
 def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels", instrument: PnInstrument,
                    exposure_s: float, resolution: int, background: bool,
-                   field: FieldBackground = FieldBackground()) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                   sink: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
+                   field: FieldBackground = FieldBackground()) -> int:
     """The per-photon core: draw photons and background events and keep those detected.
 
-    Returns detector positions (arcsec), true energies (keV) and the number of sky photons drawn.
+    Hands the detected ones to ``sink`` in cache-sized pieces, as detector positions (arcsec, float32) and
+    true energies (keV, float32), and returns the number of sky photons drawn.
     """
     response = instrument.require_response()
     geom = instrument.geometry
-    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     n_sky_photons = 0
 
     def detect(base_x: np.ndarray, base_y: np.ndarray, spec: SpectralResponse, focused: bool,
@@ -233,7 +233,7 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
                 x += jitter[0, 0] * du + jitter[0, 1] * dv
                 y += jitter[1, 0] * du + jitter[1, 1] * dv
             energy = spec.sample_energies(rng, b - a)
-            kept.append(_focus_and_detect(rng, x, y, energy, (b - a) if focused else 0, instrument, resolution))
+            sink(*_focus_and_detect(rng, x, y, energy, (b - a) if focused else 0, instrument, resolution))
 
     # Extended emission: Poisson counts per sky pixel, uniform within the pixel.
     if pixels.flux.size:
@@ -269,7 +269,7 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
         py = np.float32(geom.array_y0) + rng.random(n, dtype=np.float32) * np.float32(geom.array_height)
         pe = np.float32(0.5) + np.float32(1.5) * rng.random(n, dtype=np.float32)
         on = geom.on_chip(px, py)
-        kept.append((px[on], py[on], pe[on]))
+        sink(px[on], py[on], pe[on])
         # Soft-proton residual: inside the field of view, a flat energy spectrum, thinned by its own profile.
         if field.soft_protons > 0:
             n = int(rng.poisson(bkg.soft_proton_rate_arcmin2 * field.soft_protons * fov_area * exposure_s))
@@ -277,13 +277,8 @@ def detect_photons(rng: np.random.Generator, sky: SkyModel, pixels: "_SkyPixels"
             theta = offaxis_arcmin(instrument, sx, sy)
             keep = (rng.random(n, dtype=np.float32) < bkg.soft_proton_profile(theta)) & geom.on_chip(sx, sy)
             se = np.float32(0.5) + np.float32(1.5) * rng.random(n, dtype=np.float32)
-            kept.append((sx[keep], sy[keep], se[keep]))
-    if not kept:
-        return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), n_sky_photons
-    xs_, ys_, es_ = zip(*kept)
-    x, y = np.concatenate(xs_), np.concatenate(ys_)
-    _out_of_time(rng, y, instrument)
-    return x, y, np.concatenate(es_), n_sky_photons
+            sink(sx[keep], sy[keep], se[keep])
+    return n_sky_photons
 
 
 def ccd_live(sky: SkyModel, instrument: PnInstrument) -> np.ndarray:
@@ -354,51 +349,80 @@ def _focus_and_detect(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, en
     return x[detected], y[detected], energy[detected]
 
 
-def _event_columns(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, energy: np.ndarray,
-                   instrument: PnInstrument, frame: Pointing, exposure_s: float, resolution: int,
-                   tstart: float) -> dict[str, np.ndarray]:
-    """Event-list columns of detected photons, in time order.
+PHOTONS_PER_SLOT = 1 << 17   # detected events per time slot (aimed at): a slot's events fit in the cache
+MAX_TIME_SLOTS = 4096
 
-    The photons are put in a uniformly random order (:func:`_random_order`, which keeps memory access
-    cache-sized) and given the order statistics of uniform arrival times: every photon's TIME is uniform
-    over the exposure and independent of its position and component, so that a TIME split of the list gives
-    two independent Poisson images. Everything after that is drawn in time order.
-    """
-    n = x.size
-    x, y, energy = _random_order(rng, x, y, energy)
-    columns = {name: np.empty(n, dtype=dtype) for name, dtype in COLUMN_DTYPES.items()}
-    columns["TIME"] = tstart + exposure_s * _sorted_uniforms(rng, n)
-    for a, b in _chunks(n):  # cache-sized pieces of the time-ordered list
-        cx, cy, ce = x[a:b], y[a:b], energy[a:b]
+
+def time_slot_count(n_photons: float) -> int:
+    """Time slots for a simulation expected to draw ``n_photons`` (1 for small skies, at most 4096)."""
+    return int(np.clip(np.ceil(n_photons / PHOTONS_PER_SLOT), 1, MAX_TIME_SLOTS))
+
+
+class TimeSlots:
+    """Detected events gathered into equal slots of the exposure as they are made.
+
+    Every event gets a slot drawn uniformly at random when it arrives (:meth:`add`), independent of its
+    position, energy and component; each piece is sorted by slot locally (it is cache-sized), so no
+    pass over the whole list ever gathers at random. :meth:`slots` then hands out each slot's events in
+    a uniformly random order, to be given that slot's sorted arrival times: every event's TIME is then
+    uniform over the exposure and independent of everything else, as if drawn on its own and sorted,
+    and a TIME split of the list gives independent Poisson images."""
+
+    def __init__(self, rng: np.random.Generator, n_slots: int):
+        self.rng, self.n_slots = rng, int(n_slots)
+        self._pieces: list[tuple[np.ndarray, np.ndarray]] = []   # (events sorted by slot, slot edges)
+        self.total = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray, energy: np.ndarray) -> None:
+        """Take detected events: detector positions (arcsec) and true energies (keV), float32."""
+        if x.size == 0:
+            return
+        packed = np.zeros((x.size, 4), dtype=np.float32)   # x, y, energy and padding: one 16-byte item per event
+        packed[:, 0], packed[:, 1], packed[:, 2] = x, y, energy
+        items = packed.view(np.complex128).ravel()
+        if self.n_slots == 1:
+            edges = np.array([0, x.size])
+        else:
+            slot = self.rng.integers(0, self.n_slots, x.size, dtype=np.uint16)
+            items = items[np.argsort(slot, kind="stable")]
+            edges = np.concatenate([[0], np.cumsum(np.bincount(slot, minlength=self.n_slots))])
+        self._pieces.append((items, edges))
+        self.total += x.size
+
+    def slots(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per slot, in time order: (slot index, x, y, energy) of its events in a uniformly random order."""
+        for k in range(self.n_slots):
+            parts = [p[e[k]:e[k + 1]] for p, e in self._pieces if e[k + 1] > e[k]]
+            items = np.concatenate(parts) if parts else np.zeros(0, np.complex128)
+            if items.size > 1:
+                items = items[self.rng.permutation(items.size)]   # whole 16-byte items: one gather
+            block = items.view(np.float32).reshape(-1, 4)
+            yield k, block[:, 0].copy(), block[:, 1].copy(), block[:, 2].copy()
+
+
+def _event_columns(rng: np.random.Generator, slots: TimeSlots, instrument: PnInstrument, frame: Pointing,
+                   exposure_s: float, resolution: int, tstart: float, live: np.ndarray) -> dict[str, np.ndarray]:
+    """Event-list columns of the detected events, in time order, slot by slot: out-of-time events moved
+    along their CCD column, CCDs that saw part of the exposure thinned (at the registered position), then
+    arrival times (the slot's sorted uniform times), positions, PI and PATTERN."""
+    columns = {name: np.empty(slots.total, dtype=dtype) for name, dtype in COLUMN_DTYPES.items()}
+    thin = bool(np.any(live < 1.0))
+    slot_s = exposure_s / slots.n_slots
+    a = 0
+    for k, cx, cy, ce in slots.slots():
+        _out_of_time(rng, cy, instrument)
+        if thin:   # CCDs that saw part of the exposure: their events thinned (registered position)
+            keep = rng.random(cx.size, dtype=np.float32) < live[_ccd_index(instrument, cx, cy)].astype(np.float32)
+            cx, cy, ce = cx[keep], cy[keep], ce[keep]
+        b = a + cx.size
+        columns["TIME"][a:b] = tstart + slot_s * (k + _sorted_uniforms(rng, b - a))
         xi, eta = frame.to_tangent(cx, cy)
         set_positions(columns, slice(a, b), cx, cy, xi, eta, instrument, resolution)
         columns["PI"][a:b] = instrument.require_response().to_pi(rng, ce)
         columns["PATTERN"][a:b] = _draw_patterns(rng, b - a, instrument)
         columns["ENERGY"][a:b] = ce * np.float32(1000.0)
-    return columns
-
-
-_BUCKETS = 256
-
-
-def _random_order(rng: np.random.Generator, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The arrays (of equal length) in one uniformly random order, in two cache-friendly steps: every element
-    goes to one of 256 buckets drawn at random (a stable radix sort: 256 sequential streams, not a random
-    gather over the whole arrays), then each bucket, a few hundred kB, is shuffled in place. A random bucket
-    and a uniform order within it make every order equally likely."""
-    n = arrays[0].size
-    if n == 0:
-        return arrays
-    buckets = rng.integers(0, _BUCKETS, n, dtype=np.uint8)
-    grouped = np.argsort(buckets, kind="stable")
-    edges = np.concatenate([[0], np.cumsum(np.bincount(buckets, minlength=_BUCKETS))])
-    out = tuple(np.take(a, grouped) for a in arrays)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        if hi - lo > 1:
-            local = rng.permutation(hi - lo)
-            for a in out:
-                a[lo:hi] = a[lo:hi][local]
-    return out
+        a = b
+    return {name: values[:a] for name, values in columns.items()}
 
 
 def _sorted_uniforms(rng: np.random.Generator, n: int) -> np.ndarray:
