@@ -512,3 +512,27 @@ def test_out_of_time_streaks_of_an_image_and_of_its_padded_frame(instrument):
     padded[2:2 + cy.size, 2:2 + cx.size] = image
     np.testing.assert_allclose(out_of_time_streaks(padded, instrument, 1)[2:2 + cy.size, 2:2 + cx.size], streaks)
     assert not out_of_time_streaks(image[:100, :100], instrument, 1).any()   # a cutout: no whole columns
+
+
+def test_fft_convolution_is_scipys_fftconvolve_bit_for_bit():
+    """The expected image convolves with its own real-FFT routine (scipy.signal costs seconds of start-up):
+    the same arithmetic, so the same bits, as scipy.signal.fftconvolve in full mode."""
+    from scipy.signal import fftconvolve
+
+    rng = np.random.default_rng(2)
+    for shape, size in (((37, 52), 31), ((250, 211), 61), ((2, 2), 9)):   # deposits are at least 2 x 2
+        image, kernel = rng.random(shape), rng.random((size, size))
+        assert np.array_equal(simulator.fft_convolve(image, kernel), fftconvolve(image, kernel, mode="full"))
+
+
+def test_simulate_imports_neither_torch_nor_scipy_signal():
+    """`xmmsr simulate` and `xmmsr bin` import only what they need (start-up is part of every call)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, xmmsr.cli; from xmmsr.instrument.simulator import simulate_events; "
+            "from xmmsr.instrument.binning import bin_event_file; "
+            "print(' '.join(m for m in ('torch', 'lightning', 'snakemake', 'scipy.signal', 'scipy.stats') "
+            "if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []

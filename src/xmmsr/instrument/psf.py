@@ -174,14 +174,24 @@ def _kernel(rc: float, alpha: float, q: float, azimuth: float, pixel: float, r_m
         rad = x * c + y * s
         tan = -x * s + y * c
         rho2 = rad**2 + (tan / q) ** 2
-        return np.where(rho2 <= rho_max2, np.power(1.0 + rho2 / rc**2, -alpha), 0.0)
+        inside = rho2 <= rho_max2
+        out = np.zeros(rho2.shape)
+        out[inside] = np.power(1.0 + rho2[inside] / rc**2, -alpha)   # the power only where it is kept
+        return out
 
-    k = profile(centers[None, :], centers[:, None])
+    def symmetric_profile(coords: np.ndarray) -> np.ndarray:
+        """The profile on the grid coords x coords; ``coords`` (odd length) is symmetric about 0 bit for bit,
+        and so is the profile (negating x and y negates rad and tan exactly): the rows below the centre
+        row are the rows above it reversed, computed once."""
+        upper = profile(coords[None, :], coords[: coords.size // 2 + 1, None])
+        return np.concatenate([upper, upper[-2::-1, ::-1]])
+
+    k = symmetric_profile(centers)
     core = min(half, int(np.ceil(6.0 * rc * q / pixel)) + 2)
-    sub = ((np.arange(supersample) + 0.5) / supersample - 0.5) * pixel
+    sub = (np.arange(supersample) - (supersample - 1) / 2) / supersample * pixel   # symmetric sub-pixel offsets
     cc = (centers[half - core: half + core + 1, None] + sub[None, :]).ravel()
     n = 2 * core + 1
-    p = profile(cc[None, :], cc[:, None]).reshape(n, supersample, n, supersample).mean(axis=(1, 3))
+    p = symmetric_profile(cc).reshape(n, supersample, n, supersample).mean(axis=(1, 3))
     k[half - core: half + core + 1, half - core: half + core + 1] = p
     k /= k.sum()
     k.setflags(write=False)

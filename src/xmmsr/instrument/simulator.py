@@ -20,7 +20,6 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import fft as sfft
-from scipy import signal
 
 from ..errors import InputError
 from ..sky.model import FieldBackground, SkyModel, ccd_live_fractions
@@ -611,11 +610,23 @@ def _add_convolved(out: np.ndarray, grid: ImageGrid, x: np.ndarray, y: np.ndarra
     h = kernel.shape[0] // 2
     cells = np.flatnonzero(deposit)
     if cells.size <= DIRECT_DEPOSITS:   # a few point sources: shifted kernels, cheaper than an FFT of the box
+        scaled = np.empty_like(kernel)   # one buffer for all cells (a fresh array per cell costs page faults)
         for cell in cells:
             r, c = divmod(int(cell), box.nx)
-            _add_clipped(out, kernel * deposit[r, c], jlo + r - h, ilo + c - h)
+            np.multiply(kernel, deposit[r, c], out=scaled)
+            _add_clipped(out, scaled, jlo + r - h, ilo + c - h)
         return
-    _add_clipped(out, signal.fftconvolve(deposit, kernel, mode="full"), jlo - h, ilo - h)
+    _add_clipped(out, fft_convolve(deposit, kernel), jlo - h, ilo - h)
+
+
+def fft_convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Full linear convolution of two real 2-D arrays by real FFTs of the next fast lengths: the arithmetic
+    of ``scipy.signal.fftconvolve(image, kernel, mode="full")`` (the same bits, for arrays of at least
+    2 x 2), without importing scipy.signal (seconds of start-up: it imports scipy.stats)."""
+    shape = (image.shape[0] + kernel.shape[0] - 1, image.shape[1] + kernel.shape[1] - 1)
+    fshape = [sfft.next_fast_len(n, True) for n in shape]
+    product = sfft.rfftn(image, fshape, axes=(0, 1)) * sfft.rfftn(kernel, fshape, axes=(0, 1))
+    return sfft.irfftn(product, fshape, axes=(0, 1))[: shape[0], : shape[1]]
 
 
 DIRECT_DEPOSITS = 32   # deposit cells up to which the kernel is added cell by cell instead of by FFT
@@ -632,38 +643,84 @@ def _add_clipped(out: np.ndarray, patch: np.ndarray, r0: int, c0: int) -> None:
 @lru_cache(maxsize=1024)
 def _compensated_kernel(psf: PsfModel, pixel: float, theta: float, azimuth: float, energy: float,
                         resolution: int) -> np.ndarray:
-    """The PSF kernel divided (in Fourier space, on a grid padded by 8 pixels) by the transfer function
-    of the cloud-in-cell deposit, so that deposited positions act as exact sub-pixel positions."""
-    padded = np.pad(psf.kernel(pixel, theta, azimuth, energy, resolution), 8)
-    m = padded.shape[0]
+    """The PSF kernel divided (in Fourier space) by the transfer function of the cloud-in-cell deposit, so
+    that deposited positions act as exact sub-pixel positions; the kernel grown by 8 pixels a side.
+
+    The division runs on the kernel zero-padded to the next odd length with small prime factors (the
+    kernel's own sizes, 2 x 150 + 17 at 1x and 2 x 300 + 17 at 2x, are 317 and 617: primes, whose FFTs
+    took most of the time), then is cut back to the grown size."""
+    kernel = psf.kernel(pixel, theta, azimuth, energy, resolution)
+    n = kernel.shape[0]
+    m = _odd_fast_length(n + 2 * COMPENSATION_MARGIN)
+    before = (m - n) // 2
+    padded = np.pad(kernel, (before, m - n - before))
     cic = (np.sinc(sfft.fftfreq(m))[:, None] * np.sinc(sfft.rfftfreq(m))[None, :]) ** 2
-    out = sfft.fftshift(sfft.irfft2(sfft.rfft2(sfft.ifftshift(padded)) / cic, s=(m, m)))
+    full = sfft.fftshift(sfft.irfft2(sfft.rfft2(sfft.ifftshift(padded)) / cic, s=(m, m)))
+    h, c = n // 2 + COMPENSATION_MARGIN, m // 2
+    out = full[c - h: c + h + 1, c - h: c + h + 1].copy()
     out.setflags(write=False)
     return out
+
+
+COMPENSATION_MARGIN = 8   # pixels a compensated kernel reaches beyond the PSF kernel (its ringing)
+
+
+def _odd_fast_length(n: int) -> int:
+    """The smallest odd length >= n whose FFT is fast (factors 2, 3, 5, 7, 11 only; odd keeps the centre)."""
+    while n % 2 == 0 or sfft.next_fast_len(n, True) != n:
+        n += 1
+    return n
 
 
 def _expected_fine_background(instrument: PnInstrument, exposure_s: float, resolution: int,
                                field: FieldBackground = FieldBackground()) -> np.ndarray:
     """Expected background counts (all components, with the field's scales) on the fine image grid."""
     response = instrument.require_response()
-    geom, bkg = instrument.geometry, instrument.background
-    core = geom.image_grid(resolution).refine(instrument.oversample)
-    good = instrument.patterns.good
-    cx, cy = core.centers()
-    theta = offaxis_arcmin(instrument, cx[None, :], cy[:, None])
-    area_arcmin2 = core.pixel_arcsec**2 / 3600.0 * exposure_s * good
-    accept = geom.acceptance(core, dead=False)
-    in_fov = accept * geom.fov_fraction(core)
-    sky = np.zeros(core.shape)
-    for flux, spec in ((bkg.cxb_flux_arcmin2 * field.cxb, response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh)),
-                       (bkg.galactic_flux_arcmin2 * field.galactic, response.spectral("bremss", bkg.galactic_kt_kev, 0.0))):
-        sky += flux * spec.band_area_cm2 * instrument.vignetting(theta, spec.mean_energy_kev)
-    counts = sky * area_arcmin2 * in_fov
-    counts += bkg.particle_rate_arcmin2 * field.particle * area_arcmin2 * accept
+    bkg = instrument.background
+    maps = _background_maps(instrument, resolution)
+    area_arcmin2 = maps.pixel_arcsec**2 / 3600.0 * exposure_s * instrument.patterns.good
+    sky = np.zeros(maps.in_fov.shape)
+    for flux, spec, vignetting in (
+            (bkg.cxb_flux_arcmin2 * field.cxb, response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh), maps.cxb_vignetting),
+            (bkg.galactic_flux_arcmin2 * field.galactic, response.spectral("bremss", bkg.galactic_kt_kev, 0.0),
+             maps.galactic_vignetting)):
+        sky += flux * spec.band_area_cm2 * vignetting
+    counts = sky * area_arcmin2 * maps.in_fov
+    counts += bkg.particle_rate_arcmin2 * field.particle * area_arcmin2 * maps.acceptance
     if field.soft_protons > 0:
         counts += (bkg.soft_proton_rate_arcmin2 * field.soft_protons * area_arcmin2
-                   * bkg.soft_proton_profile(theta) * in_fov)
+                   * maps.soft_proton_profile * maps.in_fov)
     return counts
+
+
+@dataclass(frozen=True)
+class _BackgroundMaps:
+    """What the background expectation needs on the fine grid that no field changes (computed once)."""
+
+    pixel_arcsec: float
+    cxb_vignetting: np.ndarray
+    galactic_vignetting: np.ndarray
+    acceptance: np.ndarray       # CCD area (dead pixels not applied)
+    in_fov: np.ndarray           # CCD area inside the field of view
+    soft_proton_profile: np.ndarray
+
+
+@lru_cache(maxsize=4)
+def _background_maps(instrument: PnInstrument, resolution: int) -> _BackgroundMaps:
+    response = instrument.require_response()
+    geom, bkg = instrument.geometry, instrument.background
+    core = geom.image_grid(resolution).refine(instrument.oversample)
+    cx, cy = core.centers()
+    theta = offaxis_arcmin(instrument, cx[None, :], cy[:, None])
+    accept = geom.acceptance(core, dead=False)
+    maps = _BackgroundMaps(
+        core.pixel_arcsec,
+        instrument.vignetting(theta, response.spectral("powerlaw", bkg.cxb_gamma, bkg.cxb_nh).mean_energy_kev),
+        instrument.vignetting(theta, response.spectral("bremss", bkg.galactic_kt_kev, 0.0).mean_energy_kev),
+        accept, accept * geom.fov_fraction(core), bkg.soft_proton_profile(theta))
+    for array in (maps.cxb_vignetting, maps.galactic_vignetting, maps.in_fov, maps.soft_proton_profile):
+        array.setflags(write=False)
+    return maps
 
 
 def _count_factor(response, spectrum: tuple[str, float], nh: float) -> float:
