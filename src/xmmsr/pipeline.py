@@ -185,24 +185,26 @@ def bin_shard(events_dir: str | Path, output: str | Path) -> None:
 def expected_shard(sky_dir: str | Path, instrument: PnInstrument, resolution: int, output: str | Path) -> None:
     """Noise-free expected count rate (counts/s, background included) per source, plus the background alone
     (per source: every field has its own background scales)."""
-    planes, backgrounds, rows = [], [], []
+    rows = []
     kind = "background"
     g = instrument.geometry
-    for path in _progress(sky_files(sky_dir), f"expected {resolution}x"):
+    paths = sky_files(sky_dir)
+    # the cubes filled in place: a list of planes stacked at the end held every plane twice
+    planes = np.empty((len(paths), *g.image_grid(resolution).shape), dtype=np.float32)
+    bkg = np.empty_like(planes)
+    for i, path in enumerate(_progress(paths, f"expected {resolution}x")):
         sky = read_sky_model(path)
         kind = sky.kind
-        planes.append(expected_image(sky, instrument, 1.0, resolution).astype(np.float32))
-        backgrounds.append(expected_background(instrument, 1.0, resolution, FieldBackground.of(sky.meta),
-                                               ccd_live(sky, instrument)).astype(np.float32))
+        planes[i] = expected_image(sky, instrument, 1.0, resolution)
+        bkg[i] = expected_background(instrument, 1.0, resolution, FieldBackground.of(sky.meta), ccd_live(sky, instrument))
         w = detector_image_wcs(g.image_grid(resolution), sky.ra_pnt, sky.dec_pnt, instrument.roll_deg,
                                g.aim_x_arcsec, g.aim_y_arcsec)
         rows.append({"SRCID": sky.source_id, "SRCKIND": sky.kind, "SEED": 0, "SRCSEED": sky.seed, "NEVENTS": 0,
                      "EXPOSURE": 1.0, "RA_PNT": sky.ra_pnt, "DEC_PNT": sky.dec_pnt, "PA_PNT": instrument.roll_deg,
                      **wcs_row(w)})
-    bkg = np.stack(backgrounds)
     header = cube_header(kind, resolution, "count s-1", None)
     header["EXTNAME"] = "EXPECTED"
     header["COMMENT"] = "Multiply by an exposure (s) for expected counts; subtract BACKGROUND for the sources alone."
     bkg_hdu = fits.ImageHDU(bkg, name="BACKGROUND")
     bkg_hdu.header["BUNIT"] = "count s-1"
-    write_cube(np.stack(planes), header, rows, output, [bkg_hdu])
+    write_cube(planes, header, rows, output, [bkg_hdu])

@@ -161,7 +161,7 @@ def describe_psf(cfg: dict) -> str:
             f"axis ratio of {q_max:g}")
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=64)   # the expected image keeps its own cache of the kernels it uses (at 2x, 3 MB each)
 def _kernel(rc: float, alpha: float, q: float, azimuth: float, pixel: float, r_max: float,
             supersample: int = 5) -> np.ndarray:
     """Pixel-integrated truncated elliptical King kernel: supersampled near the core, centres beyond."""

@@ -7,7 +7,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from scipy.special import ndtr, ndtri
 
 from ..errors import InputError
 from ..io import open_fits
@@ -123,6 +122,8 @@ class Redistribution:
     @classmethod
     def gaussian(cls, fwhm_ev_at_1kev: float, levels: int = 64) -> "Redistribution":
         """A Gaussian resolution of ``fwhm_ev_at_1kev`` scaling as sqrt(E), centred on the true energy."""
+        from scipy.special import ndtr, ndtri   # here: scipy.special is half a second of every command's start-up
+
         energy = np.round(np.arange(0.40, 4.0001, 0.01), 4)
         sigma = fwhm_ev_at_1kev / 2.3548 * np.sqrt(energy)
         lo, hi = PI_RANGE_EV[0] - 0.5, PI_RANGE_EV[1] + 0.5
