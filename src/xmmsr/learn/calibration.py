@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 ONE_SIGMA = 0.6827          # Gaussian probability within +-1 sigma
+TWO_SIGMA = 0.9545          # ... and within +-2 sigma
 BINS = 8                    # bins of predicted counts (one global factor leaves the faintest SR pixels short)
 
 
