@@ -27,7 +27,7 @@ import pandas as pd
 from ..instrument.psf import describe_psf
 from ..io import atomic_path
 from ..learn.calibration import ONE_SIGMA, TWO_SIGMA, UncertaintyCalibration
-from ..learn.checkpoint import load_model, save_model
+from ..learn.checkpoint import TrainedModel, load_model, save_model
 from ..learn.model import count_parameters
 from ..learn.predict import check_onnx
 from . import methods, tables
@@ -204,8 +204,10 @@ def _training_data_text(cfg: dict, t_in: float, t_out: float) -> str:
             f"realizations.")
 
 
-def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release_dir: Path) -> str:
-    """The model card (Markdown) of the released models, from the run's outputs."""
+def model_card(runs: Sequence[TaskRun], models: dict[str, TrainedModel], dataset: Path, config_name: str,
+               release_dir: Path) -> str:
+    """The model card (Markdown) of the released ``models`` (by task, as written to ``release_dir``), from the
+    run's outputs."""
     counts = _dataset_counts(dataset)
     recorded, exposure_in, exposure_out = _dataset_config(dataset)
     rule = "release_finetuned" if any(run.finetune_history is not None for run in runs) else "release"
@@ -215,7 +217,6 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
            "over the simulated **test split** (sources never seen in training); the 16th–84th percentiles are "
            "in the run's `metrics/{task}/summary.csv`.", "",
            "## Files", "", "| file | task | parameters | size | sha256 |", "|---|---|---|---|---|"]
-    models = {run.task: load_model(run.model) for run in runs}
     for run in runs:
         for suffix in ("pt", "onnx"):
             f = release_dir / f"{run.task}.{suffix}"
@@ -267,7 +268,7 @@ def model_card(runs: Sequence[TaskRun], dataset: Path, config_name: str, release
         out += _table(summary, "all", "all", tables.CARD_POINTS)
         if run.purity is not None:
             out += _purity(run.purity)
-        out += _uncertainty(summary, _calibration(run.calibration))
+        out += _uncertainty(summary, models[run.task].uncertainty_calibration)
         for kind in sorted(summary[summary["group"] == "kind"]["value"].astype(str).unique()):
             n = summary[(summary["group"] == "kind") & (summary["value"].astype(str) == kind)
                         & (summary["method"] == "model") & (summary["metric"] == "psnr_asinh_vs_expected")]["n"]
@@ -467,6 +468,7 @@ def write_release(runs: Sequence[TaskRun], dataset: Path, config_name: str, out_
     """Copy the models of ``runs`` into ``out_dir`` as ``{task}.pt``/``{task}.onnx`` and write the card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    released: dict[str, TrainedModel] = {}
     for run in runs:
         model = load_model(run.model)   # refuses a damaged model file (digest)
         check_onnx(run.onnx)
@@ -475,10 +477,12 @@ def write_release(runs: Sequence[TaskRun], dataset: Path, config_name: str, out_
             with atomic_path(out_dir / f"{run.task}.pt") as tmp:
                 shutil.copyfile(run.model, tmp)
         else:   # the same model with its uncertainty calibration (a new digest)
-            save_model(out_dir / f"{run.task}.pt", replace(model, uncertainty_calibration=calibration))
+            model = replace(model, uncertainty_calibration=calibration)
+            save_model(out_dir / f"{run.task}.pt", model)
+        released[run.task] = model
         with atomic_path(out_dir / f"{run.task}.onnx") as tmp:
             shutil.copyfile(run.onnx, tmp)
-    card = model_card(runs, dataset, config_name, out_dir)
+    card = model_card(runs, released, dataset, config_name, out_dir)
     with atomic_path(out_dir / CARD_NAME) as tmp:
         tmp.write_text(card)
     manifest = {run.task: {"pt": f"{run.task}.pt", "onnx": f"{run.task}.onnx"} for run in runs}
