@@ -34,6 +34,10 @@ from xmmsr.sky.model import FieldBackground, SkyModel, empty_point_table, make_w
 REPO = Path(__file__).resolve().parents[1]
 EXPOSURE_S = 100_000.0
 PHOTONS_PER_FLUX = 1.08e8   # photons drawn per unit total flux of the bright field at 100 ks (measured)
+# the start of every child process's code: the default configuration ``cfg`` and its instrument ``inst``
+CHILD_SETUP = ("from pathlib import Path; from xmmsr.config import default_config; "
+               "from xmmsr.instrument.model import PnInstrument; cfg = default_config(); "
+               f"inst = PnInstrument.from_config(cfg['instrument'], base_dir=Path({str(REPO)!r})); ")
 
 
 def bright_field(total_flux: float, npix: int = 1800) -> SkyModel:
@@ -117,11 +121,9 @@ def scaling(max_photons: float) -> None:
     print("\n| photons drawn | events | CPU s | M photons/s | peak memory GB |")
     print("|---|---|---|---|---|")
     for exponent in range(5, int(np.log10(max_photons)) + 1):
-        code = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                "from bench_simulator import bright_field, REPO, PHOTONS_PER_FLUX, EXPOSURE_S; "
-                "from xmmsr.config import default_config; from xmmsr.instrument.model import PnInstrument; "
+        code = (CHILD_SETUP + f"import sys, time; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                "from bench_simulator import bright_field, PHOTONS_PER_FLUX, EXPOSURE_S; "
                 "from xmmsr.instrument.simulator import simulate_events; "
-                "inst = PnInstrument.from_config(default_config()['instrument'], base_dir=REPO); "
                 f"sky = bright_field({10.0 ** exponent} / PHOTONS_PER_FLUX); t = time.process_time(); "
                 "ev = simulate_events(sky, inst, EXPOSURE_S, 1, seed=1); "
                 "print(ev.header['NSKYPHOT'][0], len(ev), time.process_time() - t)")
@@ -153,12 +155,9 @@ def binning(instrument: PnInstrument) -> None:
 def expected(instrument: PnInstrument) -> None:
     """Expected image per source: default fields cold (fresh process), the bright cluster warm."""
     for resolution in (1, 2):
-        code = (f"from pathlib import Path; from xmmsr.config import default_config; "
-                "from xmmsr.instrument.model import PnInstrument; from xmmsr.pipeline import brightness_reference; "
+        code = (CHILD_SETUP + "from xmmsr.pipeline import brightness_reference; "
                 "from xmmsr.sky.generate import generate_source; from xmmsr.instrument.simulator import expected_image; "
-                "import time; cfg = default_config(); "
-                f"inst = PnInstrument.from_config(cfg['instrument'], base_dir=Path({str(REPO)!r})); "
-                "b = brightness_reference(inst); skies = [generate_source(k, i, cfg['sources'], b, cfg['seed']) "
+                "import time; b = brightness_reference(inst); skies = [generate_source(k, i, cfg['sources'], b, cfg['seed']) "
                 "for k in ('extended', 'agn', 'background') for i in range(3)]; t = time.process_time(); "
                 f"[expected_image(s, inst, 1.0, {resolution}) for s in skies]; "
                 "print((time.process_time() - t) / len(skies))")
@@ -179,10 +178,7 @@ def shard(n_sources: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("extended", "agn", "background"):
             sky_dir = Path(tmp) / kind
-            setup = ("from pathlib import Path; from xmmsr.config import default_config; "
-                     "from xmmsr.instrument.model import PnInstrument; cfg = default_config(); "
-                     f"inst = PnInstrument.from_config(cfg['instrument'], base_dir=Path({str(REPO)!r})); ")
-            subprocess.run([sys.executable, "-c", setup + "from xmmsr.pipeline import make_sky_shard; "
+            subprocess.run([sys.executable, "-c", CHILD_SETUP + "from xmmsr.pipeline import make_sky_shard; "
                             f"make_sky_shard({kind!r}, range({n_sources}), cfg['sources'], inst, cfg['seed'], "
                             f"{str(sky_dir)!r})"], check=True, capture_output=True)
             cells = []
@@ -192,7 +188,7 @@ def shard(n_sources: int) -> None:
                     call = (f"simulate_shard({str(sky_dir)!r}, inst, {EXPOSURE_S}, {resolution}, 1, {str(out)!r})"
                             if job == "simulate" else
                             f"expected_shard({str(sky_dir)!r}, inst, {resolution}, {str(out) + '.fits'!r})")
-                    t, peak, _ = _child_cpu(setup + f"from xmmsr.pipeline import {job}_shard; " + call)
+                    t, peak, _ = _child_cpu(CHILD_SETUP + f"from xmmsr.pipeline import {job}_shard; " + call)
                     cells.append(f"{t / n_sources:.2f} s, {peak:.1f} GB")
             print(f"| {kind} | " + " | ".join(cells) + " |")
 

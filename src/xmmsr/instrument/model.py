@@ -81,10 +81,11 @@ class Vignetting:
         j = np.clip(np.searchsorted(grid, x, side="right") - 1, 0, grid.size - 2)
         offset = x - grid[j]
         beyond = x >= grid[-1]
+        slope_at, start_at = slopes.ravel(), table[:, :-1].ravel()   # flat (energy, interval) look-ups
         out = []
         for row in (k, k + 1):
             at = row * (grid.size - 1) + j
-            value = slopes.ravel()[at] * offset + table[:, :-1].ravel()[at]
+            value = slope_at[at] * offset + start_at[at]
             value = np.where(beyond, table[row, -1], value)
             out.append(value.astype(t, copy=False))
         return out[0], out[1]
