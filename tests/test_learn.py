@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from xmmsr.config import ConfigError, check_config, load_config
 from xmmsr.learn.checkpoint import load_model
-from xmmsr.learn.data import EpochSampler, PairDataset
+from xmmsr.learn.data import EpochSampler, PairDataset, source_share
 from xmmsr.learn.model import Architecture, build_generator, count_parameters
 from xmmsr.learn.normalise import Normalisation
 from xmmsr.learn.pack import SPLITS, ShardFiles, pack_dataset, split_counts
@@ -183,6 +183,33 @@ def test_dataset_crops_are_aligned_and_augmentations_shared(tiny_run):
                    and np.array_equal(t(item["mask_target"][0].numpy()), aug["mask_target"][0].numpy())]
         assert matches, "input, target and mask must share one flip/rotation"
         assert item["mask_input"][0].numpy().sum() > 0  # crops are centred on the detector
+
+
+def test_source_share_is_the_sources_fraction_of_the_expected_counts():
+    expected, background = np.array([0.0, 1.0, 4.0, 2.0]), np.array([0.0, 1.0, 1.0, 3.0])
+    assert np.allclose(source_share(expected, background), [0.0, 0.0, 0.75, 0.0])
+
+
+def test_source_crops_centre_crops_where_sources_outshine_the_background(tiny_run):
+    path = dataset_path(tiny_run)
+    uniform = PairDataset(path, "dn", "train", crop=16)
+    assert all(torch.equal(uniform[(i % len(uniform), 7 + i)]["input"],
+                           PairDataset(path, "dn", "train", crop=16, source_crops=0.0)[(i % len(uniform), 7 + i)]["input"])
+               for i in range(4))  # off: the draws of earlier runs
+    sourced = PairDataset(path, "dn", "train", crop=16, source_crops=1.0)
+    with h5py.File(path) as h5:
+        shares = {int(s): source_share(h5["expected_rate_1x"][s], h5["background_rate_1x"][s]) for s in sourced.indices}
+    centre_share = {}
+    for name, ds in (("uniform", uniform), ("sourced", sourced)):
+        values = []
+        for draw in range(60):
+            item = ds[(draw % len(ds), 500 + draw)]
+            y0, x0 = item["origin"].tolist()
+            values.append(shares[int(item["index"])][y0 + 8, x0 + 8])  # the centre (crops this small are not clipped)
+        centre_share[name] = np.mean(values)
+    assert centre_share["sourced"] > 3 * centre_share["uniform"], centre_share  # 0.40 against 0.07
+    with pytest.raises(ValueError, match="source_crops"):
+        PairDataset(path, "dn", "train", crop=16, source_crops=1.5)
 
 
 def test_dataset_works_with_worker_processes(tiny_run):

@@ -37,6 +37,14 @@ def open_dataset(path: str | Path) -> h5py.File:
     return h5
 
 
+def source_share(expected_rate: np.ndarray, background_rate: np.ndarray) -> np.ndarray:
+    """Per pixel, the fraction of the expected counts that come from sources: (expected - background) /
+    expected, 0 where nothing is expected (both in counts/s; the expected rate includes the background)."""
+    expected = np.asarray(expected_rate, dtype=np.float64)
+    excess = np.clip(expected - np.asarray(background_rate, dtype=np.float64), 0.0, None)
+    return np.divide(excess, expected, out=np.zeros_like(expected), where=expected > 0)
+
+
 class PairDataset(Dataset):
     """Input/target pairs of one split for one task.
 
@@ -44,16 +52,23 @@ class PairDataset(Dataset):
     ``expected`` (1, s*h, s*w) expected target counts (unless ``with_expected`` is false), ``mask_input`` / ``mask_target`` (1, ., .), and
     scalars ``exposure_input`` / ``exposure_target`` [s], ``index`` (sample) and ``origin`` (crop corner). With ``crop`` the items are
     ``crop`` x ``crop`` 1x pixels centred on a random active detector pixel (targets aligned at 2x for
-    SR); with ``augment`` a random flip and 90-degree rotation, the same for every array of the item.
+    SR); a fraction ``source_crops`` of them is centred instead on a pixel drawn with probability equal to
+    its *source share*, the fraction of its expected input counts that come from sources rather than the
+    background (:func:`source_share`), so that point sources, close pairs and cluster cores are seen in
+    proportion to where sources outshine the background, not to their area. With ``augment`` a random flip and 90-degree rotation, the same for every array of the item.
     Keys are sample positions, or ``(position, draw_seed)`` pairs from :class:`EpochSampler`. With
     ``max_items`` only that many samples, evenly spread over the split, are used.
     """
 
     def __init__(self, path: str | Path, task: str, split: str, crop: int | None = None,
-                 augment: bool = False, with_expected: bool = True, max_items: int | None = None) -> None:
+                 augment: bool = False, with_expected: bool = True, max_items: int | None = None,
+                 source_crops: float = 0.0) -> None:
         if task not in TARGETS:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(TARGETS)}")
+        if not 0.0 <= source_crops <= 1.0:
+            raise ValueError(f"source_crops = {source_crops} is not a fraction; use a value in [0, 1]")
         self.path, self.task, self.split, self.crop, self.augment = Path(path), task, split, crop, augment
+        self.source_crops = float(source_crops) if crop is not None else 0.0
         self.with_expected = with_expected
         self.upscale = UPSCALE[task]
         with open_dataset(self.path) as h5:
@@ -73,6 +88,14 @@ class PairDataset(Dataset):
         if crop is not None and (crop > min(self.frame_shape)):
             raise ValueError(f"train.crop = {crop} exceeds the frame {self.frame_shape}; use a smaller crop or null")
         self._active = np.argwhere(self.mask_1x)  # crop centres are drawn among active pixels
+        # per sample of the split: cumulative source share over the active pixels (None: no source)
+        self._source_cdf: list[np.ndarray | None] = []
+        if self.source_crops > 0:
+            with open_dataset(self.path) as h5:
+                for sample in self.indices:
+                    share = source_share(h5["expected_rate_1x"][sample], h5["background_rate_1x"][sample])
+                    cdf = np.cumsum(share[self.mask_1x], dtype=np.float64)
+                    self._source_cdf.append(cdf if cdf[-1] > 0 else None)
         self._h5: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
         self._pid = -1
@@ -95,6 +118,15 @@ class PairDataset(Dataset):
         state["_h5"], state["_datasets"], state["_pid"] = None, {}, -1
         return state
 
+    def _crop_centre(self, position: int, rng: np.random.Generator) -> np.ndarray:
+        """The (y, x) 1x pixel a crop of the sample at ``position`` is centred on."""
+        if self.source_crops > 0 and rng.random() < self.source_crops:  # no extra draw when off
+            cdf = self._source_cdf[position]
+            if cdf is not None:
+                return self._active[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")),
+                                        len(cdf) - 1)]
+        return self._active[rng.integers(len(self._active))]
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         position, draw_seed = (key, 0) if np.isscalar(key) else key
         sample = int(self.indices[int(position)])
@@ -105,7 +137,7 @@ class PairDataset(Dataset):
             y0, x0, size = 0, 0, None
         else:
             size = self.crop
-            cy, cx = self._active[rng.integers(len(self._active))]
+            cy, cx = self._crop_centre(int(position), rng)
             y0 = int(np.clip(cy - size // 2, 0, self.frame_shape[0] - size))
             x0 = int(np.clip(cx - size // 2, 0, self.frame_shape[1] - size))
         def window(scale: int) -> tuple[slice, slice]:
