@@ -4,8 +4,10 @@ Python programs that run every job locally, at once, and record their arguments.
 ``install(bin_dir, state_dir)`` writes the programs; put ``bin_dir`` first on ``PATH`` and export
 ``FAKE_SLURM_STATE=state_dir``. ``FAKE_SLURM_FAIL_FIRST="simulate=OUT_OF_MEMORY,bin=TIMEOUT"`` ends the first
 job of each named rule (from the plugin's ``--comment rule_<name>...``) in that state without running it, as
-Slurm does with a job past its memory or time. ``sbatch_calls(state_dir)`` then returns the argument lists of every
-submission, and ``srun_calls(state_dir)`` those of every job step.
+Slurm does with a job past its memory or time. ``sbatch_calls(state_dir)`` then returns the argument lists
+of every submission, and ``srun_calls(state_dir)`` those of every job step. ``sacct`` answers once one of
+the run's running jobs has ended (or after ``SACCT_WAIT_S``), so that a test does not sit out the executor
+plugin's poll interval, which grows by 10 s per poll while nothing ends.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 ACCOUNT = "xmm_test"
+SACCT_WAIT_S = 30.0  # below the plugin's 60 s timeout of a status query
 
 _COMMON = r'''
 import fcntl, json, os, shlex, signal, subprocess, sys
@@ -101,12 +104,20 @@ print(job_id)
 '''
 
 _SACCT = r'''
+import time
 record("sacct")
 args = sys.argv[1:]
 name = option(args, "--name")
 if name is None and any("Account" in arg for arg in args):
     print(ACCOUNT)  # the plugin guessing the account from recent jobs
     sys.exit(0)
+# answer when one of the run's running jobs has ended (at most SACCT_WAIT_S later), as a busy cluster's
+# accounting lags: the plugin then polls again at once instead of sitting out its growing interval
+running = {job_id for job_id, job_name, state in jobs() if job_name == name and state == "RUNNING"}
+deadline = time.monotonic() + SACCT_WAIT_S
+while running and time.monotonic() < deadline and all(
+        state == "RUNNING" for job_id, _, state in jobs() if job_id in running):
+    time.sleep(0.1)
 for job_id, job_name, state in jobs():
     if name is None or job_name == name:
         print(f"{job_id}|{state}")
@@ -176,7 +187,8 @@ def install(bin_dir: Path, state_dir: Path) -> dict[str, str]:
     state_dir.mkdir(parents=True, exist_ok=True)
     for name, body in _PROGRAMS.items():
         path = bin_dir / name
-        path.write_text(f"#!{sys.executable}\n{_COMMON}\nACCOUNT = {ACCOUNT!r}\n{body}")
+        constants = f"ACCOUNT = {ACCOUNT!r}\nSACCT_WAIT_S = {SACCT_WAIT_S!r}\n"
+        path.write_text(f"#!{sys.executable}\n{_COMMON}\n{constants}{body}")
         path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return {"FAKE_SLURM_STATE": str(state_dir)}
 
