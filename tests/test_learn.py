@@ -346,6 +346,18 @@ def test_real_fine_tuning_config_is_a_valid_overlay_holding_out_observations():
     assert splits.count("train") >= 1 and splits.count("val") + splits.count("test") >= 2
 
 
+def test_deblending_overlays_stack_on_the_pretrained_config():
+    from snakemake.utils import update_config  # merged as --configfile merges them
+
+    raw: dict = {}
+    for name in ("pretrained", "deblend_pairs", "source_crops"):
+        update_config(raw, yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text()))
+    cfg = check_config(raw)
+    assert cfg["outdir"] == "results/pairs_crops" and cfg["train"]["tasks"] == ["sr"]
+    assert cfg["train"]["source_crops"] == 0.5 and cfg["sources"]["agn"]["pair_fraction"] == 0.5
+    assert cfg["model"]["blocks"] == 2 and cfg["train"]["epochs"] == 15  # the pretrained settings underneath
+
+
 def test_workflow_models_predict_and_export(tiny_run, tmp_path):
     """The train rule's outputs: a model file that predicts on a simulated 1x image, the same
     generator in ONNX, and one history row per epoch."""
