@@ -291,3 +291,19 @@ def test_deblending_resolves_wide_pairs_in_the_truth_and_never_pairs_below_the_p
     dn = Architecture(task="dn", features=8, growth=8, blocks=1, dense_blocks=1)
     with pytest.raises(ValueError, match="SR model"):
         deblending(TrainedModel(build_generator(dn), dn, Normalisation(), 2e4, 1e5), *args[1:], 5, 5.0, 10)
+
+
+def test_deblending_truth_resolves_a_faint_companion_whatever_its_distance(instrument):
+    """No local level from an annulus: at 2 FWHM (4 FWHM of the 2x PSF) the bright primary lies in the
+    faint one's 3-5 FWHM annulus, which once took the 2x truth for a single source (resolved at 1.5 and
+    3 FWHM but not at 2)."""
+    from xmmsr.evaluate.deblend import deblending
+    from xmmsr.learn.checkpoint import TrainedModel
+    from xmmsr.learn.model import Architecture, build_generator
+    from xmmsr.learn.normalise import Normalisation
+
+    arch = Architecture(task="sr", features=8, growth=8, blocks=1, dense_blocks=1)
+    model = TrainedModel(build_generator(arch).eval(), arch, Normalisation(), 2e4, 1e5)
+    table = deblending(model, instrument, 2e4, 1e5, 200.0, [1.5, 2.0, 3.0], [5.0], 1, 5, 5.0, 5)
+    truth = table[table["method"] == "truth"]
+    assert truth["resolved_fraction"].tolist() == [1.0, 1.0, 1.0]
