@@ -191,6 +191,12 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
     workers = write_config(tmp_path / "workers.yaml", {"train": {"num_workers": 2, "threads": 1}})
     assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(workers)).stdout)
 
+    crops = write_config(tmp_path / "crops.yaml", {"train": {"source_crops": 0.5}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(crops)))
+    assert set(jobs) == {"train", "evaluate", "deblend", "report", "all"}  # at 0 it is not a parameter at all
+    no_pairs = write_config(tmp_path / "pairs.yaml", {"sources": {"agn": {"pair_separation_arcsec": [3.0, 9.0]}}})
+    assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(no_pairs)).stdout)
+
     zoom = write_config(tmp_path / "zoom.yaml", {"sources": {"extended": {"zoom": [1.0, 1.5]}}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(zoom)))
     assert jobs["sources"] == 1 and jobs["simulate"] == 4 and jobs["expected"] == 2  # only the extended shard

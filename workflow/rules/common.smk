@@ -103,6 +103,8 @@ def source_params(wildcards):
     if not config["sources"]["extended"]["include_agn"]:
         wanted["extended"] = ["sky", "extended"]
     params = {key: {k: v for k, v in config["sources"][key].items() if k != "n"} for key in wanted[wildcards.kind]}
+    if "agn" in params:
+        params["agn"] = _without_unused_pairs(params["agn"])
     for key in ("field_background", "field_exposure"):  # observing conditions of every field
         params[key] = config["sources"][key]
     if IMAGE_SOURCES and wildcards.kind == "extended":
@@ -153,12 +155,24 @@ def tng_download_params():
 
 
 def sources_config():
-    """The sources section as it determines the data: without kind/tng for synthetic runs."""
+    """The sources section as it determines the data: without kind/tng for synthetic runs, and without the
+    AGN pair settings when no pairs are drawn (fields as before those settings existed: the same params
+    and dataset hash, so that earlier runs are not simulated again)."""
     if TNG_SOURCES:
-        return {k: v for k, v in config["sources"].items() if k != "images"}
-    if IMAGE_SOURCES:
-        return {k: v for k, v in config["sources"].items() if k != "tng"}
-    return {k: v for k, v in config["sources"].items() if k not in ("kind", "tng", "images")}
+        sources = {k: v for k, v in config["sources"].items() if k != "images"}
+    elif IMAGE_SOURCES:
+        sources = {k: v for k, v in config["sources"].items() if k != "tng"}
+    else:
+        sources = {k: v for k, v in config["sources"].items() if k not in ("kind", "tng", "images")}
+    sources["agn"] = _without_unused_pairs(sources["agn"])
+    return sources
+
+
+def _without_unused_pairs(agn):
+    """The AGN settings without the close-pair ones when no pairs are drawn (pair_fraction 0)."""
+    if agn["pair_fraction"] > 0:
+        return agn
+    return {k: v for k, v in agn.items() if not k.startswith("pair_")}
 
 
 def brightness_params():
@@ -228,12 +242,18 @@ def report_config():
     return shown
 
 
+def _without_noop_defaults(train):
+    """The train section without the settings that are at a default which changes nothing (source_crops 0:
+    every crop uniform, as before the setting existed), so that runs made before them do not retrain."""
+    return {k: v for k, v in train.items() if not (k == "source_crops" and v == 0)}
+
+
 def pixel_train_params():
     """The train section as the pixel-loss training and the fine-tuning see it: without the settings of
     the adversarial model, so that changing those retrains nothing else."""
     train = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks", "adversarial")}
     train["loss"] = {k: v for k, v in train["loss"].items() if k != "adversarial"}
-    return train
+    return _without_noop_defaults(train)
 
 
 def adversarial_tasks():
@@ -248,7 +268,7 @@ def adversarial_train_params():
     its concern: choosing them must not retrain the others)."""
     train = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks")}
     train["adversarial"] = {k: v for k, v in train["adversarial"].items() if k != "tasks"}
-    return train
+    return _without_noop_defaults(train)
 
 
 def deblend_seed():
