@@ -55,7 +55,8 @@ class PairDataset(Dataset):
     SR); a fraction ``source_crops`` of them is centred instead on a pixel drawn with probability equal to
     its *source share*, the fraction of its expected input counts that come from sources rather than the
     background (:func:`source_share`), so that point sources, close pairs and cluster cores are seen in
-    proportion to where sources outshine the background, not to their area. With ``augment`` a random flip and 90-degree rotation, the same for every array of the item.
+    proportion to where sources outshine the background, not to their area. With ``augment`` a random
+    flip and 90-degree rotation, the same for every array of the item.
     Keys are sample positions, or ``(position, draw_seed)`` pairs from :class:`EpochSampler`. With
     ``max_items`` only that many samples, evenly spread over the split, are used.
     """
