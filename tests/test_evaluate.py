@@ -83,7 +83,7 @@ def test_report_pdf_has_every_page_and_names_models_and_baselines(tiny_run):
     for needle in ("De-noising (DN)", "Super-resolution (SR)", "Training and validation curves",
                    "de-blending close point-source pairs", "point sources lost and invented",
                    "point sources and data consistency", "config hash", "completeness at equal purity",
-                   *[m.label for m in methods.REGISTRY.values() if m.name != "finetuned"]):
+                   *[m.label for m in methods.REGISTRY.values() if m.name not in ("finetuned", "model_adversarial")]):
         assert needle in text, needle
     # the run's own exposures (2 ks -> 10 ks in the tiny config), never the default 20 ks -> 100 ks
     assert "2 ks → 10 ks" in text and "2 ks at 4\" → 10 ks at 2\"" in text
@@ -199,11 +199,29 @@ def test_report_compares_the_adversarial_model_side_by_side(tiny_run, tmp_path):
     dirs = {t: results / "metrics" / t for t in ("dn", "sr")}
     histories = {t: results / "models" / t / "history.csv" for t in ("dn", "sr")}
     # the pixel-loss metrics stand in for an adversarial model's: the page's layout is what is tested here
+    deblend = results / "metrics" / "sr" / "deblend.csv"
     pngs = write_report(dirs, histories, load_config(TINY), tmp_path / "r.pdf", tmp_path / "figures",
-                        adversarial_dirs={"sr": dirs["sr"]})
+                        deblend_csv=deblend, adversarial_dirs={"sr": dirs["sr"]}, deblend_adversarial_csv=deblend)
     assert "adversarial_sr.png" in [p.name for p in pngs]
     text = "\n".join(page.extract_text() for page in pypdf.PdfReader(tmp_path / "r.pdf").pages)
     assert "pixel loss against pixel + adversarial loss" in text and "adversarial model" in text
+    assert "model + adversarial (ESRGAN)" in text   # its de-blending curve beside the pixel-loss model's
+
+
+def test_deblending_tables_of_two_models_join_only_when_drawn_alike():
+    from xmmsr.evaluate.tables import deblend_with_models
+
+    rows = [(sep, method, frac) for sep in (1.0, 2.0) for method, frac in
+            (("input", 0.2), ("richardson_lucy", 0.4), ("model", 0.1), ("truth", 1.0))]
+    table = pd.DataFrame(rows, columns=["separation_fwhm", "method", "resolved_fraction"]).assign(flux_ratio=1.0)
+    other = table.assign(resolved_fraction=np.where(table["method"] == "model", 0.7, table["resolved_fraction"]))
+    joined = deblend_with_models(table, {"model_adversarial": other})
+    assert len(joined) == len(table) + 2
+    assert joined[joined["method"] == "model_adversarial"]["resolved_fraction"].tolist() == [0.7, 0.7]
+    assert joined[joined["method"] == "model"]["resolved_fraction"].tolist() == [0.1, 0.1]
+    redrawn = other.assign(resolved_fraction=other["resolved_fraction"] + (other["method"] == "input") * 0.05)
+    with pytest.raises(ValueError, match="model_adversarial.*other draws"):
+        deblend_with_models(table, {"model_adversarial": redrawn})
 
 
 @pytest.mark.parametrize("s", [1, 2])

@@ -212,12 +212,14 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
 
     adversarial = write_config(tmp_path / "adv.yaml", {"train": {"loss": {"adversarial": 0.01}}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(adversarial)))
-    assert set(jobs) == {"train_adversarial", "evaluate_adversarial", "report", "all"}  # the pixel models stay
-    assert jobs["train_adversarial"] == jobs["evaluate_adversarial"] == 2
+    assert set(jobs) == {"train_adversarial", "evaluate_adversarial", "deblend_adversarial", "report", "all"}
+    assert jobs["train_adversarial"] == jobs["evaluate_adversarial"] == 2   # the pixel models stay
+    assert jobs["deblend_adversarial"] == 1   # SR's de-blending beside the pixel-loss model's
     dn_only = write_config(tmp_path / "adv_dn.yaml", {"train": {"loss": {"adversarial": 0.01},
                                                                 "adversarial": {"tasks": ["dn"]}}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(dn_only)))
     assert jobs["train_adversarial"] == jobs["evaluate_adversarial"] == 1   # train.adversarial.tasks chooses
+    assert "deblend_adversarial" not in jobs
     unused = write_config(tmp_path / "unused.yaml", {"train": {"adversarial": {"epochs": 9}}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(unused)))
     assert set(jobs) == {"report", "all"}  # weight 0: nothing trains; the report prints the config

@@ -225,6 +225,8 @@ def report_inputs(wildcards):
         inputs["real"] = f"{OUT}/metrics/real/real_pairs.csv"
     if "sr" in tasks:
         inputs["deblend"] = f"{OUT}/metrics/sr/deblend.csv"
+        if "sr" in adversarial_tasks():
+            inputs["deblend_adversarial"] = f"{OUT}/metrics/sr/adversarial/deblend.csv"
     inputs.update({f"adversarial_{t}": f"{OUT}/metrics/{t}/adversarial/summary.json" for t in adversarial_tasks()})
     if REAL_IMAGES:
         inputs.update({f"real_thinned_{t}": f"{OUT}/metrics/{t}/real_thinned.csv" for t in tasks})

@@ -84,6 +84,15 @@ rule deblend:
         "../scripts/deblend.py"
 
 
+use rule deblend as deblend_adversarial with:
+    input:
+        model=f"{OUT}/models/sr/adversarial.pt",
+    output:
+        f"{OUT}/metrics/sr/adversarial/deblend.csv",
+    log:
+        f"{OUT}/logs/evaluate/deblend_adversarial.log",
+
+
 # The report is cheap and runs where Snakemake itself runs (no cluster job).
 localrules:
     report,

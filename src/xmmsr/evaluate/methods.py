@@ -69,6 +69,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
                                                                   reconvolve=k.psf_out if s > 1 else None)),
     Method("model", "model (RRDB)", ("dn", "sr"), "model"),
     Method("model_gated", "model, sources tested on the input", ("dn", "sr"), "model"),
+    Method("model_adversarial", "model + adversarial (ESRGAN)", ("dn", "sr"), "model"),
     Method("finetuned", "fine-tuned model", ("dn", "sr"), "model"),
     Method("truth", "truth (noise-free)", ("dn", "sr"), "reference"),
 )}

@@ -526,8 +526,10 @@ def deblend_figure(table: pd.DataFrame, counts: float, exp: Exposures) -> plt.Fi
 def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], config: dict[str, Any],
                  pdf_path: str | Path, figure_dir: str | Path, real_csv: Path | None = None,
                  real_thinned: dict[str, Path] | None = None, deblend_csv: Path | None = None,
-                 adversarial_dirs: dict[str, Path] | None = None) -> list[Path]:
-    """Write the PDF report and the PNG figures for ``snakemake --report``; returns the PNG paths."""
+                 adversarial_dirs: dict[str, Path] | None = None,
+                 deblend_adversarial_csv: Path | None = None) -> list[Path]:
+    """Write the PDF report and the PNG figures for ``snakemake --report``; returns the PNG paths (the
+    adversarial SR model's de-blending, when given, on the same page as the pixel-loss model's)."""
     summaries = {t: json.loads((d / "summary.json").read_text()) for t, d in metric_dirs.items()}
     task_tables = {t: pd.read_csv(d / "summary.csv") for t, d in metric_dirs.items()}
     galleries = {t: np.load(d / "gallery.npz") for t, d in metric_dirs.items()}
@@ -572,7 +574,10 @@ def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], confi
                 pdf.savefig(fig)
                 pngs.append(_save_png(fig, figure_dir / f"adversarial_{task}.png"))
             if deblend_csv is not None:
-                fig = deblend_figure(pd.read_csv(deblend_csv), config["evaluate"]["deblend"]["counts"], exp)
+                table = pd.read_csv(deblend_csv)
+                if deblend_adversarial_csv is not None:
+                    table = tables.deblend_with_models(table, {"model_adversarial": pd.read_csv(deblend_adversarial_csv)})
+                fig = deblend_figure(table, config["evaluate"]["deblend"]["counts"], exp)
                 pdf.savefig(fig)
                 pngs.append(_save_png(fig, figure_dir / "deblending.png"))
             if real_csv is not None:

@@ -3,7 +3,7 @@ of a ``summary.csv`` that both the PDF report and the model card print."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +75,19 @@ def median(summary: pd.DataFrame, method: str, metric: str) -> float:
     """The overall median of one method and metric (NaN when absent)."""
     rows = summary[(summary["group"] == "all") & (summary["method"] == method) & (summary["metric"] == metric)]
     return float(rows["median"].iloc[0]) if len(rows) else float("nan")
+
+def deblend_with_models(table: pd.DataFrame, others: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """``table`` with the ``model`` rows of each of ``others`` added under its key (e.g. the adversarial
+    continuation's table as ``model_adversarial``). They must come from the same draws (same seed and
+    settings): their input, Richardson-Lucy and truth rows must equal ``table``'s, else ValueError."""
+    key = ["separation_fwhm", "flux_ratio", "method"]
+    reference = table[table["method"] != "model"].sort_values(key).reset_index(drop=True)
+    parts = [table]
+    for name, other in others.items():
+        same = other[other["method"] != "model"].sort_values(key).reset_index(drop=True)
+        if not same[reference.columns].equals(reference):
+            raise ValueError(f"the de-blending table of {name!r} comes from other draws than the model's (its input, "
+                             "Richardson-Lucy or truth rows differ): score both with the same evaluate.deblend "
+                             "settings and seed")
+        parts.append(other[other["method"] == "model"].assign(method=name))
+    return pd.concat(parts, ignore_index=True)
