@@ -14,7 +14,7 @@ from conftest import TINY, snakemake
 
 from xmmsr.cli import main
 from xmmsr.metrics import coverage_mask
-from xmmsr.evaluate import methods
+from xmmsr.evaluate import methods, points
 from xmmsr.learn.checkpoint import TrainedModel, save_model
 from xmmsr.learn.model import Architecture, build_generator
 from xmmsr.learn.normalise import Normalisation
@@ -49,6 +49,8 @@ def test_metric_files_hold_the_model_and_every_baseline(tiny_run):
         assert {"all", "kind", "brightness"} <= set(table["group"])
         sources = pd.read_csv(out / "sources.csv")   # every true source per method, and every false detection
         assert set(sources["source"]) <= {"true_source", "false_detection"} and "truth" not in set(sources["method"])
+        false = sources["source"] == "false_detection"   # each false detection with its cause, no true source
+        assert set(sources.loc[false, "cause"]) <= set(points.FALSE_CAUSES) and sources.loc[~false, "cause"].isna().all()
         for method, part in sources.groupby("method"):
             row = per_image[per_image["method"] == method].iloc[0]
             assert (part["source"] == "false_detection").sum() == row["n_false"]
@@ -76,13 +78,13 @@ def test_report_pdf_has_every_page_and_names_models_and_baselines(tiny_run):
     pypdf = pytest.importorskip("pypdf")
     pdf = tiny_run / "results" / "report" / "evaluation.pdf"
     reader = pypdf.PdfReader(pdf)
-    # provenance; per task: table, breakdown, points/consistency, sources, equal purity; curves; one gallery
-    # page per task; de-blending
-    assert len(reader.pages) == 1 + 2 * 5 + 1 + 2 + 1
+    # provenance; per task: table, breakdown, points/consistency, sources, false causes, equal purity; curves;
+    # one gallery page per task; de-blending
+    assert len(reader.pages) == 1 + 2 * 6 + 1 + 2 + 1
     text = "\n".join(page.extract_text() for page in reader.pages)
     for needle in ("De-noising (DN)", "Super-resolution (SR)", "Training and validation curves",
                    "de-blending close point-source pairs", "point sources lost and invented",
-                   "point sources and data consistency", "config hash", "completeness at equal purity",
+                   "point sources and data consistency", "config hash", "why detections are false", "completeness at equal purity",
                    *[m.label for m in methods.REGISTRY.values() if m.name not in ("finetuned", "model_adversarial")]):
         assert needle in text, needle
     # the run's own exposures (2 ks -> 10 ks in the tiny config), never the default 20 ks -> 100 ks

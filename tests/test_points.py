@@ -307,3 +307,31 @@ def test_deblending_truth_resolves_a_faint_companion_whatever_its_distance(instr
     table = deblending(model, instrument, 2e4, 1e5, 200.0, [1.5, 2.0, 3.0], [5.0], 1, 5, 5.0, 5)
     truth = table[table["method"] == "truth"]
     assert truth["resolved_fraction"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_false_detections_are_classed_by_what_lies_beneath_them():
+    """Each false detection gets the first cause that applies: beside a lost true source (one per source),
+    beside a found one, on a streak, on extended emission, else on the background alone."""
+    from xmmsr.evaluate.points import FALSE_CAUSES, extended_emission, false_causes
+
+    shape = (60, 60)
+    streak = np.zeros(shape)
+    streak[:, 40] = 5.0                       # a readout streak along column 40
+    cluster = np.zeros(shape)
+    cluster[5:25, 5:25] = 3.0                 # a patch of extended emission
+    point = np.zeros(shape)
+    point[15, 15] = 500.0                     # a point source on it: the median keeps the patch only
+    extended = extended_emission(cluster + point, 2.0)
+    assert extended[15, 15] == pytest.approx(3.0) and extended[50, 50] == 0.0
+    rows = pd.DataFrame({
+        "source": ["true_source", "true_source", *["false_detection"] * 6],
+        "x": [50.0, 10.0, 52.5, 53.0, 10.0, 40.2, 15.0, 30.0],
+        "y": [50.0, 40.0, 50.0, 52.0, 42.0, 30.0, 15.0, 55.0],
+        "found": [False, True, False, False, False, False, False, False]})
+    causes = false_causes(rows, 4.0, streak, extended, 1.0)["cause"].tolist()
+    assert causes[:2] == [None, None]   # true sources have none
+    # the closer of two detections beside the lost source is the source; the other falls through
+    assert causes[2:] == ["mislocated", "isolated", "fragment", "streak", "extended", "isolated"]
+    assert set(causes[2:]) <= set(FALSE_CAUSES)
+    # fainter structure than the background explains nothing
+    assert false_causes(rows, 4.0, streak, extended, 10.0)["cause"].tolist()[5:7] == ["isolated", "isolated"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.ndimage import median_filter
 from scipy.spatial import cKDTree
 
 from ..detection import NSIGMA, detect_point_sources
@@ -106,7 +107,11 @@ def score_against_truth(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray,
     return score_and_list(truth, pred, mask, background, psf_fwhm_px, pixel_arcsec, nsigma)[0]
 
 
-SOURCE_COLUMNS = ("source", "x", "y", "flux", "significance", "offaxis_arcmin", "found", "detected_significance")
+SOURCE_COLUMNS = ("source", "x", "y", "flux", "significance", "offaxis_arcmin", "found", "detected_significance",
+                  "cause")
+
+# Why a detection has no true source (:func:`false_causes`), in the order they are tested.
+FALSE_CAUSES = ("mislocated", "fragment", "streak", "extended", "isolated")
 
 
 def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, background: np.ndarray | float,
@@ -147,6 +152,54 @@ def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, back
         ix = np.clip(np.round(rows["x"].to_numpy()).astype(int), 0, nx - 1)
         rows["offaxis_arcmin"] = offaxis_arcmin[iy, ix]
     return out, rows.reindex(columns=list(SOURCE_COLUMNS))
+
+
+def false_causes(rows: pd.DataFrame, near_px: float, streak: np.ndarray, extended: np.ndarray,
+                 background: np.ndarray | float) -> pd.DataFrame:
+    """``rows`` (:func:`score_and_list`'s list of one image) with ``cause`` set for each false detection,
+    the first that applies of :data:`FALSE_CAUSES`:
+
+    * ``mislocated``: within ``near_px`` of a true source that was not found (one-to-one, closest first):
+      the source, placed further from its true position than the match radius;
+    * ``fragment``: within ``near_px`` of a true source that was found: a second peak of it;
+    * ``streak``: where the out-of-time streaks (``streak``, counts per pixel) outshine the ``background``;
+    * ``extended``: where the extended emission (``extended``: the truth's source counts without its point
+      sources) outshines the ``background``;
+    * ``isolated``: none of these, a source invented on the background alone.
+
+    ``near_px`` is meant to be twice the 1x PSF FWHM on this grid (what the input's counts can place),
+    so that SR, matched within the 2x FWHM, and DN are read alike."""
+    rows = rows.copy()
+    rows["cause"] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
+    false = rows.index[rows["source"] == "false_detection"]
+    if false.empty:
+        return rows
+    xy = rows.loc[false, ["x", "y"]].to_numpy(dtype=np.float64)
+    cause = np.full(false.size, "", dtype=object)
+    true = rows[rows["source"] == "true_source"]
+    lost, found = true[~true["found"].astype(bool)], true[true["found"].astype(bool)]
+    if not lost.empty:   # one detection per lost source, the closest first
+        pairs = match_pairs(lost.assign(flux=1.0), pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "flux": 1.0}), near_px)
+        cause[pairs.detected_index] = "mislocated"
+    if not found.empty:  # any number of fragments per found source
+        d, _ = cKDTree(found[["x", "y"]].to_numpy(dtype=np.float64)).query(xy)
+        cause[(cause == "") & (d <= near_px)] = "fragment"
+    ny, nx = streak.shape
+    iy = np.clip(np.round(xy[:, 1]).astype(int), 0, ny - 1)
+    ix = np.clip(np.round(xy[:, 0]).astype(int), 0, nx - 1)
+    level = np.broadcast_to(np.asarray(background, dtype=np.float64), streak.shape)[iy, ix]
+    for name, image in (("streak", streak), ("extended", extended)):
+        cause[(cause == "") & (image[iy, ix] > level)] = name
+    cause[cause == ""] = "isolated"
+    rows.loc[false, "cause"] = cause
+    return rows
+
+
+def extended_emission(source_counts: np.ndarray, psf_fwhm_px: float) -> np.ndarray:
+    """The extended part of a noise-free image of source counts (no background): a median over a box of
+    five PSF FWHM, in which a point source's core fills too few pixels to count."""
+    size = int(2 * np.ceil(2.5 * psf_fwhm_px) + 1)
+    return median_filter(np.asarray(source_counts, dtype=np.float64), size=size, mode="nearest")
 
 
 PURITY_COLUMNS = ("fields", "method", "n_fields", "false_per_field_goal", "threshold", "false_per_field", "completeness",

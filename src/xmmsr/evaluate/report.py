@@ -26,7 +26,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from .. import __version__  # noqa: E402
 from ..instrument.psf import describe_psf  # noqa: E402
 from ..io import atomic_path  # noqa: E402
-from . import methods, tables  # noqa: E402
+from . import methods, points, tables  # noqa: E402
 
 TASK_TITLES = {"dn": "De-noising (DN): {t_in} → {t_out}, 4\" pixels",
                "sr": "Super-resolution (SR): {t_in} at 4\" → {t_out} at 2\""}
@@ -374,6 +374,28 @@ def _purity_page(pdf: PdfPages, task: str, purity: pd.DataFrame, exp: Exposures)
     plt.close(fig)
 
 
+def _false_causes_page(pdf: PdfPages, task: str, sources: pd.DataFrame) -> None:
+    """False detections per field of every method by why they are false (:func:`xmmsr.evaluate.points.false_causes`)."""
+    fig = plt.figure(figsize=PAGE)
+    _title(fig, f"{task.upper()}: why detections are false (false detections per field)")
+    fields = max(int(sources["sample"].nunique()), 1)
+    false = sources[sources["source"] == "false_detection"]
+    counts = pd.crosstab(false["method"], false["cause"]).reindex(
+        index=methods.ordered(sources["method"].unique()), columns=list(points.FALSE_CAUSES), fill_value=0)
+    frame = (counts / fields).assign(all=lambda c: c.sum(axis=1))
+    frame.insert(0, "method", [methods.label(m) for m in frame.index])
+    _frame_table(fig, [0.05, 0.3, 0.9, 0.55], frame.reset_index(drop=True), 8, 1.5)
+    _caption(fig, f"Over the {fields} test images, each false detection (no true source within the match radius) "
+             "is put in the first class that applies: 'mislocated', within twice the 1x PSF FWHM of a true source "
+             "that the method did not find (one detection per source: the source, placed too far away); 'fragment', "
+             "that near a found one (a second peak of it); 'streak', where the out-of-time streaks of the field's "
+             "sources outshine the background (a streak drawn wider or narrower than the truth's leaves ridges); "
+             "'extended', where the truth's extended emission (a median over five PSF FWHM) outshines the "
+             "background; 'isolated', on the background alone: a source invented from nothing.")
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
 REAL_GALLERY_NAME = "real_thinned_gallery.npz"   # beside real_thinned.csv (evaluate.real.score_real_images)
 
 
@@ -549,9 +571,12 @@ def write_report(metric_dirs: dict[str, Path], histories: dict[str, Path], confi
                 _breakdown_page(pdf, task, task_tables[task], exp)
                 _points_consistency_page(pdf, task, task_tables[task], galleries[task], exp)
                 if (metric_dirs[task] / "sources.csv").exists():
-                    fig = sources_figure(task, pd.read_csv(metric_dirs[task] / "sources.csv"), exp)
+                    sources = pd.read_csv(metric_dirs[task] / "sources.csv")
+                    fig = sources_figure(task, sources, exp)
                     pdf.savefig(fig)
                     plt.close(fig)
+                    if "cause" in sources.columns:
+                        _false_causes_page(pdf, task, sources)
                 if (metric_dirs[task] / "purity.csv").exists():
                     _purity_page(pdf, task, pd.read_csv(metric_dirs[task] / "purity.csv"), exp)
             fig = curves_figure(history, exp)

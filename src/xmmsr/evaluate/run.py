@@ -104,6 +104,7 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     psf_out = baselines.psf_kernel(instrument, s)
     psf_1x_out = baselines.psf_kernel(instrument, 1, grid_resolution=s)
     fwhm_px = detection.psf_fwhm_px(instrument, s)
+    near_px = 2.0 * detection.psf_fwhm_px(instrument, 1) * s   # false detections near a true source: 2 x 1x FWHM
     kernel = consistency.degradation_kernel(instrument, s)
     gate = (SourceGate(float(eval_cfg["source_gate_sigma"]), detection.psf_fwhm_px(instrument, 1), fwhm_px, instrument)
             if eval_cfg["source_gate_sigma"] > 0 else None)
@@ -151,7 +152,9 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
             nsigma = eval_cfg["detection_nsigma"]
             # the detection's background: the field's and the out-of-time streaks of its sources (known
             # detector structure, in the truth and in every prediction; not point sources)
-            detect_bkg = bkg + out_of_time_streaks(frame["expected"] - bkg, instrument, s)
+            streaks = out_of_time_streaks(frame["expected"] - bkg, instrument, s)
+            detect_bkg = bkg + streaks
+            extended = points.extended_emission(frame["expected"] - detect_bkg, fwhm_px)   # why detections are false
             truth_sources = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg,
                                                            fwhm_px, nsigma)
             truth_anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg,
@@ -164,6 +167,7 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
                                                         fwhm_px, pixel_arcsec, nsigma, offaxis, truth_anywhere)
                 row.update(scores)
                 if method != "truth":
+                    sources = points.false_causes(sources, near_px, streaks, extended, bkg)
                     source_rows.append(sources.assign(sample=info["sample"], kind=info["kind"], method=method))
                 if method == "model":
                     row.update(coverage)
