@@ -536,3 +536,19 @@ def test_simulate_imports_neither_torch_nor_scipy_signal():
             "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
+
+
+
+def test_expected_image_and_background_at_once_equal_the_two_calls(instrument):
+    """The expected cube's planes: the background model evaluated once gives the same arrays as the two calls."""
+    from xmmsr.instrument.simulator import ccd_live, expected_image_and_background
+    from xmmsr.sky.model import FieldBackground
+
+    sky = beta_sky()
+    sky.meta.update(FieldBackground(particle=1.2, cxb=0.8, galactic=1.9, soft_protons=0.7).as_meta())
+    sky.meta["CCDLIVE"] = ",".join(["1"] * 3 + ["0.4"] + ["1"] * 8)
+    image, background = expected_image_and_background(sky, instrument, 1.0, 2)
+    np.testing.assert_array_equal(image, expected_image(sky, instrument, 1.0, 2))
+    np.testing.assert_array_equal(background, expected_background(instrument, 1.0, 2, FieldBackground.of(sky.meta),
+                                                                  ccd_live(sky, instrument)))
+    assert (image > background).any() and background.min() >= 0

@@ -30,12 +30,12 @@ from .instrument.binning import bin_event_file, detector_image_wcs
 from .instrument.events import write_events
 from .instrument.model import PnInstrument
 from .cube import cube_header, wcs_row, write_cube
-from .instrument.simulator import ccd_live, expected_background, expected_image, simulate_events
+from .instrument.simulator import expected_image_and_background, simulate_events
 from .io import atomic_directory
 from .learn import TASKS
 from .progress import progress
 from .sky.generate import BrightnessReference, generate_source
-from .sky.model import SOURCE_KINDS, FieldBackground, read_sky_model, write_sky_model
+from .sky.model import SOURCE_KINDS, read_sky_model, write_sky_model
 
 SIMULATION_STREAM = 1  # seed-derivation key separating simulation seeds from source seeds
 TRAINING_STREAM = 3  # seed-derivation key of the training seeds (2 is the split assignment)
@@ -195,8 +195,7 @@ def expected_shard(sky_dir: str | Path, instrument: PnInstrument, resolution: in
     for i, path in enumerate(_progress(paths, f"expected {resolution}x")):
         sky = read_sky_model(path)
         kind = sky.kind
-        planes[i] = expected_image(sky, instrument, 1.0, resolution)
-        bkg[i] = expected_background(instrument, 1.0, resolution, FieldBackground.of(sky.meta), ccd_live(sky, instrument))
+        planes[i], bkg[i] = expected_image_and_background(sky, instrument, 1.0, resolution)
         w = detector_image_wcs(g.image_grid(resolution), sky.ra_pnt, sky.dec_pnt, instrument.roll_deg,
                                g.aim_x_arcsec, g.aim_y_arcsec)
         rows.append({"SRCID": sky.source_id, "SRCKIND": sky.kind, "SEED": 0, "SRCSEED": sky.seed, "NEVENTS": 0,

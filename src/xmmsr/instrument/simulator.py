@@ -455,6 +455,18 @@ def expected_image(sky: SkyModel, instrument: PnInstrument, exposure_s: float, r
     return _finish(image, instrument, resolution, ccd_live(sky, instrument))
 
 
+def expected_image_and_background(sky: SkyModel, instrument: PnInstrument, exposure_s: float,
+                                  resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`expected_image` and :func:`expected_background` of the sky model's field, the background
+    model evaluated once (the same arrays as the two calls)."""
+    check_exposure(exposure_s, resolution)
+    background = _expected_fine_background(instrument, exposure_s, resolution, FieldBackground.of(sky.meta))
+    live = ccd_live(sky, instrument)
+    image = _expected_fine_sources(sky, instrument, exposure_s, resolution)
+    image += background
+    return _finish(image, instrument, resolution, live), _finish(background, instrument, resolution, live)
+
+
 def expected_background(instrument: PnInstrument, exposure_s: float, resolution: int,
                         field: FieldBackground = FieldBackground(), ccd_live: np.ndarray | None = None) -> np.ndarray:
     """Poisson mean of the binned background counts alone (image-grid shape), with the field's scales and

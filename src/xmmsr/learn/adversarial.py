@@ -172,8 +172,7 @@ def train_adversarial(run: AdversarialRun, model_path: Path, history_path: Path,
     pixel_weights = {k: v for k, v in cfg["loss"].items() if k != "adversarial"}
     module = AdversarialRestoration(start, pixel_weights, weight, adv["lr"], cfg["weight_decay"], total,
                                     cfg["min_lr_fraction"], cfg["gradient_clip"], adv["discriminator_features"])
-    train_set = PairDataset(run.dataset, run.task, "train", crop=cfg["crop"], augment=True, with_expected=False,
-                            source_crops=cfg.get("source_crops", 0.0))  # absent: left out at 0
+    train_set = PairDataset.training(run.dataset, run.task, cfg)
     val_set = PairDataset(run.dataset, run.task, "val")
     loader = DataLoader(train_set, batch_size=cfg["batch_size"], drop_last=True,
                         sampler=EpochSampler(len(train_set), cfg["steps_per_epoch"] * cfg["batch_size"], run.seed))

@@ -8,7 +8,8 @@ DataLoader workers or DDP ranks.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 from pathlib import Path
 
 import h5py
@@ -60,6 +61,14 @@ class PairDataset(Dataset):
     Keys are sample positions, or ``(position, draw_seed)`` pairs from :class:`EpochSampler`. With
     ``max_items`` only that many samples, evenly spread over the split, are used.
     """
+
+    @classmethod
+    def training(cls, path: str | Path, task: str, train_cfg: Mapping[str, Any]) -> PairDataset:
+        """The train split as the ``train`` config section crops it (``crop``, ``source_crops``; augmented,
+        no expected images). ``source_crops`` may be absent: the rules leave it out at its default, 0, so
+        that runs made before it existed are not trained again."""
+        return cls(path, task, "train", crop=train_cfg["crop"], augment=True, with_expected=False,
+                   source_crops=train_cfg.get("source_crops", 0.0))
 
     def __init__(self, path: str | Path, task: str, split: str, crop: int | None = None,
                  augment: bool = False, with_expected: bool = True, max_items: int | None = None,

@@ -240,8 +240,7 @@ def finetune(run: FinetuneRun, model_path: Path, history_path: Path, kernel: np.
     total = ft["epochs"] * ft["steps_per_epoch"]
     module = FineTuning(start, dict(cfg["loss"]), ft["lr"], cfg["weight_decay"], ft["warmup_steps"], total,
                         cfg["min_lr_fraction"], ft["real_weight"], kernel)
-    sim = PairDataset(run.dataset, run.task, "train", crop=cfg["crop"], augment=True, with_expected=False,
-                      source_crops=cfg.get("source_crops", 0.0))  # absent: left out at 0
+    sim = PairDataset.training(run.dataset, run.task, cfg)
     real = RealPairs(run.real_dataset, "train", run.plan, crop=ft["crop"], augment=True)
     val = RealPairs(run.real_dataset, "val", run.plan)
     for name, dataset in (("train", real), ("val", val)):

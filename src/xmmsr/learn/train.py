@@ -238,8 +238,7 @@ def train(run: TrainingRun, model_path: Path, history_path: Path, onnx_path: Pat
     print(f"task {run.task}: {count_parameters(module.generator):,} parameters, accelerator {accelerator}, "
           f"precision {precision}, compile {compile_model}, {total_steps} steps", flush=True)
 
-    train_set = PairDataset(run.dataset, run.task, "train", crop=cfg["crop"], augment=True, with_expected=False,
-                            source_crops=cfg.get("source_crops", 0.0))  # absent: left out at 0
+    train_set = PairDataset.training(run.dataset, run.task, cfg)
     val_set = PairDataset(run.dataset, run.task, "val")
     if len(val_set) == 0:
         raise ValueError(f"{run.dataset}: the val split is empty; raise pack.split.val or add sources")
