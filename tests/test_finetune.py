@@ -171,6 +171,7 @@ def test_release_of_fine_tuned_models_names_the_real_data(tiny_run, real_config)
     # this run trained the models it fine-tuned: the simulation training's validation curve is in the card
     assert card.count("Validation curve (masked PSNR") == 2 and "is in the card released with" not in card
     assert "| calibrated (shipped in the `.pt`; used by `--uncertainty`) |" in card
+    assert card.count("Why detections are false") == 2   # from the fine-tuned models' own evaluation
     assert load_model(release / "dn.pt").uncertainty_calibration.split == "val"
     assert "fine-tuned on 1 real observation(s) (field0)" in card and "Trained on simulations only" not in card
     history = pd.read_csv(tiny_run / "results/models/dn/finetune_history.csv")

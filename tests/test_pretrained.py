@@ -16,6 +16,7 @@ from conftest import REPO, TINY, beta_sky
 
 from xmmsr.cli import main
 from xmmsr.errors import InputError
+from xmmsr.evaluate import points
 from xmmsr.metrics import poisson_deviance
 from xmmsr.instrument.simulator import expected_image
 from xmmsr.learn import TASKS, UPSCALE
@@ -103,7 +104,8 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
                     results / f"models/{task}/history.csv", results / f"metrics/{task}/summary.csv",
                     tiny_run / f"results/logs/train/{task}.log", purity=results / f"metrics/{task}/purity.csv",
                     adversarial=(results / f"metrics/{task}/summary.csv",) * 2,
-                    calibration=results / f"metrics/{task}/uncertainty_calibration.json") for task in TASKS]
+                    calibration=results / f"metrics/{task}/uncertainty_calibration.json",
+                    sources=results / f"metrics/{task}/sources.csv") for task in TASKS]
     card = write_release(runs, results / "dataset/xmmsr_dataset.h5", "config.yaml + tests/data/tiny.yaml",
                          tmp_path / "release")
     for task in TASKS:   # the run's model with the calibration its evaluation fitted on the val split
@@ -127,6 +129,11 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
     assert (f"| all ({row['n_fields']}) | **model, sources tested on the input** | {row['threshold']:.1f} | "
             f"{row['false_per_field']:.2f} | {row['completeness']:.2f} |") in text
     assert "| pixel loss + adversarial (ESRGAN), sources tested on the input |" in text
+    assert text.count("Why detections are false") == 2   # per task, every method by cause
+    causes = pd.read_csv(results / "metrics/sr/sources.csv")
+    false = causes[(causes["method"] == "model") & (causes["source"] == "false_detection")]
+    assert "| **model (RRDB)** | " + " | ".join(
+        f"{(false['cause'] == c).sum() / causes['sample'].nunique():.2f}" for c in points.FALSE_CAUSES) in text
     assert text.count("With the source gate (`xmmsr predict --source-gate`") == 2
     # facts of this run, not of the shipped one: its exposures, its sources' brightness range, its PSF
     assert "Inputs (2 ks) and targets (10 ks)" in text and "20 ks" not in text.split("## Intended use")[0]

@@ -130,6 +130,7 @@ rule release:
         histories=expand(f"{OUT}/models/{{task}}/history.csv", task=config["train"]["tasks"]),
         summaries=expand(f"{OUT}/metrics/{{task}}/summary.csv", task=config["train"]["tasks"]),
         purity=expand(f"{OUT}/metrics/{{task}}/purity.csv", task=config["train"]["tasks"]),
+        sources=expand(f"{OUT}/metrics/{{task}}/sources.csv", task=config["train"]["tasks"]),
         calibrations=expand(f"{OUT}/metrics/{{task}}/uncertainty_calibration.json", task=config["train"]["tasks"]),
         adversarial=expand(f"{OUT}/metrics/{{task}}/adversarial/summary.csv", task=adversarial_tasks()),
         deblend=[f"{OUT}/metrics/sr/deblend.csv"] if "sr" in config["train"]["tasks"] else [],

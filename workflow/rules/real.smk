@@ -113,6 +113,7 @@ rule release_finetuned:
         training_histories=expand(f"{OUT}/models/{{task}}/history.csv", task=finetuned_from_this_run()),
         summaries=expand(f"{OUT}/metrics/{{task}}/finetuned/summary.csv", task=config["train"]["tasks"]),
         purity=expand(f"{OUT}/metrics/{{task}}/finetuned/purity.csv", task=config["train"]["tasks"]),
+        sources=expand(f"{OUT}/metrics/{{task}}/finetuned/sources.csv", task=config["train"]["tasks"]),
         calibrations=expand(
             f"{OUT}/metrics/{{task}}/finetuned/uncertainty_calibration.json", task=config["train"]["tasks"]
         ),

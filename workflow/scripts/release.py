@@ -15,10 +15,10 @@ with logged_to(sm.log[0]):
     runs = [TaskRun(task, Path(model), Path(onnx), Path(history), Path(summary), Path(log),
                     deblend=deblend if task == "sr" else None, purity=Path(purity),
                     adversarial=(Path(summary), adversarial[task]) if task in adversarial else None,
-                    calibration=Path(calibration))
-            for task, model, onnx, history, summary, log, purity, calibration in zip(
+                    calibration=Path(calibration), sources=Path(sources))
+            for task, model, onnx, history, summary, log, purity, calibration, sources in zip(
                 sm.params.tasks, sm.input.models, sm.input.onnx, sm.input.histories, sm.input.summaries,
-                sm.params.train_logs, sm.input.purity, sm.input.calibrations)]
+                sm.params.train_logs, sm.input.purity, sm.input.calibrations, sm.input.sources)]
     with atomic_directory(sm.output[0]) as tmp:
         card = write_release(runs, Path(sm.input.dataset), sm.params.config_name, tmp)
     print(f"{sm.output[0]}: {', '.join(sm.params.tasks)} models and {card.name}")

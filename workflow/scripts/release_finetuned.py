@@ -21,10 +21,10 @@ with logged_to(sm.log[0]):
                     summary_csv=Path(summary),
                     finetune_history=Path(history), real_scores=Path(scores),
                     deblend=deblend if task == "sr" else None, purity=Path(purity), adversarial=adversarial.get(task),
-                    calibration=Path(calibration))
-            for task, model, onnx, history, summary, scores, purity, calibration in zip(
+                    calibration=Path(calibration), sources=Path(sources))
+            for task, model, onnx, history, summary, scores, purity, calibration, sources in zip(
                 sm.params.tasks, sm.input.models, sm.input.onnx, sm.input.histories, sm.input.summaries,
-                sm.input.real_scores, sm.input.purity, sm.input.calibrations)]
+                sm.input.real_scores, sm.input.purity, sm.input.calibrations, sm.input.sources)]
     with atomic_directory(sm.output[0]) as tmp:
         card = write_release(runs, Path(sm.input.dataset), sm.params.config_name, tmp)
     print(f"{sm.output[0]}: fine-tuned {', '.join(sm.params.tasks)} models and {card.name}")

@@ -195,6 +195,18 @@ def false_causes(rows: pd.DataFrame, near_px: float, streak: np.ndarray, extende
     return rows
 
 
+def false_cause_table(sources: pd.DataFrame) -> pd.DataFrame:
+    """False detections per field of each method (rows, in ``sources``' order) by cause (columns
+    :data:`FALSE_CAUSES`, then ``all``), over the fields of ``sources`` (an evaluation's ``sources.csv``)."""
+    fields = max(int(sources["sample"].nunique()), 1)
+    false = sources[sources["source"] == "false_detection"]
+    counts = pd.crosstab(false["method"], false["cause"]).reindex(
+        index=list(dict.fromkeys(sources["method"])), columns=list(FALSE_CAUSES), fill_value=0)
+    table = counts / fields
+    table["all"] = counts.sum(axis=1) / fields
+    return table
+
+
 def extended_emission(source_counts: np.ndarray, psf_fwhm_px: float) -> np.ndarray:
     """The extended part of a noise-free image of source counts (no background): a median over a box of
     five PSF FWHM, in which a point source's core fills too few pixels to count."""

@@ -30,7 +30,7 @@ from ..learn.calibration import ONE_SIGMA, TWO_SIGMA, UncertaintyCalibration
 from ..learn.checkpoint import TrainedModel, load_model, save_model
 from ..learn.model import count_parameters
 from ..learn.predict import check_onnx
-from . import methods, tables
+from . import methods, points, tables
 
 CARD_NAME = "MODEL_CARD.md"
 TASK_TITLES = {"dn": "DN (de-noising): {t_in} → {t_out} on the 1x grid (4\" pixels)",
@@ -55,6 +55,7 @@ class TaskRun:
     purity: Path | None = None             # completeness at equal purity (evaluate's purity.csv)
     adversarial: tuple[Path, Path] | None = None  # summaries of the pixel-loss model and its adversarial continuation
     calibration: Path | None = None        # the uncertainty calibration fitted by its evaluation (put in the .pt)
+    sources: Path | None = None            # every true source and false detection of the evaluation (sources.csv)
 
 
 def _sha256(path: Path) -> str:
@@ -268,6 +269,8 @@ def model_card(runs: Sequence[TaskRun], models: dict[str, TrainedModel], dataset
         out += _table(summary, "all", "all", tables.CARD_POINTS)
         if run.purity is not None:
             out += _purity(run.purity)
+        if run.sources is not None:
+            out += _false_causes(run.sources)
         out += _uncertainty(summary, models[run.task].uncertainty_calibration)
         for kind in sorted(summary[summary["group"] == "kind"]["value"].astype(str).unique()):
             n = summary[(summary["group"] == "kind") & (summary["value"].astype(str) == kind)
@@ -331,6 +334,26 @@ def _uncertainty(summary: pd.DataFrame, calibration: UncertaintyCalibration | No
                 f"{len(calibration.scales)} bins of equal pixel numbers), each the {calibration.level:.1%} quantile "
                 f"of |prediction − truth| / σ over the {calibration.pixels:,} pixels of the {calibration.split} "
                 f"split; the test split above scores it.{tails}"]
+    return out
+
+
+def _false_causes(path: Path) -> list[str]:
+    """False detections per field by cause (:func:`xmmsr.evaluate.points.false_causes`), per method."""
+    sources = pd.read_csv(path)
+    if "cause" not in sources.columns:   # an evaluation made before causes were recorded
+        return []
+    table = points.false_cause_table(sources).reindex(methods.ordered(sources["method"].unique()))
+    fields = int(sources["sample"].nunique())
+    out = ["", f"Why detections are false (means per field over the {fields} test fields; the first cause that "
+           "applies): `mislocated`, within twice the 1x PSF FWHM of a true source the method did not find (the "
+           "source, placed beyond the match radius); `fragment`, near a found one; `streak`, where the out-of-time "
+           "streaks of bright sources outshine the background; `extended`, on extended emission brighter than the "
+           "background; `isolated`, on the background alone (made from nothing):", "",
+           "| method | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
+    for method, row in table.iterrows():
+        name = methods.label(str(method))
+        out.append(f"| {f'**{name}**' if methods.role(str(method)) == 'model' else name} | "
+                   + " | ".join(f"{v:.2f}" for v in row) + " |")
     return out
 
 

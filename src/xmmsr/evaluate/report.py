@@ -379,10 +379,7 @@ def _false_causes_page(pdf: PdfPages, task: str, sources: pd.DataFrame) -> None:
     fig = plt.figure(figsize=PAGE)
     _title(fig, f"{task.upper()}: why detections are false (false detections per field)")
     fields = max(int(sources["sample"].nunique()), 1)
-    false = sources[sources["source"] == "false_detection"]
-    counts = pd.crosstab(false["method"], false["cause"]).reindex(
-        index=methods.ordered(sources["method"].unique()), columns=list(points.FALSE_CAUSES), fill_value=0)
-    frame = (counts / fields).assign(all=lambda c: c.sum(axis=1))
+    frame = points.false_cause_table(sources).reindex(methods.ordered(sources["method"].unique()))
     frame.insert(0, "method", [methods.label(m) for m in frame.index])
     _frame_table(fig, [0.05, 0.3, 0.9, 0.55], frame.reset_index(drop=True), 8, 1.5)
     _caption(fig, f"Over the {fields} test images, each false detection (no true source within the match radius) "
