@@ -20,11 +20,10 @@ import pandas as pd
 
 from xmmsr import detection
 from xmmsr.config import default_config, load_config
-from xmmsr.evaluate.run import _frames
+from xmmsr.evaluate.run import frames_with_background
 from xmmsr.instrument.model import PnInstrument
-from xmmsr.instrument.simulator import out_of_time_streaks
 from xmmsr.learn.checkpoint import load_model
-from xmmsr.learn.data import PairDataset, open_dataset
+from xmmsr.learn.data import PairDataset
 from xmmsr.learn.predict import predict_counts
 
 COUNT_BINS = (0.0, 1e2, 1e3, 1e4, 1e5, np.inf)   # true source counts at the target exposure
@@ -54,22 +53,19 @@ def main() -> None:
     fwhm = detection.psf_fwhm_px(instrument, s)
     peak_half, box_half = int(np.ceil(fwhm)), int(np.ceil(1.5 * fwhm))
     rows = []
-    with open_dataset(args.dataset) as h5:
-        background = h5[f"background_rate_{s}x"]
-        for frame in _frames(PairDataset(args.dataset, model.task, args.split)):
-            bkg = np.asarray(background[frame["index"]], dtype=np.float64) * frame["exposure_target"]
-            bkg = bkg + out_of_time_streaks(frame["expected"] - bkg, instrument, s)   # as the evaluation
-            truth = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma)
-            pred = predict_counts(model, frame["input"], frame["exposure_input"], footprint=frame["mask_input"])
-            pred = pred.astype(np.float64) * frame["exposure_target"] / model.target_exposure_s
-            for src in truth.itertuples():
-                t_peak = _box(frame["expected"] - bkg, src.x, src.y, peak_half).max()
-                p_peak = _box(pred - bkg, src.x, src.y, peak_half).max()
-                rows.append({"sample": frame["index"], "x": src.x, "y": src.y, "counts": src.flux,
-                             "peak_ratio": p_peak / t_peak,
-                             "box_ratio": _box(pred - bkg, src.x, src.y, box_half).sum()
-                             / _box(frame["expected"] - bkg, src.x, src.y, box_half).sum()})
-            print(f"image {frame['index']}: {len(truth)} sources", flush=True)
+    for frame, field, streaks in frames_with_background(PairDataset(args.dataset, model.task, args.split), instrument):
+        bkg = field + streaks   # as the evaluation
+        truth = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma)
+        pred = predict_counts(model, frame["input"], frame["exposure_input"], footprint=frame["mask_input"])
+        pred = pred.astype(np.float64) * frame["exposure_target"] / model.target_exposure_s
+        for src in truth.itertuples():
+            t_peak = _box(frame["expected"] - bkg, src.x, src.y, peak_half).max()
+            p_peak = _box(pred - bkg, src.x, src.y, peak_half).max()
+            rows.append({"sample": frame["index"], "x": src.x, "y": src.y, "counts": src.flux,
+                         "peak_ratio": p_peak / t_peak,
+                         "box_ratio": _box(pred - bkg, src.x, src.y, box_half).sum()
+                         / _box(frame["expected"] - bkg, src.x, src.y, box_half).sum()})
+        print(f"image {frame['index']}: {len(truth)} sources", flush=True)
     table = pd.DataFrame(rows)
     if args.output is not None:
         table.to_csv(args.output, index=False)

@@ -21,11 +21,10 @@ import pandas as pd
 from xmmsr import detection
 from xmmsr.config import default_config, load_config
 from xmmsr.evaluate import points
-from xmmsr.evaluate.run import _frames
+from xmmsr.evaluate.run import frames_with_background
 from xmmsr.instrument.model import PnInstrument
-from xmmsr.instrument.simulator import out_of_time_streaks
 from xmmsr.learn.checkpoint import load_model
-from xmmsr.learn.data import PairDataset, open_dataset
+from xmmsr.learn.data import PairDataset
 from xmmsr.learn.gate import default_gate, gate_sources
 from xmmsr.learn.predict import conserve_total, predict_counts
 
@@ -49,32 +48,29 @@ def main() -> None:
     gate0 = default_gate(s, 0.0, instrument)
     ds = PairDataset(args.dataset, model.task, args.split, max_items=args.max_images)
     rows = []
-    with open_dataset(args.dataset) as h5:
-        background = h5[f"background_rate_{s}x"]
-        for frame in _frames(ds):
-            bkg = np.asarray(background[frame["index"]], dtype=np.float64) * frame["exposure_target"]
-            bkg = bkg + out_of_time_streaks(frame["expected"] - bkg, instrument, s)   # as the evaluation
-            truth = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma)
-            anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma,
-                                                      edge_fwhm=0.0)
-            pred = predict_counts(model, frame["input"], frame["exposure_input"], footprint=frame["mask_input"])
-            _, candidates = gate_sources(pred, frame["input"], frame["exposure_input"], model.target_exposure_s, s,
-                                         gate0, frame["mask_input"])
-            scaled = np.repeat(np.repeat(frame["input"], s, 0), s, 1) / (s * s) \
-                * (frame["exposure_target"] / frame["exposure_input"])
-            score = points.score_and_list(truth, scaled, frame["mask_target"], bkg, fwhm, 1.0, nsigma,
-                                          edge_truth=anywhere)[0]
-            rows.append({"image": frame["index"], "method": "input (scaled)", "sigma": np.nan,
-                         "n_false": score["n_false"], "n_matched": score["n_matched"], "n_true": score["n_true"]})
-            for sigma in args.sigmas:
-                gated, table = gate_sources(pred, frame["input"], frame["exposure_input"], model.target_exposure_s, s,
-                                            replace(gate0, sigma=sigma), frame["mask_input"])
-                conserve_total(gated, frame["input"], frame["exposure_input"], model.target_exposure_s)
-                score = points.score_and_list(truth, gated.astype(np.float64), frame["mask_target"], bkg, fwhm,
-                                              1.0, nsigma, edge_truth=anywhere)[0]
-                rows.append({"image": frame["index"], "method": "model", "sigma": sigma,
-                             "n_false": score["n_false"], "n_matched": score["n_matched"], "n_true": score["n_true"],
-                             "candidates": len(table), "removed": int((~table["kept"]).sum())})
+    for frame, field, streaks in frames_with_background(ds, instrument):
+        bkg = field + streaks   # as the evaluation
+        truth = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma)
+        anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma,
+                                                  edge_fwhm=0.0)
+        pred = predict_counts(model, frame["input"], frame["exposure_input"], footprint=frame["mask_input"])
+        _, candidates = gate_sources(pred, frame["input"], frame["exposure_input"], model.target_exposure_s, s,
+                                     gate0, frame["mask_input"])
+        scaled = np.repeat(np.repeat(frame["input"], s, 0), s, 1) / (s * s) \
+            * (frame["exposure_target"] / frame["exposure_input"])
+        score = points.score_and_list(truth, scaled, frame["mask_target"], bkg, fwhm, 1.0, nsigma,
+                                      edge_truth=anywhere)[0]
+        rows.append({"image": frame["index"], "method": "input (scaled)", "sigma": np.nan,
+                     "n_false": score["n_false"], "n_matched": score["n_matched"], "n_true": score["n_true"]})
+        for sigma in args.sigmas:
+            gated, table = gate_sources(pred, frame["input"], frame["exposure_input"], model.target_exposure_s, s,
+                                        replace(gate0, sigma=sigma), frame["mask_input"])
+            conserve_total(gated, frame["input"], frame["exposure_input"], model.target_exposure_s)
+            score = points.score_and_list(truth, gated.astype(np.float64), frame["mask_target"], bkg, fwhm,
+                                          1.0, nsigma, edge_truth=anywhere)[0]
+            rows.append({"image": frame["index"], "method": "model", "sigma": sigma,
+                         "n_false": score["n_false"], "n_matched": score["n_matched"], "n_true": score["n_true"],
+                         "candidates": len(table), "removed": int((~table["kept"]).sum())})
     table = pd.DataFrame(rows)
     out = table.groupby(["method", "sigma"], dropna=False).agg(
         images=("image", "nunique"), false=("n_false", "sum"), matched=("n_matched", "sum"), true=("n_true", "sum"),

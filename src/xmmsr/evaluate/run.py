@@ -55,6 +55,19 @@ def _frames(ds: PairDataset) -> Iterator[dict[str, Any]]:
                "exposure_input": float(item["exposure_input"]), "exposure_target": float(item["exposure_target"])}
 
 
+def frames_with_background(ds: PairDataset, instrument: PnInstrument) -> Iterator[tuple[dict[str, Any], np.ndarray,
+                                                                                        np.ndarray]]:
+    """Each frame of ``ds`` (:func:`_frames`) with its field's background and the out-of-time streaks of its
+    sources, both in counts at the frame's target exposure: what the point-source finder takes as the
+    known background (their sum) in the evaluation and its benchmarks."""
+    s = ds.upscale
+    with open_dataset(ds.path) as h5:   # the background plane of each frame (fields differ)
+        background = h5[f"background_rate_{s}x"]
+        for frame in _frames(ds):
+            bkg = np.asarray(background[frame["index"]], dtype=np.float64) * frame["exposure_target"]
+            yield frame, bkg, out_of_time_streaks(frame["expected"] - bkg, instrument, s)
+
+
 def masked_mse(pred: np.ndarray, target: tuple[np.ndarray, np.ndarray]) -> float:
     """Mean squared error of ``pred`` against (expected, mask)'s expected counts over the mask."""
     expected, mask = target
@@ -128,61 +141,57 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     rows: list[dict[str, Any]] = []
     source_rows: list[pd.DataFrame] = []
     gallery: dict[str, np.ndarray] = {}
-    with open_dataset(dataset) as h5:   # the background plane of each frame (fields differ)
-        background = h5[f"background_rate_{s}x"]
-        offaxis = _frame_offaxis(instrument, s, background.shape[1:])
-        for n, frame in enumerate(_frames(test)):
-            m = meta[frame["index"]]
-            bkg = np.asarray(background[frame["index"]], dtype=np.float64) * frame["exposure_target"]
-            source_counts = float(((frame["expected"] - bkg) * frame["mask_target"]).sum())
-            info = {"task": task, "sample": frame["index"], "kind": KIND_LABELS[m["kind"].decode()],
-                    "source_id": int(m["source_id"]), "model_kind": m["model"].decode(),
-                    "source_counts": source_counts}
-            preds = predictions(model, frame, settings, gate)
-            coverage = {}
-            if eval_cfg["uncertainty_draws"] >= 2:
-                sigma = predict_uncertainty(model, frame["input"], frame["exposure_input"], eval_cfg["uncertainty_draws"],
-                                            seed=int(frame["index"]), prediction=preds["model"],
-                                            footprint=frame["mask_input"])
-                calibrated = calibration.apply(preds["model"], sigma)
-                coverage = {f"coverage{kind}_{p}": metrics.interval_coverage(preds["model"], spread, frame["expected"],
-                                                                             frame["mask_target"], k)
-                            for kind, spread in (("", sigma), ("_calibrated", calibrated))
-                            for p, k in (("68", 1.0), ("95", 2.0))}
-            nsigma = eval_cfg["detection_nsigma"]
-            # the detection's background: the field's and the out-of-time streaks of its sources (known
-            # detector structure, in the truth and in every prediction; not point sources)
-            streaks = out_of_time_streaks(frame["expected"] - bkg, instrument, s)
-            detect_bkg = bkg + streaks
-            extended = points.extended_emission(frame["expected"] - detect_bkg, fwhm_px)   # why detections are false
-            truth_sources = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg,
-                                                           fwhm_px, nsigma)
-            truth_anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg,
-                                                            fwhm_px, nsigma, edge_fwhm=0.0)
-            for method, pred in preds.items():
-                row = {**info, "method": method}
-                row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
-                                                 eval_cfg["asinh_scale_counts"]))
-                scores, sources = points.score_and_list(truth_sources, pred, frame["mask_target"], detect_bkg,
-                                                        fwhm_px, pixel_arcsec, nsigma, offaxis, truth_anywhere)
-                row.update(scores)
-                if method != "truth":
-                    sources = points.false_causes(sources, near_px, streaks, extended, bkg)
-                    source_rows.append(sources.assign(sample=info["sample"], kind=info["kind"], method=method))
-                if method == "model":
-                    row.update(coverage)
-                summary, residual = consistency.consistency(pred, frame["input"], frame["mask_input"], s, kernel,
-                                                            frame["exposure_target"], frame["exposure_input"])
-                row.update(summary)
-                rows.append(row)
-                if n < eval_cfg["gallery"]:
-                    gallery[f"{n}/{method}"] = pred.astype(np.float32)
-                    gallery[f"{n}/{method}/consistency"] = residual.astype(np.float32)
+    offaxis = _frame_offaxis(instrument, s, test.masks[s].shape)
+    for n, (frame, bkg, streaks) in enumerate(frames_with_background(test, instrument)):
+        m = meta[frame["index"]]
+        source_counts = float(((frame["expected"] - bkg) * frame["mask_target"]).sum())
+        info = {"task": task, "sample": frame["index"], "kind": KIND_LABELS[m["kind"].decode()],
+                "source_id": int(m["source_id"]), "model_kind": m["model"].decode(),
+                "source_counts": source_counts}
+        preds = predictions(model, frame, settings, gate)
+        coverage = {}
+        if eval_cfg["uncertainty_draws"] >= 2:
+            sigma = predict_uncertainty(model, frame["input"], frame["exposure_input"], eval_cfg["uncertainty_draws"],
+                                        seed=int(frame["index"]), prediction=preds["model"],
+                                        footprint=frame["mask_input"])
+            calibrated = calibration.apply(preds["model"], sigma)
+            coverage = {f"coverage{kind}_{p}": metrics.interval_coverage(preds["model"], spread, frame["expected"],
+                                                                         frame["mask_target"], k)
+                        for kind, spread in (("", sigma), ("_calibrated", calibrated))
+                        for p, k in (("68", 1.0), ("95", 2.0))}
+        nsigma = eval_cfg["detection_nsigma"]
+        # the detection's background: the field's and the out-of-time streaks of its sources (known
+        # detector structure, in the truth and in every prediction; not point sources)
+        detect_bkg = bkg + streaks
+        extended = points.extended_emission(frame["expected"] - detect_bkg, fwhm_px)   # why detections are false
+        truth_sources = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg,
+                                                       fwhm_px, nsigma)
+        truth_anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg,
+                                                        fwhm_px, nsigma, edge_fwhm=0.0)
+        for method, pred in preds.items():
+            row = {**info, "method": method}
+            row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
+                                             eval_cfg["asinh_scale_counts"]))
+            scores, sources = points.score_and_list(truth_sources, pred, frame["mask_target"], detect_bkg,
+                                                    fwhm_px, pixel_arcsec, nsigma, offaxis, truth_anywhere)
+            row.update(scores)
+            if method != "truth":
+                sources = points.false_causes(sources, near_px, streaks, extended, bkg)
+                source_rows.append(sources.assign(sample=info["sample"], kind=info["kind"], method=method))
+            if method == "model":
+                row.update(coverage)
+            summary, residual = consistency.consistency(pred, frame["input"], frame["mask_input"], s, kernel,
+                                                        frame["exposure_target"], frame["exposure_input"])
+            row.update(summary)
+            rows.append(row)
             if n < eval_cfg["gallery"]:
-                for name in ("input", "target", "mask_target", "mask_input"):
-                    gallery[f"{n}/{name}_data"] = np.asarray(frame[name], dtype=np.float32)
-                gallery[f"{n}/info"] = np.array(json.dumps({**info, "exposure_input": frame["exposure_input"],
-                                                            "exposure_target": frame["exposure_target"]}))
+                gallery[f"{n}/{method}"] = pred.astype(np.float32)
+                gallery[f"{n}/{method}/consistency"] = residual.astype(np.float32)
+        if n < eval_cfg["gallery"]:
+            for name in ("input", "target", "mask_target", "mask_input"):
+                gallery[f"{n}/{name}_data"] = np.asarray(frame[name], dtype=np.float32)
+            gallery[f"{n}/info"] = np.array(json.dumps({**info, "exposure_input": frame["exposure_input"],
+                                                        "exposure_target": frame["exposure_target"]}))
     table = pd.DataFrame(rows)
     table["brightness"] = _terciles(table["source_counts"])
     out = Path(out_dir)
