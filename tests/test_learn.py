@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -212,6 +213,39 @@ def test_source_crops_centre_crops_where_sources_outshine_the_background(tiny_ru
         PairDataset(path, "dn", "train", crop=16, source_crops=1.5)
 
 
+def test_brightened_crops_are_poisson_draws_of_brighter_sources_over_the_same_background(tiny_run):
+    path = dataset_path(tiny_run)
+    plain = PairDataset(path, "sr", "train", crop=16)
+    off = PairDataset(path, "sr", "train", crop=16, brighten=0.0, max_factor=30.0)
+    assert all(torch.equal(plain[(i % len(plain), 7 + i)]["target"], off[(i % len(off), 7 + i)]["target"])
+               and float(off[(i % len(off), 7 + i)]["brightening"]) == 1.0 for i in range(4))  # off: earlier draws
+    bright = PairDataset(path, "sr", "train", crop=16, source_crops=1.0, brighten=1.0, max_factor=30.0)
+    assert np.all(bright.max_brightening >= 1.0)
+    with h5py.File(path) as h5:
+        cap = json.loads(h5.attrs["config"])["sources"]["extended"]["max_count_rate"]
+        for i, sample in enumerate(bright.indices):  # the cap holds for every field
+            rate = float(np.sum(h5["expected_rate_1x"][sample] - h5["background_rate_1x"][sample], dtype=np.float64))
+            assert rate * bright.max_brightening[i] <= cap * (1 + 1e-9) or bright.max_brightening[i] == 1.0
+        factors, pulls = [], []
+        for draw in range(40):
+            item = bright[(draw % len(bright), 900 + draw)]
+            factor, sample = float(item["brightening"]), int(item["index"])
+            assert 1.0 <= factor <= 30.0
+            factors.append(factor)
+            y0, x0 = item["origin"].tolist()
+            window = (sample, slice(2 * y0, 2 * y0 + 32), slice(2 * x0, 2 * x0 + 32))
+            e, b = h5["expected_rate_2x"][window].astype(float), h5["background_rate_2x"][window].astype(float)
+            exposure = float(h5["exposure_target"][sample])
+            expected = (b + factor * (e - b)) * exposure  # sources brightened, the background as it was
+            assert np.isclose(float(item["expected"].sum()), expected.sum(), rtol=1e-4)
+            pulls.append((float(item["target"].sum()) - expected.sum()) / np.sqrt(expected.sum()))
+    assert len(set(factors)) > 10 and np.median(factors) > 2.0  # log-uniform in [1, 30]: median ~5.5
+    assert abs(np.mean(pulls)) < 4 / np.sqrt(len(pulls)) and 0.5 < np.std(pulls) < 1.6  # Poisson counts
+    for bad in ({"brighten": 1.5}, {"brighten": 0.5, "max_factor": 0.5}):
+        with pytest.raises(ValueError, match="brighten"):
+            PairDataset(path, "dn", "train", crop=16, **bad)
+
+
 def test_dataset_works_with_worker_processes(tiny_run):
     ds = PairDataset(dataset_path(tiny_run), "dn", "train", crop=16, augment=True)
     sampler = EpochSampler(len(ds), 8, seed=3)
@@ -356,6 +390,18 @@ def test_deblending_overlays_stack_on_the_pretrained_config():
     assert cfg["outdir"] == "results/pairs_crops" and cfg["train"]["tasks"] == ["sr"]
     assert cfg["train"]["source_crops"] == 0.5 and cfg["sources"]["agn"]["pair_fraction"] == 0.5
     assert cfg["model"]["blocks"] == 2 and cfg["train"]["epochs"] == 15  # the pretrained settings underneath
+
+
+def test_bright_targets_overlay_keeps_the_pretrained_training_set():
+    from snakemake.utils import update_config
+
+    raw: dict = {}
+    for name in ("pretrained", "bright_targets"):
+        update_config(raw, yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text()))
+    cfg = check_config(raw)
+    pretrained = check_config(yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text()))
+    assert cfg["outdir"] == "results/bright" and cfg["train"]["brighten"] == {"fraction": 0.5, "max_factor": 30.0}
+    assert all(cfg[k] == pretrained[k] for k in ("seed", "sources", "instrument", "simulate", "pack", "model"))
 
 
 def test_workflow_models_predict_and_export(tiny_run, tmp_path):

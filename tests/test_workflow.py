@@ -194,6 +194,11 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
     crops = write_config(tmp_path / "crops.yaml", {"train": {"source_crops": 0.5}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(crops)))
     assert set(jobs) == {"train", "evaluate", "deblend", "report", "all"}  # at 0 it is not a parameter at all
+    bright = write_config(tmp_path / "bright.yaml", {"train": {"brighten": {"fraction": 0.5}}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(bright)))
+    assert set(jobs) == {"train", "evaluate", "deblend", "report", "all"}
+    dark = write_config(tmp_path / "dark.yaml", {"train": {"brighten": {"fraction": 0.0, "max_factor": 5.0}}})
+    assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(dark)).stdout)
     no_pairs = write_config(tmp_path / "pairs.yaml", {"sources": {"agn": {"pair_separation_arcsec": [3.0, 9.0]}}})
     assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(no_pairs)).stdout)
 

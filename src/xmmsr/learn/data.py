@@ -7,6 +7,7 @@ DataLoader workers or DDP ranks.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -58,6 +59,12 @@ class PairDataset(Dataset):
     background (:func:`source_share`), so that point sources, close pairs and cluster cores are seen in
     proportion to where sources outshine the background, not to their area. With ``augment`` a random
     flip and 90-degree rotation, the same for every array of the item.
+    A fraction ``brighten`` of the crops is *brightened*: the sources of its expected images (expected
+    minus background, their out-of-time streaks included) are multiplied by a factor drawn log-uniformly
+    in [1, ``max_factor``], capped so that the field's source count rate stays at or below the training
+    set's ``sources.extended.max_count_rate``, and input and target are drawn afresh as independent
+    Poisson counts of the brightened expectations. The background keeps its level, so the network sees
+    targets as bright as real pn ones (10^4 times the background) that the simulated set holds few of.
     Keys are sample positions, or ``(position, draw_seed)`` pairs from :class:`EpochSampler`. With
     ``max_items`` only that many samples, evenly spread over the split, are used.
     """
@@ -65,21 +72,30 @@ class PairDataset(Dataset):
     @classmethod
     def training(cls, path: str | Path, task: str, train_cfg: Mapping[str, Any]) -> PairDataset:
         """The train split as the ``train`` config section crops it (``crop``, ``source_crops``; augmented,
-        no expected images). ``source_crops`` may be absent: the rules leave it out at its default, 0, so
-        that runs made before it existed are not trained again."""
+        no expected images; ``brighten``). ``source_crops`` and ``brighten`` may be absent: the rules leave
+        them out at their defaults, which change nothing, so that runs made before them are not trained
+        again."""
+        brighten = train_cfg.get("brighten") or {}
         return cls(path, task, "train", crop=train_cfg["crop"], augment=True, with_expected=False,
-                   source_crops=train_cfg.get("source_crops", 0.0))
+                   source_crops=train_cfg.get("source_crops", 0.0), brighten=brighten.get("fraction", 0.0),
+                   max_factor=brighten.get("max_factor", 1.0))
 
     def __init__(self, path: str | Path, task: str, split: str, crop: int | None = None,
                  augment: bool = False, with_expected: bool = True, max_items: int | None = None,
-                 source_crops: float = 0.0) -> None:
+                 source_crops: float = 0.0, brighten: float = 0.0, max_factor: float = 1.0) -> None:
         if task not in TARGETS:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(TARGETS)}")
         if not 0.0 <= source_crops <= 1.0:
             raise ValueError(f"source_crops = {source_crops} is not a fraction; use a value in [0, 1]")
+        if not 0.0 <= brighten <= 1.0:
+            raise ValueError(f"brighten = {brighten} is not a fraction; use a value in [0, 1]")
+        if not max_factor >= 1.0:
+            raise ValueError(f"brighten max_factor = {max_factor} is below 1; use a factor >= 1 (1: no change)")
         self.path, self.task, self.split, self.crop, self.augment = Path(path), task, split, crop, augment
         self.source_crops = float(source_crops) if crop is not None else 0.0
         self.with_expected = with_expected
+        self.brighten = float(brighten) if crop is not None else 0.0
+        self.log_max_factor = float(np.log(max_factor))
         self.upscale = UPSCALE[task]
         with open_dataset(self.path) as h5:
             if f"splits/{split}" not in h5:
@@ -95,6 +111,14 @@ class PairDataset(Dataset):
             self.exposure_target = np.asarray(h5["exposure_target"][:], dtype=np.float32)
             self.input_exposure_s = float(h5.attrs["input_exposure_s"])
             self.target_exposure_s = float(h5.attrs["target_exposure_s"])
+            # per sample: the largest factor that keeps the field's source count rate at the set's cap
+            self.max_brightening = np.ones(len(self.indices))
+            if self.brighten > 0:
+                cap = float(json.loads(h5.attrs["config"])["sources"]["extended"]["max_count_rate"])
+                for i, sample in enumerate(self.indices):
+                    rate = float(np.sum(h5["expected_rate_1x"][sample] - h5["background_rate_1x"][sample],
+                                        dtype=np.float64))
+                    self.max_brightening[i] = max(1.0, cap / rate) if rate > 0 else 1.0
         if crop is not None and (crop > min(self.frame_shape)):
             raise ValueError(f"train.crop = {crop} exceeds the frame {self.frame_shape}; use a smaller crop or null")
         self._active = np.argwhere(self.mask_1x)  # crop centres are drawn among active pixels
@@ -156,11 +180,20 @@ class PairDataset(Dataset):
             return slice(scale * y0, scale * (y0 + size)), slice(scale * x0, scale * (x0 + size))
 
         exposure_target = float(self.exposure_target[sample])
-        arrays = {"input": np.asarray(self._dataset("lr")[(sample, *window(1))], dtype=np.float32),
-                  "target": np.asarray(self._dataset(target_name)[(sample, *window(s))], dtype=np.float32),
-                  "mask_input": self.masks[1][window(1)], "mask_target": self.masks[s][window(s)]}
+        factor = 1.0
+        if self.brighten > 0 and rng.random() < self.brighten:  # no extra draw when off
+            factor = min(float(np.exp(rng.uniform(0.0, self.log_max_factor))), self.max_brightening[position])
+        if factor > 1.0:
+            rates = {scale: self._brightened_rate(sample, scale, window(scale), factor) for scale in {1, s}}
+            arrays = {"input": rng.poisson(rates[1] * float(self.exposure_input[sample])).astype(np.float32),
+                      "target": rng.poisson(rates[s] * exposure_target).astype(np.float32)}
+        else:
+            arrays = {"input": np.asarray(self._dataset("lr")[(sample, *window(1))], dtype=np.float32),
+                      "target": np.asarray(self._dataset(target_name)[(sample, *window(s))], dtype=np.float32)}
+        arrays.update({"mask_input": self.masks[1][window(1)], "mask_target": self.masks[s][window(s)]})
         if self.with_expected:
-            expected = self._dataset(expected_name)[(sample, *window(s))]
+            expected = (self._brightened_rate(sample, s, window(s), factor) if factor > 1.0
+                        else self._dataset(expected_name)[(sample, *window(s))])
             arrays["expected"] = np.asarray(expected, dtype=np.float32) * exposure_target
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
@@ -172,7 +205,14 @@ class PairDataset(Dataset):
         item["exposure_target"] = torch.tensor(exposure_target, dtype=torch.float32)
         item["index"] = torch.tensor(sample)
         item["origin"] = torch.tensor([y0, x0])  # 1x pixel of the crop corner (before augmentation)
+        item["brightening"] = torch.tensor(factor, dtype=torch.float32)
         return item
+
+    def _brightened_rate(self, sample: int, scale: int, window: tuple[slice, slice], factor: float) -> np.ndarray:
+        """Expected count rate of a window at ``scale`` with its sources (not its background) times ``factor``."""
+        expected = np.asarray(self._dataset(f"expected_rate_{scale}x")[(sample, *window)], dtype=np.float64)
+        background = np.asarray(self._dataset(f"background_rate_{scale}x")[(sample, *window)], dtype=np.float64)
+        return background + factor * np.clip(expected - background, 0.0, None)
 
 
 class EpochSampler(Sampler):
