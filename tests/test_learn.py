@@ -400,7 +400,7 @@ def test_bright_targets_overlay_keeps_the_pretrained_training_set():
         update_config(raw, yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text()))
     cfg = check_config(raw)
     pretrained = check_config(yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text()))
-    assert cfg["outdir"] == "results/bright" and cfg["train"]["brighten"] == {"fraction": 0.5, "max_factor": 30.0}
+    assert cfg["outdir"] == "results/bright" and cfg["train"]["brighten"] == {"fraction": 0.5, "max_factor": 100.0}
     assert all(cfg[k] == pretrained[k] for k in ("seed", "sources", "instrument", "simulate", "pack", "model"))
 
 

@@ -14,6 +14,7 @@ from astropy.io import fits
 from conftest import REPO, TINY, snakemake
 
 from xmmsr.config import ConfigError, check_config, check_outdir, default_config, load_config
+from xmmsr.errors import InputError
 from xmmsr.io import OutdirLock
 from xmmsr.cube import cube_wcs, read_cube
 
@@ -108,6 +109,21 @@ def test_two_runs_cannot_write_one_outdir(tmp_path):
     finally:
         lock.release()
     OutdirLock(out).release()   # free again once the holder ends
+
+
+def test_a_hard_linked_copy_of_a_results_tree_has_its_own_lock(tmp_path):
+    original, copy = tmp_path / "results", tmp_path / "copy"
+    OutdirLock(original).release()  # a finished run leaves its lock file
+    copy.mkdir()
+    os.link(original / OutdirLock.NAME, copy / OutdirLock.NAME)  # as cp -al copies it
+    held = OutdirLock(original)
+    try:
+        OutdirLock(copy).release()  # not the original's lock
+        assert (copy / OutdirLock.NAME).stat().st_nlink == 1
+        with pytest.raises(InputError, match="another run is writing there"):
+            OutdirLock(original)  # while the original's is still held
+    finally:
+        held.release()
 
 
 def test_dry_run_of_the_default_config(tmp_path):

@@ -201,7 +201,9 @@ def open_fits(path: str | Path, what: str, verify_checksum: bool = True) -> fits
 class OutdirLock:
     """An exclusive lock on an output directory (``.xmmsr.lock`` inside it), held while a run writes there:
     two runs started from different working directories (each with its own Snakemake lock) cannot write
-    the same outputs at once. Released when the process ends."""
+    the same outputs at once. Released when the process ends. A lock file that is a hard link (a results
+    tree copied with ``cp -al``) is replaced by a file of this directory's own first, so that the copy and
+    its original are locked apart."""
 
     NAME = ".xmmsr.lock"
 
@@ -211,6 +213,8 @@ class OutdirLock:
         self.path = Path(outdir) / self.NAME
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_nlink > 1:
+                self.path.unlink()  # another directory's lock too: this one gets its own
             self._fh = open(self.path, "a+")
         except OSError as exc:
             raise storage_error(exc, self.path) from None
