@@ -130,6 +130,7 @@ def test_release_of_a_run_copies_its_models_and_writes_the_card(tiny_run, tmp_pa
             f"{row['false_per_field']:.2f} | {row['completeness']:.2f} |") in text
     assert "| pixel loss + adversarial (ESRGAN), sources tested on the input |" in text
     assert text.count("Why detections are false") == 2   # per task, every method by cause
+    assert text.count(points.describe_false_causes("`")) == 2   # the classes in the report's words
     causes = pd.read_csv(results / "metrics/sr/sources.csv")
     false = causes[(causes["method"] == "model") & (causes["source"] == "false_detection")]
     assert "| **model (RRDB)** | " + " | ".join(

@@ -110,8 +110,23 @@ def score_against_truth(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray,
 SOURCE_COLUMNS = ("source", "x", "y", "flux", "significance", "offaxis_arcmin", "found", "detected_significance",
                   "cause")
 
-# Why a detection has no true source (:func:`false_causes`), in the order they are tested.
-FALSE_CAUSES = ("mislocated", "fragment", "streak", "extended", "isolated")
+# Why a detection has no true source (:func:`false_causes`), in the order they are tested, with what each
+# means; the report and the model card explain the classes by these words.
+FALSE_CAUSE_MEANINGS = {
+    "mislocated": "within twice the 1x PSF FWHM of a true source that the method did not find "
+                  "(one detection per source: the source, placed beyond the match radius)",
+    "fragment": "near a true source that was found (a second peak of it)",
+    "streak": "where the out-of-time streaks of the field's sources outshine the background "
+              "(a streak drawn wider or narrower than the truth's leaves ridges)",
+    "extended": "where the truth's extended emission (a median over five PSF FWHM) outshines the background",
+    "isolated": "on the background alone: a source invented from nothing",
+}
+FALSE_CAUSES = tuple(FALSE_CAUSE_MEANINGS)
+
+
+def describe_false_causes(quote: str = "'") -> str:
+    """The false-detection classes and their meanings as one sentence fragment, names within ``quote``."""
+    return "; ".join(f"{quote}{name}{quote}, {meaning}" for name, meaning in FALSE_CAUSE_MEANINGS.items())
 
 
 def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, background: np.ndarray | float,

@@ -345,10 +345,7 @@ def _false_causes(path: Path) -> list[str]:
     table = points.false_cause_table(sources).reindex(methods.ordered(sources["method"].unique()))
     fields = int(sources["sample"].nunique())
     out = ["", f"Why detections are false (means per field over the {fields} test fields; the first cause that "
-           "applies): `mislocated`, within twice the 1x PSF FWHM of a true source the method did not find (the "
-           "source, placed beyond the match radius); `fragment`, near a found one; `streak`, where the out-of-time "
-           "streaks of bright sources outshine the background; `extended`, on extended emission brighter than the "
-           "background; `isolated`, on the background alone (made from nothing):", "",
+           f"applies): {points.describe_false_causes('`')}.", "",
            "| method | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
     for method, row in table.iterrows():
         name = methods.label(str(method))

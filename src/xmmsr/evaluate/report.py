@@ -383,12 +383,7 @@ def _false_causes_page(pdf: PdfPages, task: str, sources: pd.DataFrame) -> None:
     frame.insert(0, "method", [methods.label(m) for m in frame.index])
     _frame_table(fig, [0.05, 0.3, 0.9, 0.55], frame.reset_index(drop=True), 8, 1.5)
     _caption(fig, f"Over the {fields} test images, each false detection (no true source within the match radius) "
-             "is put in the first class that applies: 'mislocated', within twice the 1x PSF FWHM of a true source "
-             "that the method did not find (one detection per source: the source, placed too far away); 'fragment', "
-             "that near a found one (a second peak of it); 'streak', where the out-of-time streaks of the field's "
-             "sources outshine the background (a streak drawn wider or narrower than the truth's leaves ridges); "
-             "'extended', where the truth's extended emission (a median over five PSF FWHM) outshines the "
-             "background; 'isolated', on the background alone: a source invented from nothing.")
+             f"is put in the first class that applies: {points.describe_false_causes()}.")
     pdf.savefig(fig)
     plt.close(fig)
 
