@@ -240,7 +240,9 @@ def report_config():
         k: sources_config() if k == "sources" else config[k]
         for k in ("seed", "sources", "instrument", "simulate", "pack", "model", "evaluate")
     }
-    shown["train"] = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads")}
+    shown["train"] = _without_noop_defaults(
+        {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads")}
+    )
     return shown
 
 
