@@ -111,25 +111,24 @@ class PairDataset(Dataset):
             self.exposure_target = np.asarray(h5["exposure_target"][:], dtype=np.float32)
             self.input_exposure_s = float(h5.attrs["input_exposure_s"])
             self.target_exposure_s = float(h5.attrs["target_exposure_s"])
-            # per sample: the largest factor that keeps the field's source count rate at the set's cap
-            self.max_brightening = np.ones(len(self.indices))
-            if self.brighten > 0:
-                cap = float(json.loads(h5.attrs["config"])["sources"]["extended"]["max_count_rate"])
-                for i, sample in enumerate(self.indices):
-                    rate = float(np.sum(h5["expected_rate_1x"][sample] - h5["background_rate_1x"][sample],
-                                        dtype=np.float64))
-                    self.max_brightening[i] = max(1.0, cap / rate) if rate > 0 else 1.0
         if crop is not None and (crop > min(self.frame_shape)):
             raise ValueError(f"train.crop = {crop} exceeds the frame {self.frame_shape}; use a smaller crop or null")
         self._active = np.argwhere(self.mask_1x)  # crop centres are drawn among active pixels
-        # per sample of the split: cumulative source share over the active pixels (None: no source)
+        # per sample of the split: cumulative source share over the active pixels (None: no source), and
+        # the largest brightening that keeps the field's source count rate at the set's cap
         self._source_cdf: list[np.ndarray | None] = []
-        if self.source_crops > 0:
-            with open_dataset(self.path) as h5:
-                for sample in self.indices:
-                    share = source_share(h5["expected_rate_1x"][sample], h5["background_rate_1x"][sample])
-                    cdf = np.cumsum(share[self.mask_1x], dtype=np.float64)
-                    self._source_cdf.append(cdf if cdf[-1] > 0 else None)
+        self.max_brightening = np.ones(len(self.indices))
+        if self.source_crops > 0 or self.brighten > 0:
+            with open_dataset(self.path) as h5:   # each sample's expected and background read once for both
+                cap = float(json.loads(h5.attrs["config"])["sources"]["extended"]["max_count_rate"])
+                for i, sample in enumerate(self.indices):
+                    expected, background = h5["expected_rate_1x"][sample], h5["background_rate_1x"][sample]
+                    if self.source_crops > 0:
+                        cdf = np.cumsum(source_share(expected, background)[self.mask_1x], dtype=np.float64)
+                        self._source_cdf.append(cdf if cdf[-1] > 0 else None)
+                    if self.brighten > 0:
+                        rate = float(np.sum(expected - background, dtype=np.float64))
+                        self.max_brightening[i] = max(1.0, cap / rate) if rate > 0 else 1.0
         self._h5: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
         self._pid = -1
@@ -183,7 +182,7 @@ class PairDataset(Dataset):
         factor = 1.0
         if self.brighten > 0 and rng.random() < self.brighten:  # no extra draw when off
             factor = min(float(np.exp(rng.uniform(0.0, self.log_max_factor))), self.max_brightening[position])
-        if factor > 1.0:
+        if factor > 1.0:   # the brightened expected rates, each read and computed once
             rates = {scale: self._brightened_rate(sample, scale, window(scale), factor) for scale in {1, s}}
             arrays = {"input": rng.poisson(rates[1] * float(self.exposure_input[sample])).astype(np.float32),
                       "target": rng.poisson(rates[s] * exposure_target).astype(np.float32)}
@@ -192,8 +191,7 @@ class PairDataset(Dataset):
                       "target": np.asarray(self._dataset(target_name)[(sample, *window(s))], dtype=np.float32)}
         arrays.update({"mask_input": self.masks[1][window(1)], "mask_target": self.masks[s][window(s)]})
         if self.with_expected:
-            expected = (self._brightened_rate(sample, s, window(s), factor) if factor > 1.0
-                        else self._dataset(expected_name)[(sample, *window(s))])
+            expected = rates[s] if factor > 1.0 else self._dataset(expected_name)[(sample, *window(s))]
             arrays["expected"] = np.asarray(expected, dtype=np.float32) * exposure_target
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
