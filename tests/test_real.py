@@ -7,19 +7,22 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 from conftest import REPO, beta_sky, write_count_image
+from scipy import ndimage
 
 from xmmsr.cli import main
 from xmmsr.config import default_config
+from xmmsr.errors import InputError
 from xmmsr import metrics
 from xmmsr.evaluate.real import score_thinned, thinned_predictions
 from xmmsr.instrument.binning import physical_keywords
 from xmmsr.instrument.exposure import ccd_number_image, image_exposure
 from xmmsr.instrument.simulator import expected_background, expected_image
 from xmmsr.learn.checkpoint import load_model
-from xmmsr.learn.predict import predict_file
+from xmmsr.learn.predict import predict_file, read_count_image
 from xmmsr.thinning import binomial_split
 
 DN_MODEL = REPO / "resources" / "models" / "dn.pt"
+REAL_ABELL496 = REPO.parent / "shared" / "data" / "real" / "0506260401_pn_cleaned_20.0ks_detxy_500_2000_80.fits.gz"
 
 
 count_image = write_count_image
@@ -81,10 +84,49 @@ def test_per_ccd_exposure_follows_the_detector_layout(instrument):
     for k in range(1, 13):
         header[f"ONTIME{k:02d}"] = 10_000.0 if k != 5 else 5_000.0
     exposure = image_exposure(header, grid.shape, 10_000.0, geometry=instrument.geometry)
-    assert exposure.source == "per-CCD ONTIMEnn"
-    assert np.all(exposure.seconds[ccd == 5] == 5_000.0) and np.all(exposure.seconds[ccd != 5] == 10_000.0)
+    assert exposure.source == "per-CCD ONTIMEnn x CCD layout"
+    # the on-time of each pixel's CCD times the CCD area that covers it: none in gaps and on dead pixels
+    acceptance = instrument.geometry.acceptance(grid)
+    assert 0.05 < np.mean(acceptance == 0) < 0.3 and np.all(instrument.geometry.dead_map()[acceptance > 0] == 0)
+    np.testing.assert_array_equal(exposure.seconds, np.where(ccd == 5, 5_000.0, 10_000.0) * acceptance)
     header["ONTIME05"] = 9_995.0  # within 1 %: one exposure
-    assert image_exposure(header, grid.shape, 10_000.0, geometry=instrument.geometry).source == "EXPOSURE"
+    uniform = image_exposure(header, grid.shape, 10_000.0, geometry=instrument.geometry)
+    assert uniform.source == "EXPOSURE x CCD layout"
+    np.testing.assert_array_equal(uniform.seconds, 10_000.0 * acceptance)
+    # DETX running the other way (negative CDELT1L): the same layout, mirrored
+    flipped = header.copy()
+    flipped["CRVAL1L"] = header["CRVAL1L"] + (grid.nx - 1) * header["CDELT1L"]
+    flipped["CDELT1L"] = -header["CDELT1L"]
+    np.testing.assert_array_equal(image_exposure(flipped, grid.shape, 10_000.0, geometry=instrument.geometry).seconds,
+                                  uniform.seconds[:, ::-1])
+    # the default layout is the default configuration's (its dead pixels too)
+    np.testing.assert_array_equal(image_exposure(header, grid.shape, 10_000.0).seconds, uniform.seconds)
+    # without DETX/DETY keywords (e.g. sky X/Y) the layout is unknown: EXPOSURE everywhere
+    sky = fits.Header({"CTYPE1L": "X", "CTYPE2L": "Y", "CRVAL1L": 1.0, "CRVAL2L": 1.0, "CDELT1L": 80.0,
+                       "CDELT2L": 80.0})
+    plain = image_exposure(sky, grid.shape, 10_000.0, geometry=instrument.geometry)
+    assert plain.source == "EXPOSURE" and np.all(plain.seconds == 10_000.0)
+    # an image wholly off the CCDs is refused by name
+    off = header.copy()
+    off["CRVAL1L"] = 1.0e7
+    with pytest.raises(InputError, match="CRVAL1L"):
+        image_exposure(off, grid.shape, 10_000.0, geometry=instrument.geometry)
+
+
+@pytest.mark.skipif(not REAL_ABELL496.is_file(), reason="the real pn images of ../shared/data/real are absent")
+def test_ccd_layout_matches_the_gaps_and_dead_pixels_of_a_real_image(instrument):
+    """Pixels the layout gives no exposure hold (almost) no counts in a real SAS image; those it gives full
+    exposure hold the counts of their surroundings."""
+    counts, header, seconds = read_count_image(REAL_ABELL496)
+    exposure = image_exposure(header, counts.shape, seconds, geometry=instrument.geometry, path=REAL_ABELL496)
+    full = exposure.seconds == exposure.reference_s
+    level = ndimage.uniform_filter(np.where(full, counts, 0.0), 9) / np.maximum(
+        ndimage.uniform_filter(full.astype(float), 9), 1e-9)
+    near = ndimage.uniform_filter(full.astype(float), 9) > 0.3
+    empty = (exposure.seconds == 0) & near
+    assert empty.sum() > 5000                                   # chip gaps and dead columns inside the field
+    assert counts[empty].sum() < 0.02 * level[empty].sum()      # they hold < 2 % of what full pixels there would
+    assert counts[full & near].sum() == pytest.approx(level[full & near].sum(), rel=0.01)
 
 
 @pytest.mark.skipif(not DN_MODEL.is_file(), reason="the shipped DN model is not installed")
@@ -108,7 +150,10 @@ def test_predict_with_one_ccd_at_half_exposure_is_unbiased_there(instrument, tmp
     ratio5 = pred[inner].sum() / full_rate[inner].sum()
     ratio4 = pred[other].sum() / full_rate[other].sum()
     assert ratio5 == pytest.approx(ratio4, rel=0.1)
-    assert fits.getheader(out)["EXPSRC"] == "per-CCD ONTIMEnn"
+    assert fits.getheader(out)["EXPSRC"] == "per-CCD ONTIMEnn x CCD layout"
+    # nothing is predicted where the CCD layout gives no exposure (chip gaps, dead pixels)
+    dead = instrument.geometry.acceptance(grid) == 0
+    assert dead.any() and np.all(fits.getdata(out)[dead] == 0)
     # the header's EXPOSURE alone halves the rate on that CCD: what the per-CCD exposure corrects
     no_ontime = tmp_path / "plain.fits"
     count_image(no_ontime, image, t, grid=grid)

@@ -390,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="auto: cuda if available, else mps, else cpu")
     p.add_argument("--exposure-map", help="exposure map of the input (SAS eexpmap, seconds); without it the "
-                   "per-CCD ONTIMEnn of the header are used when they differ, else EXPOSURE")
+                   "per-CCD ONTIMEnn of the header are used when they differ, else EXPOSURE, and on a DETX/DETY "
+                   "image the chip gaps and dead pixels of the pn CCD layout get none")
     p.add_argument("--uncertainty", type=_output_file, help="also write the per-pixel 1-sigma uncertainty to this FITS "
                    "(parametric bootstrap: Poisson inputs drawn from the prediction, predicted again; scaled by the "
                    "model's calibration against simulated truths when it has one, as the shipped models do)")
@@ -408,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("dn", "sr"), help="score the pretrained model of this task (with --image)")
     p.add_argument("--model", help="model.pt written by the train rule")
     p.add_argument("--image", help="deep count image FITS (1x grid, EXPOSURE) to thin into input and remainder")
-    p.add_argument("--exposure-map", help="exposure map of --image (SAS eexpmap; default: per-CCD ONTIMEnn)")
+    p.add_argument("--exposure-map", help="exposure map of --image (SAS eexpmap; default: per-CCD ONTIMEnn and, "
+                   "on a DETX/DETY image, the pn CCD layout)")
     p.add_argument("--input-exposure", type=_positive_seconds, default=20000.0,
                    help="exposure (s) of the thinned input (default 20000)")
     p.add_argument("--seed", type=_seed, help="seed of the thinning (>= 0; with --image)")

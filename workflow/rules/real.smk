@@ -14,6 +14,7 @@ rule pack_real:
         CONDA_ENV
     params:
         real=config["real"],
+        geometry=config["instrument"]["geometry"],
     script:
         "../scripts/pack_real.py"
 

@@ -51,16 +51,21 @@ def score_pair(model_path: str | Path, short_path: str | Path, long_path: str | 
     if model.task != "dn":
         raise InputError(model_path, "task", f"is a {model.task} model; real pairs score the DN model",
                          "give models/dn/model.pt")
-    short, _, t_short = read_count_image(short_path)
-    long, _, t_long = read_count_image(long_path)
+    short, short_header, t_short = read_count_image(short_path)
+    long, long_header, t_long = read_count_image(long_path)
     if short.shape != long.shape:
         raise InputError(long_path, "NAXIS1/NAXIS2", f"shape {long.shape} differs from the short image's {short.shape}",
                          "bin both images on the same grid (same DETX/DETY ranges and bin size)")
     if t_long <= t_short:
         raise InputError(long_path, "EXPOSURE", f"{t_long:g} s is not longer than the short image's {t_short:g} s",
                          "give the longer exposure as --long")
-    mask = coverage_mask(short, long)
     instrument = PnInstrument.from_config(instrument_cfg, base_dir=base_dir)
+    # the area both images cover, without the chip gaps and dead pixels of their CCD layout
+    mask = coverage_mask(short, long)
+    for image, header, seconds, path in ((short, short_header, t_short, short_path),
+                                         (long, long_header, t_long, long_path)):
+        exposure = image_exposure(header, image.shape, seconds, geometry=instrument.geometry, path=path).seconds
+        mask &= exposure > 0.01 * exposure.max()
     psf = baselines.psf_kernel(instrument, 1)
     args = (short, t_short, t_long, 1)
     settings = methods.with_values(methods.Settings(1.0, psf, None, eval_cfg["rl_iterations"]), tuned)

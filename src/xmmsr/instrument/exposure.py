@@ -1,9 +1,13 @@
-"""Exposure per pixel of a pn count image: from an exposure map, else from the per-CCD on-times.
+"""Exposure per pixel of a pn count image: from an exposure map, else from the per-CCD on-times and the
+CCD layout.
 
 SAS images carry ``ONTIMEnn`` (the good time of CCD ``nn``) beside ``EXPOSURE``; a CCD switched off for
 part of the observation has less. Without a map every pixel gets the on-time of the CCD it lies on, found
 from the image's DETX/DETY physical keywords (``CTYPE1L = 'DETX'``, as SAS evselect and ``xmmsr bin``
-write them) and the CCD layout of :class:`~xmmsr.instrument.geometry.PnGeometry`.
+write them) and the CCD layout of :class:`~xmmsr.instrument.geometry.PnGeometry`, times the fraction of
+the pixel that active, unflagged, live CCD area covers (:meth:`PnGeometry.acceptance`): 0 in the chip
+gaps, on bad columns and dead pixels and outside the CCD array, as in SAS ``eexpmap`` without the
+vignetting. An image without DETX/DETY keywords (e.g. binned in sky X/Y) gets the on-times alone.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import astropy.units as u
@@ -20,10 +25,11 @@ from astropy.io import fits
 
 from ..errors import InputError
 from ..io import open_fits
-from .geometry import DET_UNIT_ARCSEC, PnGeometry
+from .geometry import DET_UNIT_ARCSEC, ImageGrid, PnGeometry
 
 ONTIME_KEY = re.compile(r"^ONTIME(\d\d)$")
 CCD_SPREAD_TOLERANCE = 0.01  # on-times within 1 % of each other count as one exposure
+LAYOUT_SOURCE = " x CCD layout"  # appended to the source when the CCD acceptance is applied
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class ImageExposure:
     """Exposure (s) of every pixel of a count image and where it came from."""
 
     seconds: np.ndarray   # (ny, nx) float64; 0 where the image has no exposure
-    source: str           # "exposure map", "per-CCD ONTIMEnn" or "EXPOSURE"
+    source: str           # "exposure map", or "per-CCD ONTIMEnn" / "EXPOSURE", + LAYOUT_SOURCE with the layout
 
     @property
     def reference_s(self) -> float:
@@ -94,17 +100,61 @@ def read_exposure_map(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     return data * factor
 
 
+def detector_grid(header: fits.Header, shape: tuple[int, int]) -> tuple[ImageGrid, bool, bool] | None:
+    """The DETX/DETY grid of an image from its physical keywords (``CTYPEnL``, ``CRVALnL``, ``CRPIXnL``,
+    ``CDELTnL``), as an increasing :class:`ImageGrid` and whether x and y run the other way (negative
+    ``CDELTnL``); None without DETX/DETY keywords or with pixels that are not square."""
+    names = [str(header.get(f"CTYPE{axis}L", "")).strip().upper() for axis in (1, 2)]
+    if names != ["DETX", "DETY"]:
+        return None
+    ny, nx = shape
+    starts, steps = [], []
+    for axis, n in ((1, nx), (2, ny)):
+        crval, crpix = float(header[f"CRVAL{axis}L"]), float(header.get(f"CRPIX{axis}L", 1.0))
+        cdelt = float(header.get(f"CDELT{axis}L", 1.0))
+        first, last = crval + (1.0 - crpix) * cdelt, crval + (n - crpix) * cdelt   # pixel centres, DET units
+        steps.append(cdelt)
+        starts.append((min(first, last) - abs(cdelt) / 2) * DET_UNIT_ARCSEC)
+    if not (steps[0] != 0 and math.isclose(abs(steps[0]), abs(steps[1]), rel_tol=1e-6)):
+        return None
+    grid = ImageGrid(nx, ny, abs(steps[0]) * DET_UNIT_ARCSEC, starts[0], starts[1])
+    return grid, steps[0] < 0, steps[1] < 0
+
+
+def layout_acceptance(header: fits.Header, shape: tuple[int, int], geometry: PnGeometry) -> np.ndarray | None:
+    """Fraction of every pixel of a DETX/DETY image on active, unflagged, live CCD area (0 in the chip
+    gaps, on bad columns and dead pixels, outside the array); None without DETX/DETY keywords."""
+    found = detector_grid(header, shape)
+    if found is None:
+        return None
+    grid, flip_x, flip_y = found
+    acceptance = np.array(geometry.acceptance(grid), dtype=np.float64)
+    return acceptance[::-1 if flip_y else 1, ::-1 if flip_x else 1]
+
+
+@lru_cache(maxsize=1)
+def default_geometry() -> PnGeometry:
+    """The CCD layout of the default configuration (its dead-pixel table included)."""
+    from ..config import default_config
+    from .model import geometry_from_config
+
+    return geometry_from_config(default_config()["instrument"]["geometry"])
+
+
 def image_exposure(header: fits.Header, shape: tuple[int, int], exposure_s: float,
                    exposure_map: str | Path | None = None, geometry: PnGeometry | None = None,
                    path: str | Path | None = None) -> ImageExposure:
     """Per-pixel exposure: the map if given; else per-CCD ``ONTIMEnn`` when they differ by more than 1 %
-    (on the DETX/DETY grid); else ``exposure_s`` everywhere."""
+    (on the DETX/DETY grid), else ``exposure_s`` everywhere, in both cases times the CCD acceptance of each
+    pixel (:func:`layout_acceptance`) when the image has DETX/DETY keywords. ``geometry``: the CCD layout
+    (default: the default configuration's)."""
     if exposure_map is not None:
         return ImageExposure(read_exposure_map(exposure_map, shape), "exposure map")
+    geometry = geometry or default_geometry()
     ontimes = ccd_ontimes(header)
     values = [t for t in ontimes.values() if t > 0]
     if values and (max(values) - min(values)) > CCD_SPREAD_TOLERANCE * max(values):
-        ccd = ccd_number_image(header, shape, geometry or PnGeometry(), path)
+        ccd = ccd_number_image(header, shape, geometry, path)
         table = np.zeros(ccd.max() + 1)
         for number, seconds in ontimes.items():
             if number < table.size:
@@ -113,7 +163,15 @@ def image_exposure(header: fits.Header, shape: tuple[int, int], exposure_s: floa
         if missing:
             warnings.warn(f"{path}: no ONTIMEnn for CCDs {missing}; they get EXPOSURE", stacklevel=2)
             table[missing] = exposure_s
-        return ImageExposure(table[ccd], "per-CCD ONTIMEnn")
-    if not (math.isfinite(exposure_s) and exposure_s > 0):
-        raise InputError(path, "EXPOSURE", f"is {exposure_s!r}", "set EXPOSURE (s) in the header")
-    return ImageExposure(np.full(shape, float(exposure_s)), "EXPOSURE")
+        seconds, source = table[ccd], "per-CCD ONTIMEnn"
+    else:
+        if not (math.isfinite(exposure_s) and exposure_s > 0):
+            raise InputError(path, "EXPOSURE", f"is {exposure_s!r}", "set EXPOSURE (s) in the header")
+        seconds, source = np.full(shape, float(exposure_s)), "EXPOSURE"
+    acceptance = layout_acceptance(header, shape, geometry)
+    if acceptance is None:
+        return ImageExposure(seconds, source)
+    if not acceptance.any():
+        raise InputError(path, "CRVAL1L/CRVAL2L", "place the image entirely off the pn CCDs",
+                         "give the DETX/DETY image of a pn observation, or its exposure map (--exposure-map)")
+    return ImageExposure(seconds * acceptance, source + LAYOUT_SOURCE)

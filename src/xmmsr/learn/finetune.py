@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import __version__, metrics
 from ..errors import InputError
 from ..instrument.exposure import image_exposure
+from ..instrument.geometry import PnGeometry
 from ..io import atomic_path
 from ..metrics import coverage_mask
 from ..thinning import RealImage, ThinningPlan, binomial_split
@@ -39,13 +40,15 @@ from .predict import read_count_image
 from .train import (Restoration, _prepare_checkpoints, choose_precision, load_start_model, plain_generator,
                     resumable_trainer, weights_sum, write_history)
 
-REAL_FORMAT_VERSION = 1
+REAL_FORMAT_VERSION = 2  # 2: exposure 0 in chip gaps and on dead pixels (the CCD layout)
 FINETUNE_HISTORY_FIELDS = ("epoch", "step", "lr", "train_loss", "train_sim_loss", "train_real_loss",
                            "val_real_deviance", "val_real_deviance_start")
 
 
-def pack_real(images: list[RealImage], output: str | Path) -> None:
-    """Write the real images (counts, per-pixel exposure, split) to one HDF5 file, atomically."""
+def pack_real(images: list[RealImage], output: str | Path, geometry: PnGeometry | None = None) -> None:
+    """Write the real images (counts, per-pixel exposure, split) to one HDF5 file, atomically. The exposure
+    is :func:`~xmmsr.instrument.exposure.image_exposure`'s, with ``geometry``'s CCD layout (default: the
+    default configuration's): 0 in chip gaps and on dead pixels, which fine-tuning then leaves out."""
     if not images:
         raise InputError(None, "real.images", "is empty", "list real pn count images to fine-tune on")
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
@@ -57,7 +60,7 @@ def pack_real(images: list[RealImage], output: str | Path) -> None:
             if np.abs(counts - whole).max() > 1e-6:
                 raise InputError(image.path, "pixel values", "are not integer counts",
                                  "give count images (events per pixel)")
-            exposure = image_exposure(header, counts.shape, exposure_s, image.exposure_map, path=image.path)
+            exposure = image_exposure(header, counts.shape, exposure_s, image.exposure_map, geometry, image.path)
             group = h5.create_group(f"images/{image.name}")
             group.create_dataset("counts", data=whole.astype(np.int32), compression="gzip")
             group.create_dataset("exposure", data=exposure.seconds.astype(np.float32), compression="gzip")

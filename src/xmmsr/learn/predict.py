@@ -318,7 +318,9 @@ def predict_file(model_path: str | Path, input_path: str | Path, output_path: st
     uncertainty calibration when it has one (released models; header ``UNCCAL``).
 
     The model sees count rates with the image's real per-pixel exposure: ``exposure_map`` if given, else
-    the per-CCD ``ONTIMEnn`` when they differ, else ``EXPOSURE`` (:func:`~xmmsr.instrument.exposure.image_exposure`)."""
+    the per-CCD ``ONTIMEnn`` when they differ, else ``EXPOSURE``, times the CCD acceptance of each pixel on
+    a DETX/DETY image (chip gaps and dead pixels: none) (:func:`~xmmsr.instrument.exposure.image_exposure`);
+    pixels without exposure are outside the footprint (0 in the output)."""
     from ..instrument.exposure import image_exposure
 
     model_path, input_path, output_path = Path(model_path), Path(input_path), Path(output_path)
@@ -336,7 +338,7 @@ def predict_file(model_path: str | Path, input_path: str | Path, output_path: st
         warnings.warn(f"{input_path}: EXPOSURE {exposure:g} s differs from the {model.input_exposure_s:g} s the "
                       "model was trained for by more than a factor 2; the prediction may be biased", stacklevel=2)
     seconds = per_pixel.seconds if per_pixel.source != "EXPOSURE" else exposure
-    # the pixels with exposure (an exposure map, or CCDs with on-time); a uniform EXPOSURE tells none
+    # the pixels with exposure (an exposure map, or CCDs with on-time and area); a uniform EXPOSURE tells none
     footprint = per_pixel.seconds > 0.01 * float(per_pixel.seconds.max()) if per_pixel.source != "EXPOSURE" else None
     gate = default_gate(model.upscale, float(source_gate)) if source_gate > 0 else None
     result = predict_counts(model, counts, seconds, overlap=max(32, receptive_radius(model.architecture)),
