@@ -336,3 +336,38 @@ def test_richardson_lucy_super_resolution(pn):
     assert near.max() < rl.max()
     full = np.ones(rl.shape, dtype=bool)
     assert np.mean((rl - target)[full] ** 2) < np.mean((near - target)[full] ** 2)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "adaptive_smoothing", "wavelet"])
+def test_baselines_with_a_footprint_neither_leak_into_gaps_nor_darken_their_edges(name):
+    """A flat field inside a border, with a chip gap and a dead block: with the footprint the smoothing
+    baselines keep the level beside the gap and the counts (without it they spread counts into the gaps
+    and lose them) and predict nothing outside."""
+    rng = np.random.default_rng(21)
+    shape, level = (80, 80), 4.0
+    footprint = np.zeros(shape, dtype=bool)
+    footprint[4:-4, 4:-4] = True         # the field's edge
+    footprint[:, 38:41] = False          # a chip gap, 3 pixels wide
+    footprint[10:30, 60:75] = False      # a dead block, wider than the first fill width
+    counts = np.where(footprint, rng.poisson(level, shape), 0).astype(float)
+    filled = bl.fill_outside(counts, footprint)
+    np.testing.assert_array_equal(filled[footprint], counts[footprint])
+    assert filled[~footprint].mean() == pytest.approx(level, rel=0.1)
+    settings = methods.Settings(3.0, np.ones((1, 1)), adaptive_snr=5.0, wavelet_threshold=0.5)
+    method = methods.REGISTRY[name]
+    edge = np.zeros(shape, dtype=bool)
+    edge[8:-8, [36, 37, 41, 42]] = True
+    target = level * 5.0
+    plain = method.predict(counts, 20e3, 100e3, 1, settings)
+    aware = methods.run(method, counts, 20e3, 100e3, 1, settings, footprint)
+    assert plain[edge].mean() < 0.88 * target                      # the gap darkens its edges
+    assert plain[footprint].sum() < 0.95 * 5.0 * counts.sum()      # and the counts spread into it are lost
+    assert aware[edge].mean() == pytest.approx(target, rel=0.1)    # not with the footprint
+    assert aware[footprint].sum() == pytest.approx(5.0 * counts.sum(), rel=0.03)
+    assert np.all(aware[~footprint] == 0.0)
+    up = methods.predict_baselines("sr", counts, 20e3, 100e3, 2, settings, names=[name], footprint=footprint)[name]
+    assert up.shape == (160, 160) and np.all(up[:, 76:82] == 0.0) and up[:, 70:76].mean() > 0.9 * target / 4
+    # tuning takes the footprint as the samples' fifth element
+    tuned = methods.tune("dn", settings, {"gaussian_sigma_px": [0.5, 3.0]},
+                         [((counts, 20e3, 100e3, 1, footprint), (np.full(shape, target), footprint))], masked_mse)
+    assert tuned.gaussian_sigma_px == 3.0

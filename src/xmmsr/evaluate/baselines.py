@@ -2,6 +2,8 @@
 
 Each baseline maps the input counts (exposure ``exposure_in``) to expected counts per output pixel at
 ``exposure_target``, on a grid ``upscale`` (1 or 2) times finer than the input, conserving flux.
+:func:`fill_outside` prepares an input with chip gaps and dead pixels (``footprint``) for them, as an
+exposure map does for SAS ``asmooth``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ WAVELET_SHIFTS = 2    # cycle spinning: shifts of 0..2 pixels along each axis (9
 ADAPTIVE_SCALES = tuple(0.5 * 2.0 ** (k / 2.0) for k in range(13))  # Gaussian sigmas 0.5-32 input pixels
 ANSCOMBE_ZERO = float(np.sqrt(1.5))   # the Anscombe transform of 0 counts: 2 sqrt(3/8)
 RL_FILTER_EPSILON = 1.0e-12  # relative to the mean of the input: model values below it get no update
+FILL_SIGMAS_PX = (2.0, 8.0)  # normalised-convolution widths (input pixels) that fill what lies outside the footprint
+FILL_MIN_WEIGHT = 0.05       # the smoothed footprint a fill value needs at a width before the next one is used
 
 
 def psf_kernel(instrument: PnInstrument, resolution: int, r_max_arcsec: float = 60.0,
@@ -35,6 +39,32 @@ def psf_kernel(instrument: PnInstrument, resolution: int, r_max_arcsec: float = 
     grid = instrument.geometry.image_grid(resolution if grid_resolution is None else grid_resolution)
     return np.array(instrument.psf.kernel(grid.pixel_arcsec, instrument.aim_offaxis_arcmin, 0.0,
                                           resolution=resolution, r_max_arcsec=r_max_arcsec), dtype=np.float64)
+
+
+def fill_outside(counts: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """``counts`` with every pixel outside ``footprint`` (chip gaps, dead pixels, beyond the detector) set
+    to the local mean of the footprint's counts: a normalised convolution (Gaussian-smoothed counts over the
+    Gaussian-smoothed footprint) of ``FILL_SIGMAS_PX[0]`` pixels, or the wider one where a gap is too wide
+    for it. A smoothing baseline then neither spreads counts into the gaps nor draws zeros out of them: what
+    smoothing with an exposure map does (SAS ``asmooth``, CIAO ``csmooth`` on rates). The pixels inside are
+    unchanged; predictions from the filled image are cut to the footprint by the caller."""
+    c = np.asarray(counts, dtype=np.float64)
+    inside = np.asarray(footprint, dtype=bool)
+    if inside.shape != c.shape:
+        raise ValueError(f"footprint shape {inside.shape} differs from the counts' {c.shape}")
+    if inside.all() or not inside.any():
+        return c
+    kept = np.where(inside, c, 0.0)
+    weight = inside.astype(np.float64)
+    fill = np.zeros_like(c)
+    todo = ~inside
+    for sigma in FILL_SIGMAS_PX:
+        w = gaussian_filter(weight, sigma, mode="constant")
+        value = gaussian_filter(kept, sigma, mode="constant") / np.maximum(w, 1e-12)
+        use = todo & ((w >= FILL_MIN_WEIGHT) | (sigma == FILL_SIGMAS_PX[-1]))
+        fill[use] = value[use]
+        todo &= ~use
+    return np.where(inside, c, fill)
 
 
 def _check_upscale(upscale: int) -> int:

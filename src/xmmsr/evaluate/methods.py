@@ -96,12 +96,25 @@ def ordered(names: Iterable[str]) -> list[str]:
     return [n for n in REGISTRY if n in names] + [n for n in names if n not in REGISTRY]
 
 
+def run(method: Method, counts: np.ndarray, exposure_in: float, exposure_target: float, upscale: int,
+        settings: Settings, footprint: np.ndarray | None = None) -> np.ndarray:
+    """One baseline's expected counts per output pixel at the target exposure. With ``footprint`` (the
+    input pixels with data) it runs on :func:`~xmmsr.evaluate.baselines.fill_outside`'s input and its
+    output is 0 outside the footprint, as the models' is."""
+    if footprint is None:
+        return method.predict(counts, exposure_in, exposure_target, upscale, settings)
+    inside = np.asarray(footprint, dtype=bool)
+    out = method.predict(baselines.fill_outside(counts, inside), exposure_in, exposure_target, upscale, settings)
+    return np.where(np.kron(inside, np.ones((upscale, upscale), dtype=bool)), out, 0.0)
+
+
 def predict_baselines(task: str, counts: np.ndarray, exposure_in: float, exposure_target: float, upscale: int,
-                      settings: Settings, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+                      settings: Settings, names: Iterable[str] | None = None,
+                      footprint: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every baseline of ``task`` (or those of ``names``): expected counts per output pixel at the target
-    exposure."""
+    exposure; ``footprint``: see :func:`run`."""
     wanted = None if names is None else set(names)
-    return {m.name: m.predict(counts, exposure_in, exposure_target, upscale, settings)
+    return {m.name: run(m, counts, exposure_in, exposure_target, upscale, settings, footprint)
             for m in baselines_for(task) if wanted is None or m.name in wanted}
 
 
@@ -111,19 +124,20 @@ def candidates_from_config(eval_cfg: Mapping[str, Any]) -> dict[str, list[float]
 
 
 def tune(task: str, settings: Settings, candidates: Mapping[str, Sequence[float]],
-         samples: Iterable[tuple[tuple[np.ndarray, float, float, int], T]], loss: Callable[[np.ndarray, T], float]
-         ) -> Settings:
+         samples: Iterable[tuple[tuple[Any, ...], T]], loss: Callable[[np.ndarray, T], float]) -> Settings:
     """``settings`` with each tuned baseline of ``task`` given the candidate value of lowest summed
-    ``loss(prediction, target)`` over ``samples`` ((counts, exposure_in, exposure_target, upscale), target)
-    pairs, read once: e.g. the MSE against the noise-free target over the validation split, or the deviance
-    against a real image's remainder. Fields without candidates keep their value."""
+    ``loss(prediction, target)`` over ``samples`` ((counts, exposure_in, exposure_target, upscale[, footprint]),
+    target) pairs, read once: e.g. the MSE against the noise-free target over the validation split, or the
+    deviance against a real image's remainder. Fields without candidates keep their value."""
     trials = [(m, float(v)) for m in baselines_for(task) if m.tuned and candidates.get(m.tuned)
               for v in candidates[m.tuned]]
     totals = np.zeros(len(trials))
     n = 0
     for args, target in samples:
         for i, (method, value) in enumerate(trials):
-            totals[i] += loss(method.predict(*args, replace(settings, **{method.tuned: value})), target)
+            counts, t_in, t_out, upscale, *footprint = args
+            totals[i] += loss(run(method, counts, t_in, t_out, upscale, replace(settings, **{method.tuned: value}),
+                                  *footprint), target)
         n += 1
     if trials and n == 0:
         raise ValueError("tune: no sample to choose the baselines' parameters on")

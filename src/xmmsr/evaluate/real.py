@@ -69,7 +69,7 @@ def score_pair(model_path: str | Path, short_path: str | Path, long_path: str | 
     psf = baselines.psf_kernel(instrument, 1)
     args = (short, t_short, t_long, 1)
     settings = methods.with_values(methods.Settings(1.0, psf, None, eval_cfg["rl_iterations"]), tuned)
-    preds = methods.predict_baselines("dn", *args, settings)
+    preds = methods.predict_baselines("dn", *args, settings, footprint=mask)
     preds["model"] = (predict_counts(model, short, t_short, footprint=mask).astype(np.float64)
                       * t_long / model.target_exposure_s)
     a = eval_cfg["asinh_scale_counts"] * t_long / model.target_exposure_s
@@ -150,10 +150,10 @@ def thinned_predictions(models: dict[str, TrainedModel], image_path: str | Path,
         candidates[methods.REGISTRY[name].tuned] = [float(value)]
     settings = methods.tune("dn", methods.Settings(1.0, baselines.psf_kernel(instrument, 1), None,
                                                    eval_cfg["rl_iterations"]),
-                            candidates, [(args, None)], lambda pred, _: metrics.poisson_deviance(
+                            candidates, [((*args, mask), None)], lambda pred, _: metrics.poisson_deviance(
                                 pred * to_remainder, remainder, mask))
     # every method predicts at 1x here (SR is forward-modelled below): the DN baselines
-    preds = methods.predict_baselines("dn", *args, settings)
+    preds = methods.predict_baselines("dn", *args, settings, footprint=mask)
     means = {m: p * to_remainder for m, p in preds.items()}
     seconds = np.where(mask, exposure.seconds * fraction, t_in)
     for name, model in models.items():

@@ -81,7 +81,7 @@ def predictions(model: TrainedModel, frame: dict[str, Any], settings: methods.Se
     the truth. The model and its gated version are what :func:`predict_counts` gives without and with
     ``gate`` (the gate acts before the flux conservation), from one run of the network."""
     out = methods.predict_baselines(model.task, frame["input"], frame["exposure_input"], frame["exposure_target"],
-                                    model.upscale, settings)
+                                    model.upscale, settings, footprint=frame["mask_input"])
     network = predict_counts(model, frame["input"], frame["exposure_input"], footprint=frame["mask_input"],
                              conserve_flux=False)
     if gate is not None:
@@ -130,7 +130,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     val = PairDataset(dataset, task, "val", max_items=eval_cfg["max_images"])
     settings = methods.tune(task, methods.Settings(1.0, psf_1x_out, psf_out, eval_cfg["rl_iterations"]),
                             methods.candidates_from_config(eval_cfg),
-                            (((f["input"], f["exposure_input"], f["exposure_target"], s), (f["expected"], f["mask_target"]))
+                            (((f["input"], f["exposure_input"], f["exposure_target"], s, f["mask_input"]),
+                              (f["expected"], f["mask_target"]))
                              for f in _frames(val) if f["mask_target"].any()), masked_mse)
     calibration = (fit_uncertainty_calibration(model, val, eval_cfg["uncertainty_draws"])
                    if eval_cfg["uncertainty_draws"] >= 2 else None)
