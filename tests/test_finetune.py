@@ -178,3 +178,37 @@ def test_release_of_fine_tuned_models_names_the_real_data(tiny_run, real_config)
     assert f"{history['val_real_deviance'].iloc[-1]:.4f}" in card       # figures from the run's own files
     scores = pd.read_csv(tiny_run / "results/metrics/dn/real_thinned.csv").set_index("method")
     assert f"{scores.at['finetuned', 'deviance']:.4f}" in card and "**this model**" in card
+
+
+def test_a_finished_finetune_is_not_resumed_on_other_real_data(tiny_run, real_config, tmp_path, capsys):
+    """The checkpoints of a fine-tuning are resumed only for the same real data: repacked images with other
+    exposures (here: the CCD layout without its dead pixels) start afresh instead of returning the old
+    weights."""
+    from dataclasses import replace
+
+    from xmmsr.config import load_config
+    from xmmsr.instrument.exposure import default_geometry
+    from xmmsr.learn.finetune import real_data_digest
+
+    _, real = real_config
+    images = real_images_from_config(real, REPO)
+    packed, other = tmp_path / "real.h5", tmp_path / "other.h5"
+    pack_real(images, packed)
+    pack_real(images, other, replace(default_geometry(), dead_pixels=()))
+    assert real_data_digest(packed) != real_data_digest(other)
+    pack_real(images, tmp_path / "again.h5")
+    assert real_data_digest(tmp_path / "again.h5") == real_data_digest(packed)
+    train_cfg = {**load_config(TINY)["train"], "num_workers": 0}
+    ft = {**FINETUNE, "epochs": 1}
+
+    def run(data):
+        return FinetuneRun("dn", tiny_run / "results/models/dn/model.pt", tiny_run / "results/dataset/xmmsr_dataset.h5",
+                           data, train_cfg, ft, ThinningPlan(2000.0, 0.5), 3, tmp_path / "ckpt")
+
+    finetune(run(packed), tmp_path / "a.pt", tmp_path / "a.csv", threads=1)
+    capsys.readouterr()
+    finetune(run(packed), tmp_path / "b.pt", tmp_path / "b.csv", threads=1)
+    assert "resuming from" in capsys.readouterr().out
+    finetune(run(other), tmp_path / "c.pt", tmp_path / "c.csv", threads=1)
+    out = capsys.readouterr().out
+    assert "belong to another configuration" in out and "resuming from" not in out

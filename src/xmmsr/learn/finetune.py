@@ -13,6 +13,7 @@ Poisson deviance per pixel against the remainder (as ``xmmsr evaluate-real --ima
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..io import atomic_path
 from ..metrics import coverage_mask
 from ..thinning import RealImage, ThinningPlan, binomial_split
 from .checkpoint import TrainedModel, save_model
-from .data import EpochSampler, PairDataset
+from .data import EpochSampler, PairDataset, open_dataset
 from .device import training_device
 from .losses import poisson_nll
 from .predict import read_count_image
@@ -66,6 +67,21 @@ def pack_real(images: list[RealImage], output: str | Path, geometry: PnGeometry 
             group.create_dataset("exposure", data=exposure.seconds.astype(np.float32), compression="gzip")
             group.attrs.update(split=image.split, source=image.path.name, exposure_source=exposure.source,
                                exposure_s=exposure.reference_s)
+
+
+def real_data_digest(path: str | Path) -> str:
+    """SHA-256 of a packed real-image file's content (format, and every image's name, split, counts and
+    per-pixel exposure): what a fine-tuning checkpoint was trained on."""
+    digest = hashlib.sha256()
+    with h5py.File(path, "r") as h5:
+        digest.update(str(h5.attrs.get("format_version")).encode())
+        for name, group in sorted(h5["images"].items()):
+            digest.update(f"{name}|{group.attrs['split']}|".encode())
+            for key in ("counts", "exposure"):
+                data = np.ascontiguousarray(group[key][:])
+                digest.update(f"{key}{data.dtype.str}{data.shape}".encode())
+                digest.update(data.tobytes())
+    return digest.hexdigest()
 
 
 class RealPairs(Dataset):
@@ -233,9 +249,14 @@ def finetune(run: FinetuneRun, model_path: Path, history_path: Path, kernel: np.
     if threads > 0:
         torch.set_num_threads(threads)
     start = load_start_model(run.start_model, run.task)
+    with open_dataset(run.dataset) as h5:
+        dataset_hash = str(h5.attrs["config_hash"])
+    # checkpoints of another start, other settings or other data (simulated or real) are not resumed
     fingerprint = {"task": run.task, "start": str(run.start_model.name), "finetune": ft, "seed": run.seed,
                    "plan": [run.plan.input_exposure_s, run.plan.max_input_fraction],
-                   "start_weights": weights_sum(start.generator)}
+                   "start_weights": weights_sum(start.generator),
+                   "train": {k: v for k, v in cfg.items() if k not in ("num_workers", "threads")},
+                   "dataset_config_hash": dataset_hash, "real_data": real_data_digest(run.real_dataset)}
     resume = _prepare_checkpoints(run, fingerprint)  # type: ignore[arg-type]
     accelerator = training_device(cfg["accelerator"])
     precision = choose_precision(cfg["precision"], accelerator)
