@@ -215,6 +215,24 @@ def test_forward_model_conserves_flux_and_maps_2x_truth_to_1x_truth(instrument, 
     assert err_binned > 5 * err
 
 
+def test_forward_model_with_a_footprint_does_not_darken_the_edges_of_gaps(sr_pair):
+    """A flat 2x sky cut at a chip gap: the plain forward model draws the gap's zeros into the pixels beside
+    it; the footprint's normalised convolution keeps them at the sky's level and leaves the gap at 0."""
+    k = sr_pair["kernel"]
+    footprint = np.ones((200, 200), dtype=bool)
+    footprint[:, 96:100] = False
+    pred = np.where(footprint, 1.0, 0.0)
+    plain = cons.forward_model(pred, 2, k, 1.0, 1.0)
+    aware = cons.forward_model(pred, 2, k, 1.0, 1.0, footprint=footprint)
+    inner = (slice(20, 80), slice(10, 35))            # 1x pixels far from the gap and the image edge
+    beside = (slice(20, 80), [47, 50])                # the 1x pixels next to the gap (1x columns 48-49)
+    assert plain[beside].mean() < 0.97 * plain[inner].mean()
+    assert aware[beside].mean() == pytest.approx(4.0, rel=0.005) and aware[inner].mean() == pytest.approx(4.0, rel=0.005)
+    assert np.all(aware[:, 48:50] == 0.0)
+    with pytest.raises(ValueError, match="footprint"):
+        cons.forward_model(pred, 2, k, 1.0, 1.0, footprint=footprint[:-2])
+
+
 def test_consistency_of_truth_and_of_an_invented_source(instrument, sr_pair):
     rng = np.random.default_rng(7)
     truth1, truth2, k = sr_pair["truth1"], sr_pair["truth2"], sr_pair["kernel"]

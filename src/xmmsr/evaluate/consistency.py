@@ -82,11 +82,15 @@ def _wiener_kernel(psf: PsfModel, theta: float, upscale: int, pixel: float, r_ma
 
 
 def forward_model(pred: np.ndarray, upscale: int, kernel: np.ndarray, exposure_pred: float,
-                  exposure_input: float) -> np.ndarray:
+                  exposure_input: float, footprint: np.ndarray | None = None) -> np.ndarray:
     """Expected counts per input (1x) pixel at ``exposure_input`` implied by ``pred`` (expected counts per
     output pixel at ``exposure_pred``): convolve with ``kernel`` (``fftconvolve``, ``mode="same"``: flux
     carried beyond the image edge is lost, as in an observation), sum ``upscale`` x ``upscale`` blocks,
-    scale by ``exposure_input / exposure_pred``."""
+    scale by ``exposure_input / exposure_pred``.
+
+    ``footprint`` (the output pixels where ``pred`` holds the sky; 0 in chip gaps and beyond the field):
+    a normalised convolution, conv(pred) / conv(footprint) inside it and 0 outside, so that the pixels
+    beside a gap get from under it what their other surroundings give, not the gap's zeros."""
     p = np.asarray(pred, dtype=np.float64)
     s = int(upscale)
     if p.ndim != 2 or p.shape[0] % s or p.shape[1] % s:
@@ -94,8 +98,15 @@ def forward_model(pred: np.ndarray, upscale: int, kernel: np.ndarray, exposure_p
     kern = np.asarray(kernel, dtype=np.float64)
     if kern.size == 1:
         conv = p * float(kern.ravel()[0])
-    else:
+    elif footprint is None:
         conv = np.maximum(fftconvolve(p, kern, mode="same"), 0.0)
+    else:
+        inside = np.asarray(footprint, dtype=bool)
+        if inside.shape != p.shape:
+            raise ValueError(f"footprint shape {inside.shape} differs from the prediction's {p.shape}")
+        weight = fftconvolve(inside.astype(np.float64), kern, mode="same") / kern.sum()
+        conv = np.maximum(fftconvolve(np.where(inside, p, 0.0), kern, mode="same"), 0.0)
+        conv = np.where(inside, conv / np.maximum(weight, 1e-3), 0.0)
     binned = conv.reshape(p.shape[0] // s, s, p.shape[1] // s, s).sum(axis=(1, 3))
     return binned * (float(exposure_input) / float(exposure_pred))
 

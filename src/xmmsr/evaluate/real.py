@@ -158,8 +158,9 @@ def thinned_predictions(models: dict[str, TrainedModel], image_path: str | Path,
     seconds = np.where(mask, exposure.seconds * fraction, t_in)
     for name, model in models.items():
         pred = predict_counts(model, counts_in.astype(np.float64), seconds, footprint=mask).astype(np.float64)
-        if model.upscale != 1:
-            pred = forward_model(pred, model.upscale, degradation_kernel(instrument, model.upscale), 1.0, 1.0)
+        if model.upscale != 1:   # the 2x sky under the gaps, which the prediction leaves 0, from its surroundings
+            pred = forward_model(pred, model.upscale, degradation_kernel(instrument, model.upscale), 1.0, 1.0,
+                                 footprint=np.kron(mask, np.ones((model.upscale, model.upscale), dtype=bool)))
         means[name] = pred * relative * (t_rest / float(model.target_exposure_s))
     return ThinnedPredictions(means, remainder.astype(np.float64), mask, methods.tuned_values("dn", settings), t_in,
                               t_rest, exposure.source,
