@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 import pywt
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 from scipy.signal import fftconvolve
 from skimage.restoration import cycle_spin, denoise_wavelet
 from skimage.restoration import richardson_lucy as _skimage_rl
@@ -45,7 +45,7 @@ def fill_outside(counts: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """``counts`` with every pixel outside ``footprint`` (chip gaps, dead pixels, beyond the detector) set
     to the local mean of the footprint's counts: a normalised convolution (Gaussian-smoothed counts over the
     Gaussian-smoothed footprint) of ``FILL_SIGMAS_PX[0]`` pixels, or the wider one where a gap is too wide
-    for it. A smoothing baseline then neither spreads counts into the gaps nor draws zeros out of them: what
+    for it, and beyond its reach the value of the nearest pixel filled or inside. A smoothing baseline then neither spreads counts into the gaps nor draws zeros out of them: what
     smoothing with an exposure map does (SAS ``asmooth``, CIAO ``csmooth`` on rates). The pixels inside are
     unchanged; predictions from the filled image are cut to the footprint by the caller."""
     c = np.asarray(counts, dtype=np.float64)
@@ -61,9 +61,13 @@ def fill_outside(counts: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     for sigma in FILL_SIGMAS_PX:
         w = gaussian_filter(weight, sigma, mode="constant")
         value = gaussian_filter(kept, sigma, mode="constant") / np.maximum(w, 1e-12)
-        use = todo & ((w >= FILL_MIN_WEIGHT) | (sigma == FILL_SIGMAS_PX[-1]))
+        use = todo & (w >= FILL_MIN_WEIGHT)
         fill[use] = value[use]
         todo &= ~use
+    if todo.any():   # beyond the widest fill's reach: the value of the nearest pixel filled or inside
+        known = np.where(inside, c, fill)
+        _, (iy, ix) = distance_transform_edt(todo, return_indices=True)
+        fill[todo] = known[iy[todo], ix[todo]]
     return np.where(inside, c, fill)
 
 

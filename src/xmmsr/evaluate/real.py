@@ -27,7 +27,7 @@ import pandas as pd
 
 from .. import metrics
 from ..errors import InputError
-from ..instrument.exposure import image_exposure
+from ..instrument.exposure import image_exposure, layout_acceptance
 from ..instrument.model import PnInstrument
 from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
@@ -62,10 +62,10 @@ def score_pair(model_path: str | Path, short_path: str | Path, long_path: str | 
     instrument = PnInstrument.from_config(instrument_cfg, base_dir=base_dir)
     # the area both images cover, without the chip gaps and dead pixels of their CCD layout
     mask = coverage_mask(short, long)
-    for image, header, seconds, path in ((short, short_header, t_short, short_path),
-                                         (long, long_header, t_long, long_path)):
-        exposure = image_exposure(header, image.shape, seconds, geometry=instrument.geometry, path=path).seconds
-        mask &= exposure > 0.01 * exposure.max()
+    for image, header, path in ((short, short_header, short_path), (long, long_header, long_path)):
+        acceptance = layout_acceptance(header, image.shape, instrument.geometry, path)
+        if acceptance is not None:
+            mask &= acceptance > 0
     psf = baselines.psf_kernel(instrument, 1)
     args = (short, t_short, t_long, 1)
     settings = methods.with_values(methods.Settings(1.0, psf, None, eval_cfg["rl_iterations"]), tuned)

@@ -30,6 +30,7 @@ from .geometry import DET_UNIT_ARCSEC, ImageGrid, PnGeometry
 ONTIME_KEY = re.compile(r"^ONTIME(\d\d)$")
 CCD_SPREAD_TOLERANCE = 0.01  # on-times within 1 % of each other count as one exposure
 LAYOUT_SOURCE = " x CCD layout"  # appended to the source when the CCD acceptance is applied
+MIN_ACCEPTANCE = 0.5  # a pixel less than half on active CCD area gets no exposure (the simulated detector mask's rule)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def read_exposure_map(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     return data * factor
 
 
-def detector_grid(header: fits.Header, shape: tuple[int, int]) -> tuple[ImageGrid, bool, bool] | None:
+def detector_grid(header: fits.Header, shape: tuple[int, int],
+                  path: str | Path | None = None) -> tuple[ImageGrid, bool, bool] | None:
     """The DETX/DETY grid of an image from its physical keywords (``CTYPEnL``, ``CRVALnL``, ``CRPIXnL``,
     ``CDELTnL``), as an increasing :class:`ImageGrid` and whether x and y run the other way (negative
     ``CDELTnL``); None without DETX/DETY keywords or with pixels that are not square."""
@@ -110,6 +112,9 @@ def detector_grid(header: fits.Header, shape: tuple[int, int]) -> tuple[ImageGri
     ny, nx = shape
     starts, steps = [], []
     for axis, n in ((1, nx), (2, ny)):
+        if f"CRVAL{axis}L" not in header:
+            raise InputError(path, f"CRVAL{axis}L", f"is missing while CTYPE{axis}L is {names[axis - 1]}",
+                             "write the image's physical (DETX/DETY) keywords, as SAS evselect and xmmsr bin do")
         crval, crpix = float(header[f"CRVAL{axis}L"]), float(header.get(f"CRPIX{axis}L", 1.0))
         cdelt = float(header.get(f"CDELT{axis}L", 1.0))
         first, last = crval + (1.0 - crpix) * cdelt, crval + (n - crpix) * cdelt   # pixel centres, DET units
@@ -121,14 +126,18 @@ def detector_grid(header: fits.Header, shape: tuple[int, int]) -> tuple[ImageGri
     return grid, steps[0] < 0, steps[1] < 0
 
 
-def layout_acceptance(header: fits.Header, shape: tuple[int, int], geometry: PnGeometry) -> np.ndarray | None:
+def layout_acceptance(header: fits.Header, shape: tuple[int, int], geometry: PnGeometry,
+                      path: str | Path | None = None) -> np.ndarray | None:
     """Fraction of every pixel of a DETX/DETY image on active, unflagged, live CCD area (0 in the chip
-    gaps, on bad columns and dead pixels, outside the array); None without DETX/DETY keywords."""
-    found = detector_grid(header, shape)
+    gaps, on bad columns and dead pixels, outside the array, and below ``MIN_ACCEPTANCE``, where a few
+    counts would be scaled up many times); None without DETX/DETY keywords. Dead pixels count by the
+    table's 1x pixel at each pixel's centre (exact on the 1x grid and finer ones)."""
+    found = detector_grid(header, shape, path)
     if found is None:
         return None
     grid, flip_x, flip_y = found
     acceptance = np.array(geometry.acceptance(grid), dtype=np.float64)
+    acceptance[acceptance < MIN_ACCEPTANCE] = 0.0
     return acceptance[::-1 if flip_y else 1, ::-1 if flip_x else 1]
 
 
@@ -168,7 +177,7 @@ def image_exposure(header: fits.Header, shape: tuple[int, int], exposure_s: floa
         if not (math.isfinite(exposure_s) and exposure_s > 0):
             raise InputError(path, "EXPOSURE", f"is {exposure_s!r}", "set EXPOSURE (s) in the header")
         seconds, source = np.full(shape, float(exposure_s)), "EXPOSURE"
-    acceptance = layout_acceptance(header, shape, geometry)
+    acceptance = layout_acceptance(header, shape, geometry, path)
     if acceptance is None:
         return ImageExposure(seconds, source)
     if not acceptance.any():

@@ -127,7 +127,10 @@ class RealPairs(Dataset):
             counts, exposure, mask = counts[window], exposure[window], mask[window]
         p = self.plan.fraction(item["reference"])
         a, b = binomial_split(counts, p, rng)
-        arrays = {"input": a, "remainder": b, "exposure_input": np.maximum(exposure * p, 1e-3 * item["reference"] * p),
+        # outside the footprint (chip gaps, dead pixels) the network sees zeros at the nominal exposure, as in
+        # predict_counts and the simulated inputs, not a stray count divided by no exposure
+        arrays = {"input": np.where(mask, a, 0), "remainder": b,
+                  "exposure_input": np.where(mask, exposure, item["reference"]) * p,
                   "exposure_remainder": exposure * (1 - p), "mask": mask}
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))

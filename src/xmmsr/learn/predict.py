@@ -85,9 +85,9 @@ def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float | 
                    gate: SourceGate | None = None) -> np.ndarray:
     """Expected counts per output pixel at ``model.target_exposure_s`` for a 1x-grid count image.
 
-    ``footprint``: the 1x pixels with data (exposure on an active detector pixel); the prediction is 0
-    elsewhere (the network, which does not see the mask, would spread counts into chip gaps and beyond
-    the detector). ``gate``: remove the compact sources the input does not support
+    ``footprint``: the 1x pixels with data (exposure on an active detector pixel); counts outside it are
+    set to 0 before the network sees them (as in the simulated inputs) and the prediction is 0 there (the
+    network, which does not see the mask, would spread counts into chip gaps and beyond the detector). ``gate``: remove the compact sources the input does not support
     (:func:`~xmmsr.learn.gate.gate_sources`) before the flux conservation. With ``conserve_flux`` (the default) the prediction is then scaled so that its total
     equals the input's counts scaled to the target exposure (pixel by pixel with ``exposure_s``): the
     unbiased estimate of the total expected counts, whose Poisson error is 1/sqrt(counts) (1 % for
@@ -115,6 +115,11 @@ def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float | 
         raise ValueError(f"exposure must be a positive number of seconds, got {exposure_s}")
     if overlap < 0 or tile <= 2 * overlap:
         raise ValueError(f"need 0 <= 2 * overlap < tile, got tile {tile}, overlap {overlap}")
+    if footprint is not None:   # counts outside it (a stray event in a gap) are neither seen nor conserved
+        inside = np.asarray(footprint, dtype=bool)
+        if inside.shape != image.shape:
+            raise ValueError(f"footprint shape {inside.shape} differs from the image's {image.shape}")
+        image = np.where(inside, image, 0)
     generator, s = model.generator, model.upscale
     device = next(generator.parameters()).device
     h, w = image.shape
@@ -133,9 +138,6 @@ def predict_counts(model: TrainedModel, counts: np.ndarray, exposure_s: float | 
     expected = model.normalisation.inverse(out[:h * s, :w * s], float(model.target_exposure_s), upscale=s)
     expected = expected.clamp_(min=0.0).numpy()
     if footprint is not None:
-        inside = np.asarray(footprint, dtype=bool)
-        if inside.shape != image.shape:
-            raise ValueError(f"footprint shape {inside.shape} differs from the image's {image.shape}")
         expected[~np.repeat(np.repeat(inside, s, axis=0), s, axis=1)] = 0.0
     if gate is not None:
         expected = gate_sources(expected, image, seconds if per_pixel else float(exposure_s),
