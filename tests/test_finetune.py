@@ -80,6 +80,13 @@ def test_real_pairs_are_thinned_afresh_per_draw_and_add_up(tiny_run, real_config
     assert float(whole["exposure_remainder"].max()) == pytest.approx(8000.0)
     total = whole["input"] + whole["remainder"]
     assert float(whole["input"].sum() / total.sum()) == pytest.approx(0.2, abs=0.02)
+    # chip gaps and dead pixels (the CCD layout): outside the mask, zeros at the nominal exposure for the network
+    outside = whole["mask"] == 0
+    assert float(outside.float().mean()) > 0.05
+    assert float(whole["input"][outside].abs().sum()) == 0.0
+    gap_exposure = whole["exposure_input"][outside]
+    assert float(gap_exposure.min()) == pytest.approx(2000.0) and float(gap_exposure.max()) == pytest.approx(2000.0)
+    assert float(whole["exposure_remainder"][outside].max()) == 0.0
 
 
 def test_killed_finetune_resumes_to_the_uninterrupted_weights(tiny_run, real_config, tmp_path):

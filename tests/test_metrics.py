@@ -353,6 +353,9 @@ def test_baselines_with_a_footprint_neither_leak_into_gaps_nor_darken_their_edge
     filled = bl.fill_outside(counts, footprint)
     np.testing.assert_array_equal(filled[footprint], counts[footprint])
     assert filled[~footprint].mean() == pytest.approx(level, rel=0.1)
+    island = np.zeros((300, 300), dtype=bool)          # far beyond the widest fill: the nearest value
+    island[140:160, 140:160] = True
+    assert np.all(bl.fill_outside(np.where(island, 3.0, 0.0), island) == pytest.approx(3.0))
     settings = methods.Settings(3.0, np.ones((1, 1)), adaptive_snr=5.0, wavelet_threshold=0.5)
     method = methods.REGISTRY[name]
     edge = np.zeros(shape, dtype=bool)
