@@ -12,7 +12,8 @@ part with ``evselect`` (``xcolumn=DETX ycolumn=DETY ximagebinsize=80 yimagebinsi
 observations of the target with the same pointing and roll. With our own tools: filter the event list
 by TIME into two files and run ``xmmsr bin`` on each. The two images then hold independent events.
 
-Scores are computed over the area both images cover (``coverage_mask``), with the long image's counts
+Scores are computed over the area both images cover (``coverage_mask``), less the chip gaps and dead
+pixels of the CCD layout (:func:`~xmmsr.instrument.exposure.layout_acceptance`), with the long image's counts
 as the (noisy) reference; predictions are rescaled from the model's target exposure to the long one.
 """
 
