@@ -1,7 +1,7 @@
 """Models on real pn images, scored by binomial thinning (a benchmark, not a test).
 
 Each real SAS DETX/DETY image in the 0.5-2 keV band is thinned as ``xmmsr evaluate-real --image`` does
-(:func:`xmmsr.evaluate.real.score_thinned`): an input of 20 ks, or half the counts when the image is
+(:func:`xmmsr.evaluate.real.thinned_predictions`): an input of 20 ks, or half the counts when the image is
 shorter than 40 ks, and the independent remainder. Every model and baseline predicts the remainder from
 the input and is scored by the Poisson deviance per pixel against its counts (lower is better) and the
 PSNR. The Gaussian's width is chosen on the remainder, which flatters it.
@@ -20,8 +20,9 @@ import pandas as pd
 from astropy.io import fits
 
 from xmmsr.config import default_config
-from xmmsr.evaluate.real import score_thinned
-from xmmsr.learn.checkpoint import shipped_model
+from xmmsr.evaluate.real import thinned_predictions, thinned_scores
+from xmmsr.instrument.model import PnInstrument
+from xmmsr.learn.checkpoint import load_model, shipped_model
 from xmmsr.thinning import ThinningPlan
 
 
@@ -47,21 +48,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="independent thinnings per image")
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.model) or {t: str(shipped_model(t)) for t in ("dn", "sr")}
+    loaded = {name: load_model(path) for name, path in models.items()}
     cfg = default_config()
+    instrument = PnInstrument.from_config(cfg["instrument"])
     plan = ThinningPlan(20_000.0, 0.5)
     rows = []
     for path in real_images(args.real_dir):
         exposure = float(fits.getheader(path)["EXPOSURE"])
-        for r in range(args.repeats):
-            for j, (name, model) in enumerate(models.items()):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    t = score_thinned(model, path, plan.fraction(exposure) * exposure, args.seed + r,
-                                      cfg["instrument"], cfg["evaluate"])
-                t["method"] = t["method"].replace({"model": name})
-                t = t if j == 0 else t[t["method"] == name]
-                t.insert(0, "image", path.name.split("_")[0])
-                rows.append(t)
+        for r in range(args.repeats):   # one thinning, the baselines once, every model on it
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = thinned_scores(thinned_predictions(loaded, path, plan.fraction(exposure) * exposure,
+                                                       args.seed + r, instrument, cfg["evaluate"]), args.seed + r)
+            t.insert(0, "image", path.name.split("_")[0])
+            rows.append(t)
     table = pd.concat(rows).groupby(["image", "method"], sort=False)[["deviance", "psnr", "flux_ratio"]].mean()
     print(table.round(4).to_markdown())
     wide = table["deviance"].unstack("method")
