@@ -469,7 +469,8 @@ def _finetuning(run: TaskRun, model: Any) -> list[str]:
                  "model": f"`{prov.get('finetuned_from')}` (before)", "finetuned": "**this model**"}
         out += ["", "Held-out real observations: the input thinned from each image, scored against the independent "
                 "remainder (Poisson deviance per 1x pixel, lower is better; PSNR in linear counts; each baseline's "
-                "parameter chosen on the remainder):", "",
+                "parameter chosen on the remainder; over the detector footprint: the chip gaps and dead pixels of "
+                "the CCD layout get no exposure and are left out):", "",
                 "| image | split | method | deviance | PSNR [dB] | flux ratio |", "|---|---|---|---|---|---|"]
         out += [f"| {r['image']} | {r['split']} | {label[r['method']]} | {float(r['deviance']):.4f} | "
                 f"{float(r['psnr']):.2f} | {float(r['flux_ratio']):.3f} |" for r in scores if r["method"] in label]
