@@ -21,6 +21,7 @@ from xmmsr.errors import InputError
 from xmmsr.learn.checkpoint import TrainedModel, content_digest, load_model, save_model, write_torch_file
 from xmmsr.learn.model import Architecture, build_generator
 from xmmsr.learn.normalise import Normalisation
+from xmmsr.instrument.exposure import image_exposure
 from xmmsr.learn.predict import export_onnx, predict_counts, predict_file, receptive_radius
 from xmmsr.sky.model import write_sky_model
 
@@ -170,6 +171,10 @@ def test_predict_simulated_image(model_files, tmp_path):
     with fits.open(image) as hdul:
         counts, header = hdul[0].data, hdul[0].header
     assert "PC1_1" in header  # the simulated WCS is PC + CDELT: the SR output must scale CDELT
+    # the binned DETX/DETY image gets the CCD layout: no exposure in the gaps and on dead pixels
+    exposure = image_exposure(header, counts.shape, 20000.0)
+    assert exposure.source == "EXPOSURE x CCD layout"
+    footprint = exposure.seconds > 0.01 * exposure.reference_s
     for task, s in (("dn", 1), ("sr", 2)):
         out = predict_file(model_files[task], image, tmp_path / f"{task}.fits", device="cpu")
         with fits.open(out) as hdul:
@@ -177,11 +182,15 @@ def test_predict_simulated_image(model_files, tmp_path):
         assert data.shape == (counts.shape[0] * s, counts.shape[1] * s) and h["EXPOSURE"] == TARGET_EXPOSURE
         assert np.isfinite(data).all() and data.min() >= 0
         assert h["GATESIG"] == 0.0   # the network's output unless --source-gate asks for the gate
-        np.testing.assert_allclose(data, predict_counts(load_model(model_files[task]), counts, 20000.0), rtol=1e-6)
+        assert h["EXPSRC"] == "EXPOSURE x CCD layout"
+        assert not data[~np.kron(footprint, np.ones((s, s), dtype=bool))].any()
+        np.testing.assert_allclose(data, predict_counts(load_model(model_files[task]), counts, exposure.seconds,
+                                                        footprint=footprint), rtol=1e-6)
         gated = predict_file(model_files[task], image, tmp_path / f"{task}_gated.fits", device="cpu", source_gate=3.0)
         with fits.open(gated) as hdul:
             assert hdul[0].header["GATESIG"] == 3.0
-            np.testing.assert_allclose(hdul[0].data, predict_counts(load_model(model_files[task]), counts, 20000.0,
+            np.testing.assert_allclose(hdul[0].data, predict_counts(load_model(model_files[task]), counts,
+                                                                    exposure.seconds, footprint=footprint,
                                                                     gate=default_gate(s, 3.0)), rtol=1e-6)
         px = np.array([10.0, 200.0, 390.0])
         assert_same_sky(header, h, s, px, px[::-1])
