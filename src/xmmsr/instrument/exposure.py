@@ -56,24 +56,41 @@ def ccd_ontimes(header: fits.Header) -> dict[int, float]:
     return out
 
 
+def _detector_axes(header: fits.Header, shape: tuple[int, int],
+                   path: str | Path | None = None) -> tuple[list[np.ndarray], list[float]] | None:
+    """The DETX and DETY pixel centres (arcsec) of an image's columns and rows and their steps (DET units),
+    from its physical keywords (``CRVALnL``, ``CRPIXnL``, ``CDELTnL``); None unless ``CTYPE1L``/``CTYPE2L``
+    are DETX/DETY."""
+    names = [str(header.get(f"CTYPE{axis}L", "")).strip().upper() for axis in (1, 2)]
+    if names != ["DETX", "DETY"]:
+        return None
+    ny, nx = shape
+    centres, steps = [], []
+    for axis, n in ((1, nx), (2, ny)):
+        if f"CRVAL{axis}L" not in header:
+            raise InputError(path, f"CRVAL{axis}L", f"is missing while CTYPE{axis}L is {names[axis - 1]}",
+                             "write the image's physical (DETX/DETY) keywords, as SAS evselect and xmmsr bin do")
+        crval, crpix = float(header[f"CRVAL{axis}L"]), float(header.get(f"CRPIX{axis}L", 1.0))
+        cdelt = float(header.get(f"CDELT{axis}L", 1.0))
+        centres.append((crval + (np.arange(n) + 1.0 - crpix) * cdelt) * DET_UNIT_ARCSEC)
+        steps.append(cdelt)
+    return centres, steps
+
+
 def ccd_number_image(header: fits.Header, shape: tuple[int, int], geometry: PnGeometry,
                      path: str | Path | None = None) -> np.ndarray:
     """CCD number (1..12) of every pixel of a DETX/DETY image (gaps and the outside: the nearest CCD)."""
-    ny, nx = shape
-    axes = []
-    for axis, name, n in ((1, "DETX", nx), (2, "DETY", ny)):
-        if str(header.get(f"CTYPE{axis}L", "")).strip().upper() != name:
-            raise InputError(path, f"CTYPE{axis}L", f"is {header.get(f'CTYPE{axis}L')!r}, not {name!r}: the image has "
-                             "no DETX/DETY physical coordinates to find its CCDs",
-                             "give an exposure map (--exposure-map, SAS eexpmap) or bin the events in DETX/DETY "
-                             "(evselect xcolumn=DETX ycolumn=DETY, or xmmsr bin)")
-        crval, crpix = float(header[f"CRVAL{axis}L"]), float(header.get(f"CRPIX{axis}L", 1.0))
-        cdelt = float(header.get(f"CDELT{axis}L", 1.0))
-        det = crval + (np.arange(n) + 1.0 - crpix) * cdelt  # pixel centres, DET units
-        axes.append(det * DET_UNIT_ARCSEC)
+    found = _detector_axes(header, shape, path)
+    if found is None:
+        axis, name = (1, "DETX") if str(header.get("CTYPE1L", "")).strip().upper() != "DETX" else (2, "DETY")
+        raise InputError(path, f"CTYPE{axis}L", f"is {header.get(f'CTYPE{axis}L')!r}, not {name!r}: the image has "
+                         "no DETX/DETY physical coordinates to find its CCDs",
+                         "give an exposure map (--exposure-map, SAS eexpmap) or bin the events in DETX/DETY "
+                         "(evselect xcolumn=DETX ycolumn=DETY, or xmmsr bin)")
+    (x, y), _ = found
     g = geometry
-    ix = np.clip(np.floor((axes[0] - g.array_x0) / (g.ccd_width + g.gap_x_arcsec)), 0, g.ccds_x - 1).astype(int)
-    iy = np.clip(np.floor((axes[1] - g.array_y0) / (g.ccd_height + g.gap_y_arcsec)), 0, g.ccds_y - 1).astype(int)
+    ix = np.clip(np.floor((x - g.array_x0) / (g.ccd_width + g.gap_x_arcsec)), 0, g.ccds_x - 1).astype(int)
+    iy = np.clip(np.floor((y - g.array_y0) / (g.ccd_height + g.gap_y_arcsec)), 0, g.ccds_y - 1).astype(int)
     return iy[:, None] * g.ccds_x + ix[None, :] + 1
 
 
@@ -106,23 +123,14 @@ def detector_grid(header: fits.Header, shape: tuple[int, int],
     """The DETX/DETY grid of an image from its physical keywords (``CTYPEnL``, ``CRVALnL``, ``CRPIXnL``,
     ``CDELTnL``), as an increasing :class:`ImageGrid` and whether x and y run the other way (negative
     ``CDELTnL``); None without DETX/DETY keywords or with pixels that are not square."""
-    names = [str(header.get(f"CTYPE{axis}L", "")).strip().upper() for axis in (1, 2)]
-    if names != ["DETX", "DETY"]:
+    found = _detector_axes(header, shape, path)
+    if found is None:
         return None
-    ny, nx = shape
-    starts, steps = [], []
-    for axis, n in ((1, nx), (2, ny)):
-        if f"CRVAL{axis}L" not in header:
-            raise InputError(path, f"CRVAL{axis}L", f"is missing while CTYPE{axis}L is {names[axis - 1]}",
-                             "write the image's physical (DETX/DETY) keywords, as SAS evselect and xmmsr bin do")
-        crval, crpix = float(header[f"CRVAL{axis}L"]), float(header.get(f"CRPIX{axis}L", 1.0))
-        cdelt = float(header.get(f"CDELT{axis}L", 1.0))
-        first, last = crval + (1.0 - crpix) * cdelt, crval + (n - crpix) * cdelt   # pixel centres, DET units
-        steps.append(cdelt)
-        starts.append((min(first, last) - abs(cdelt) / 2) * DET_UNIT_ARCSEC)
+    (x, y), steps = found
     if not (steps[0] != 0 and math.isclose(abs(steps[0]), abs(steps[1]), rel_tol=1e-6)):
         return None
-    grid = ImageGrid(nx, ny, abs(steps[0]) * DET_UNIT_ARCSEC, starts[0], starts[1])
+    pixel = abs(steps[0]) * DET_UNIT_ARCSEC
+    grid = ImageGrid(x.size, y.size, pixel, float(x.min()) - pixel / 2, float(y.min()) - pixel / 2)
     return grid, steps[0] < 0, steps[1] < 0
 
 
