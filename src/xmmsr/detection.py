@@ -19,6 +19,13 @@ Detection (:func:`detect_point_sources`) works on *expected* counts per pixel at
    source, so that a bump on a cluster counts only by what it adds to its surroundings, not by the
    cluster itself; the background map carries the known structure (vignetting, the out-of-time
    streaks of bright sources), which an annulus mean would mistake for sources where it is not flat.
+   On a ridge (a shell, a filament, the rim of a cluster) the annulus crosses the ridge and mostly
+   lies off it, so any bump on the ridge would read as a source by the whole ridge's height: the
+   local level is therefore the higher of the annulus mean and the ridge level, the mean excess in
+   bands along the structure's direction (the structure tensor's) on both sides of the source at the
+   annulus's radii, the lower side (:func:`ridge_level`; a side counts when it stands out from the
+   background by ``RIDGE_NSIGMA``, so noise beside a peak is no ridge). A source on a ridge counts
+   by what it adds to the ridge; a lone source, a pair or the end of a structure have a side off it.
    With ``annulus_fwhm=None`` only the given background is subtracted. The aperture is not corrected for the PSF wings outside it (nor the
    annulus for the wings inside it, which lower the flux by ~1 %): the flux is the aperture flux, about
    55 % of the total for the on-axis pn King profile at 1.5 FWHM, measured the same way in prediction
@@ -63,6 +70,10 @@ PEAK_BOX_FWHM = 1.0        # half-size of the local-maximum box, in PSF FWHM (ro
 EDGE_FWHM = 1.0            # minimum distance of a source from the mask edge, in PSF FWHM
 APERTURE_METHOD = "exact"  # photutils aperture-pixel overlap
 PREFILTER = 0.7            # candidates must reach PREFILTER x nsigma on the pixel-grid estimate first
+RIDGE_COVERAGE = 0.25     # least fraction of a band's samples inside the mask for its side to count
+RIDGE_NSIGMA = 3.0        # least significance of the emission on each side of a ridge over the background
+RIDGE_SCALE_FWHM = 5.0    # FWHM of the structure tensor's integration window, in PSF FWHM
+RIDGE_WIDTH_FWHM = 1.0    # width of the band sampled on each side of a candidate, in PSF FWHM
 COLUMNS = ("x", "y", "flux", "significance", "level")
 
 
@@ -139,6 +150,9 @@ def detect_point_sources(image: np.ndarray, mask: np.ndarray, background: np.nda
         annulus = CircularAnnulus(positions, annulus_fwhm[0] * fwhm, annulus_fwhm[1] * fwhm)
         ann_sum, ann_b, ann_area = aperture_sums(annulus, (data, bdata, weight))
         excess = np.where(ann_area > 0, (ann_sum - ann_b) / np.maximum(ann_area, 1e-12), 0.0)
+        directions = ridge_directions(smoothed, m, positions, fwhm)
+        excess = np.maximum(excess, ridge_level(data - bdata, bdata, weight, positions, directions, fwhm,
+                                                annulus_fwhm))
     flux = counts - b_ap - excess * area
     level = b_ap / np.maximum(area, 1e-12) + excess
     noise = np.sqrt(np.maximum(np.maximum(b_ap + excess * area, b_ap), 1e-12))
@@ -174,6 +188,56 @@ def _footprint(aperture_cls, *radii: float) -> np.ndarray:
 def _correlate(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Sum of ``a`` over the (symmetric) ``kernel`` footprint around every pixel."""
     return fftconvolve(a, kernel, mode="same")
+
+
+def ridge_directions(smoothed: np.ndarray, mask: np.ndarray, positions: np.ndarray, fwhm: float) -> np.ndarray:
+    """Direction (radians) of the structure through each position: the orientation perpendicular to the
+    dominant gradient of ``smoothed`` (the structure tensor, integrated over a Gaussian of
+    ``RIDGE_SCALE_FWHM`` x FWHM, over the gradients whose differences stay inside ``mask``, so that chip
+    gaps and the field's edge do not count as structure). Along a ridge it is the ridge's own
+    direction; around a lone source the gradients point every way and the direction is arbitrary."""
+    gy, gx = np.gradient(smoothed)
+    inside = ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool), border_value=0).astype(np.float64)
+    sigma = RIDGE_SCALE_FWHM * fwhm / np.sqrt(8.0 * np.log(2.0))
+    jxx, jxy, jyy = (ndimage.gaussian_filter(g * inside, sigma, mode="constant") for g in (gx * gx, gx * gy, gy * gy))
+    iy = np.clip(np.round(positions[:, 1]).astype(int), 0, smoothed.shape[0] - 1)
+    ix = np.clip(np.round(positions[:, 0]).astype(int), 0, smoothed.shape[1] - 1)
+    gradient = 0.5 * np.arctan2(2.0 * jxy[iy, ix], jxx[iy, ix] - jyy[iy, ix])
+    return gradient + 0.5 * np.pi
+
+
+def ridge_level(excess: np.ndarray, background: np.ndarray, weight: np.ndarray, positions: np.ndarray,
+                directions: np.ndarray, fwhm: float, radii_fwhm: tuple[float, float]) -> np.ndarray:
+    """Level of the emission along the ridge through each position (a shell, a filament, a streak):
+    the mean ``excess`` in a band ``RIDGE_WIDTH_FWHM`` x FWHM wide along ``directions`` over the
+    annulus's radii, on each side of the position; the lower of the two sides. Both sides of a ridge
+    lie on it; beside a lone source or the end of a structure, one side at least lies off it. -inf (no
+    ridge) where either side has less than ``RIDGE_COVERAGE`` of its band inside the mask, or does not
+    stand out from the ``background`` counts beneath it by ``RIDGE_NSIGMA`` (a Poisson significance at
+    the map's exposure, as the sources'), so that noise beside a peak is not taken for a ridge."""
+    step = 0.5   # pixels between samples along and across the band
+    along = np.arange(radii_fwhm[0] * fwhm, radii_fwhm[1] * fwhm + 1e-9, step)
+    half = 0.5 * RIDGE_WIDTH_FWHM * fwhm
+    across = np.arange(-half, half + 1e-9, step) if half >= step else np.zeros(1)
+    u = np.stack([np.cos(directions), np.sin(directions)], axis=1)[:, None, None, :]
+    v = np.stack([-np.sin(directions), np.cos(directions)], axis=1)[:, None, None, :]
+    offs = (along[None, :, None, None] * u + across[None, None, :, None] * v).reshape(len(directions), -1, 2)
+    # samples weighted by their distance along the band, as an annulus weights its radii: around a lone
+    # source the band mean is then the annulus mean of its PSF wings
+    radial = np.broadcast_to(along[:, None], (along.size, across.size)).ravel()
+    sides = []
+    for sign in (1.0, -1.0):
+        coords = [(positions[:, 1][:, None] + sign * offs[:, :, 1]).ravel(),
+                  (positions[:, 0][:, None] + sign * offs[:, :, 0]).ravel()]
+        num, bkg, den = (ndimage.map_coordinates(a, coords, order=1, mode="constant", cval=0.0)
+                         .reshape(offs.shape[:2]) for a in (excess * weight, background * weight, weight))
+        inside = den.sum(axis=1)
+        norm = np.maximum((den * radial).sum(axis=1), 1e-12)
+        mean, bkg_mean = (num * radial).sum(axis=1) / norm, (bkg * radial).sum(axis=1) / norm
+        area = inside * step * step   # pixels in the band
+        stands_out = mean * area >= RIDGE_NSIGMA * np.sqrt(np.maximum(bkg_mean * area, 1e-12))
+        sides.append(np.where((inside >= RIDGE_COVERAGE * offs.shape[1]) & stands_out, mean, -np.inf))
+    return np.minimum(sides[0], sides[1])
 
 
 def _excess_level_map(data: np.ndarray, weight: np.ndarray, bdata: np.ndarray, fwhm: float,
