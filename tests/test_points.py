@@ -144,6 +144,75 @@ def test_empty_fields_masks_and_extended_emission(field):
     assert len(detection.detect_point_sources(blob, mask, b, field["fwhm"], annulus_fwhm=None)) == 1
 
 
+def ridge_field(field, angle_deg: float = 30.0, height: float = 40.0, ripple: float = 0.03) -> np.ndarray:
+    """The flat background plus a straight ridge through the frame's centre (Gaussian profile across,
+    sigma 3 px, ``height`` x the background at its crest) whose crest ripples by ``ripple`` along it
+    with a 9-pixel period: a shell or filament drawn slightly unevenly."""
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]].astype(float)
+    t = np.radians(angle_deg)
+    along = (xx - 48.0) * np.cos(t) + (yy - 48.0) * np.sin(t)
+    across = -(xx - 48.0) * np.sin(t) + (yy - 48.0) * np.cos(t)
+    crest = height * field["b"] * (1.0 + ripple * np.cos(2 * np.pi * along / 9.0))
+    return field["b"] + crest * np.exp(-0.5 * (across / 3.0) ** 2)
+
+
+def test_a_bump_on_a_ridge_counts_by_what_it_adds_to_it(field):
+    """The annulus around a peak on a ridge lies mostly off it: against the annulus mean alone, each
+    ripple of an unevenly drawn ridge is a source of many sigma. Against the level along the ridge it is
+    nothing, while a real source on the ridge keeps its flux."""
+    mask = np.ones(SHAPE, bool)
+    b, fwhm = field["b"], field["fwhm"]
+    ridge = ridge_field(field)
+    for angle in (0.0, 30.0, 90.0, 125.0):
+        assert len(detection.detect_point_sources(ridge_field(field, angle), mask, b, fwhm)) == 0, angle
+    # the same ripples against the annulus alone: what the level along the ridge removes
+    positions = np.array([[48.0 + 9.0 * k * np.cos(np.radians(30.0)), 48.0 + 9.0 * k * np.sin(np.radians(30.0))]
+                          for k in (-2, -1, 0, 1, 2)])
+    counts, area, bap = detection.aperture_sums(detection.CircularAperture(positions, detection.APERTURE_FWHM * fwhm),
+                                                (ridge, mask.astype(float), np.full(SHAPE, b)))
+    ann = detection.CircularAnnulus(positions, *(r * fwhm for r in detection.ANNULUS_FWHM))
+    ann_sum, ann_area = detection.aperture_sums(ann, (ridge - b, mask.astype(float)))
+    flux = counts - bap - ann_sum / ann_area * area
+    assert np.all(flux / np.sqrt(bap + ann_sum / ann_area * area) > 10.0)
+    # a real source on the crest is found, its flux what it adds to the ridge
+    on_ridge = ridge + source_image(field["psf"], field["rc"], 4.0, SHAPE, [(52.8, 50.6, 1500.0)], sub=5)
+    det = detection.detect_point_sources(on_ridge, mask, b, fwhm)
+    assert len(det) == 1 and np.hypot(det["x"][0] - 52.8, det["y"][0] - 50.6) < 0.7
+    assert det["flux"][0] == pytest.approx(expected_aperture_flux(field["psf"], field["rc"], fwhm, 1500.0), rel=0.2)
+
+
+def test_pairs_lone_sources_and_noise_have_no_ridge(field):
+    rng = np.random.default_rng(5)
+    mask = np.ones(SHAPE, bool)
+    b, fwhm = field["b"], field["fwhm"]
+    # two equal sources 3 FWHM apart: one side of each lies off the other, both are found with their flux
+    pair = b + source_image(field["psf"], field["rc"], 4.0, SHAPE, [(40.2, 48.0, 400.0), (45.8, 48.0, 400.0)], sub=5)
+    det = detection.detect_point_sources(pair, mask, b, fwhm)
+    assert len(det) == 2
+    alone = detection.detect_point_sources(b + source_image(field["psf"], field["rc"], 4.0, SHAPE,
+                                                            [(40.2, 48.0, 400.0)], sub=5), mask, b, fwhm)
+    assert np.all(det["flux"] > 0.8 * alone["flux"][0])
+    # Poisson noise beside a peak is no ridge: the level along any direction stands out nowhere
+    noisy = rng.poisson(np.full(SHAPE, b)).astype(float)
+    where = rng.uniform(12, 84, size=(200, 2))
+    level = detection.ridge_level(noisy - b, np.full(SHAPE, b), np.ones(SHAPE), where,
+                                  rng.uniform(0, np.pi, 200), fwhm, detection.ANNULUS_FWHM)
+    assert np.mean(np.isfinite(level)) < 0.05
+
+
+def test_chip_gaps_are_not_structure(field):
+    """The direction through a source near a chip gap follows the sky, not the gap's edges."""
+    b, fwhm = field["b"], field["fwhm"]
+    mask = np.ones(SHAPE, bool)
+    mask[:, 52:54] = False                      # a vertical gap
+    image = np.where(mask, ridge_field(field, angle_deg=0.0), 0.0)   # a horizontal ridge across it
+    smoothed = np.where(mask, image - b, 0.0)
+    positions = np.array([[49.0, 48.0], [57.0, 48.0]])
+    direction = detection.ridge_directions(smoothed, mask, positions, fwhm)
+    assert np.all(np.abs(np.sin(direction)) < np.sin(np.radians(10.0))), np.degrees(direction)
+    assert len(detection.detect_point_sources(image, mask, b, fwhm)) == 0
+
+
 def test_match_sources_is_greedy_one_to_one():
     truth = pd.DataFrame({"x": [0.0, 10.0], "y": [0.0, 0.0], "flux": [10.0, 10.0]})
     det = pd.DataFrame({"x": [0.5, 0.2, 30.0], "y": [0.0, 0.1, 30.0], "flux": [12.0, 8.0, 5.0]})

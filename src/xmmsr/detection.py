@@ -211,10 +211,11 @@ def ridge_level(excess: np.ndarray, background: np.ndarray, weight: np.ndarray, 
     """Level of the emission along the ridge through each position (a shell, a filament, a streak):
     the mean ``excess`` in a band ``RIDGE_WIDTH_FWHM`` x FWHM wide along ``directions`` over the
     annulus's radii, on each side of the position; the lower of the two sides. Both sides of a ridge
-    lie on it; beside a lone source or the end of a structure, one side at least lies off it. -inf (no
-    ridge) where either side has less than ``RIDGE_COVERAGE`` of its band inside the mask, or does not
-    stand out from the ``background`` counts beneath it by ``RIDGE_NSIGMA`` (a Poisson significance at
-    the map's exposure, as the sources'), so that noise beside a peak is not taken for a ridge."""
+    lie on it; beside a lone source or the end of a structure, one side at least lies off it. A side
+    with less than ``RIDGE_COVERAGE`` of its band inside the mask (a chip gap, the field's edge) leaves
+    the other side alone; a side that does not stand out from the ``background`` counts beneath it by
+    ``RIDGE_NSIGMA`` (a Poisson significance at the map's exposure, as the sources') is no ridge, so
+    that noise beside a peak is not taken for one. -inf: no ridge."""
     step = 0.5   # pixels between samples along and across the band
     along = np.arange(radii_fwhm[0] * fwhm, radii_fwhm[1] * fwhm + 1e-9, step)
     half = 0.5 * RIDGE_WIDTH_FWHM * fwhm
@@ -236,8 +237,9 @@ def ridge_level(excess: np.ndarray, background: np.ndarray, weight: np.ndarray, 
         mean, bkg_mean = (num * radial).sum(axis=1) / norm, (bkg * radial).sum(axis=1) / norm
         area = inside * step * step   # pixels in the band
         stands_out = mean * area >= RIDGE_NSIGMA * np.sqrt(np.maximum(bkg_mean * area, 1e-12))
-        sides.append(np.where((inside >= RIDGE_COVERAGE * offs.shape[1]) & stands_out, mean, -np.inf))
-    return np.minimum(sides[0], sides[1])
+        sides.append(np.where(inside < RIDGE_COVERAGE * offs.shape[1], np.nan, np.where(stands_out, mean, -np.inf)))
+    low = np.fmin(sides[0], sides[1])   # a side off the mask (a chip gap, the field's edge) leaves the other
+    return np.where(np.isnan(low), -np.inf, low)
 
 
 def _excess_level_map(data: np.ndarray, weight: np.ndarray, bdata: np.ndarray, fwhm: float,
