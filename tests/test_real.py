@@ -15,7 +15,8 @@ from xmmsr.errors import InputError
 from xmmsr import metrics
 from xmmsr.evaluate.real import score_thinned, thinned_predictions
 from xmmsr.instrument.binning import physical_keywords
-from xmmsr.instrument.exposure import ccd_number_image, image_exposure
+from xmmsr.instrument.exposure import (MIN_ACCEPTANCE, REAL_EDGE_MARGINS, ccd_number_image, detector_grid,
+                                      image_exposure)
 from xmmsr.instrument.simulator import expected_background, expected_image
 from xmmsr.learn.checkpoint import load_model
 from xmmsr.learn.predict import predict_file, read_count_image
@@ -85,8 +86,10 @@ def test_per_ccd_exposure_follows_the_detector_layout(instrument):
         header[f"ONTIME{k:02d}"] = 10_000.0 if k != 5 else 5_000.0
     exposure = image_exposure(header, grid.shape, 10_000.0, geometry=instrument.geometry)
     assert exposure.source == "per-CCD ONTIMEnn x CCD layout"
-    # the on-time of each pixel's CCD times the CCD area that covers it: none in gaps and on dead pixels
-    acceptance = instrument.geometry.acceptance(grid)
+    # the on-time of each pixel's CCD times the CCD area that covers it: none in gaps and on dead pixels,
+    # nor on the strips along the CCD edges that real event lists lose
+    acceptance = np.array(instrument.geometry.acceptance(grid, margins=REAL_EDGE_MARGINS))
+    acceptance[acceptance < MIN_ACCEPTANCE] = 0.0
     assert 0.05 < np.mean(acceptance == 0) < 0.3 and np.all(instrument.geometry.dead_map()[acceptance > 0] == 0)
     np.testing.assert_array_equal(exposure.seconds, np.where(ccd == 5, 5_000.0, 10_000.0) * acceptance)
     header["ONTIME05"] = 9_995.0  # within 1 %: one exposure
@@ -99,6 +102,12 @@ def test_per_ccd_exposure_follows_the_detector_layout(instrument):
     flipped["CDELT1L"] = -header["CDELT1L"]
     np.testing.assert_array_equal(image_exposure(flipped, grid.shape, 10_000.0, geometry=instrument.geometry).seconds,
                                   uniform.seconds[:, ::-1])
+    # an image of simulated events follows the simulated layout: no edge strips, more area
+    simulated = header.copy()
+    simulated["SIMULATR"] = "xmmsr builtin"
+    layout = image_exposure(simulated, grid.shape, 10_000.0, geometry=instrument.geometry).seconds
+    np.testing.assert_array_equal(layout, 10_000.0 * np.asarray(instrument.geometry.acceptance(grid)))
+    assert 1.02 < layout.sum() / uniform.seconds.sum() < 1.15
     # the default layout is the default configuration's (its dead pixels too)
     np.testing.assert_array_equal(image_exposure(header, grid.shape, 10_000.0).seconds, uniform.seconds)
     # without DETX/DETY keywords (e.g. sky X/Y) the layout is unknown: EXPOSURE everywhere
@@ -114,19 +123,28 @@ def test_per_ccd_exposure_follows_the_detector_layout(instrument):
 
 
 @pytest.mark.skipif(not REAL_ABELL496.is_file(), reason="the real pn images of ../shared/data/real are absent")
-def test_ccd_layout_matches_the_gaps_and_dead_pixels_of_a_real_image(instrument):
-    """Pixels the layout gives no exposure hold (almost) no counts in a real SAS image; those it gives full
-    exposure hold the counts of their surroundings."""
+def test_ccd_layout_matches_the_gaps_edges_and_dead_pixels_of_a_real_image(instrument):
+    """Pixels the layout gives no area hold (almost) no counts in a real SAS image; those it gives full
+    area hold the counts of their surroundings, and those along the CCD edges the fraction of them that
+    their area, the real edge strips left out, predicts (about half without the strips)."""
     counts, header, seconds = read_count_image(REAL_ABELL496)
     exposure = image_exposure(header, counts.shape, seconds, geometry=instrument.geometry, path=REAL_ABELL496)
+    grid, flip_x, flip_y = detector_grid(header, counts.shape)
+    flip = (slice(None, None, -1 if flip_y else 1), slice(None, None, -1 if flip_x else 1))
+    area = np.asarray(instrument.geometry.acceptance(grid, margins=REAL_EDGE_MARGINS))[flip]
+    layout = np.asarray(instrument.geometry.acceptance(grid))[flip]
     full = exposure.seconds == exposure.reference_s
     level = ndimage.uniform_filter(np.where(full, counts, 0.0), 9) / np.maximum(
         ndimage.uniform_filter(full.astype(float), 9), 1e-9)
     near = ndimage.uniform_filter(full.astype(float), 9) > 0.3
-    empty = (exposure.seconds == 0) & near
-    assert empty.sum() > 5000                                   # chip gaps and dead columns inside the field
+    empty = (area == 0) & near
+    assert empty.sum() > 4000                                   # chip gaps and dead columns inside the field
     assert counts[empty].sum() < 0.02 * level[empty].sum()      # they hold < 2 % of what full pixels there would
     assert counts[full & near].sum() == pytest.approx(level[full & near].sum(), rel=0.01)
+    edge = (area > 0) & (area < 1) & near
+    assert edge.sum() > 3000
+    assert counts[edge].sum() == pytest.approx((area * level)[edge].sum(), rel=0.1)
+    assert counts[edge].sum() < 0.75 * (layout * level)[edge].sum()   # the layout alone: far too much
 
 
 @pytest.mark.skipif(not DN_MODEL.is_file(), reason="the shipped DN model is not installed")

@@ -8,6 +8,14 @@ write them) and the CCD layout of :class:`~xmmsr.instrument.geometry.PnGeometry`
 the pixel that active, unflagged, live CCD area covers (:meth:`PnGeometry.acceptance`): 0 in the chip
 gaps, on bad columns and dead pixels and outside the CCD array, as in SAS ``eexpmap`` without the
 vignetting. An image without DETX/DETY keywords (e.g. binned in sky X/Y) gets the on-times alone.
+
+Real pn event lists (SAS, ``FLAG == 0``) have less active area than the layout: strips along the CCD
+edges hold no events. ``REAL_EDGE_MARGINS`` were measured on real DETX/DETY images (``bench/ccd_edges.py``:
+the counts of the pixels along the layout's edges against the sky of the pixels further in, in the
+0.5-2 keV images of G7.7-3.7, A2107 and ELAIS-S1; without them those pixels held about half the counts
+their acceptance predicted): about 3" at both x edges of every CCD, most of the flagged border
+column, and 1" and 3.5" on the two sides of the gap between the CCD rows. Images binned from simulated
+events (``SIMULATR`` in the header) follow the simulated layout, without them.
 """
 
 from __future__ import annotations
@@ -25,12 +33,14 @@ from astropy.io import fits
 
 from ..errors import InputError
 from ..io import open_fits
-from .geometry import DET_UNIT_ARCSEC, ImageGrid, PnGeometry
+from .geometry import DET_UNIT_ARCSEC, EdgeMargins, ImageGrid, PnGeometry
 
 ONTIME_KEY = re.compile(r"^ONTIME(\d\d)$")
 CCD_SPREAD_TOLERANCE = 0.01  # on-times within 1 % of each other count as one exposure
 LAYOUT_SOURCE = " x CCD layout"  # appended to the source when the CCD acceptance is applied
 MIN_ACCEPTANCE = 0.5  # a pixel less than half on active CCD area gets no exposure (the simulated detector mask's rule)
+REAL_EDGE_MARGINS = EdgeMargins(x_arcsec=3.0, below_gap_arcsec=1.0, above_gap_arcsec=3.5)  # real event lists
+SIMULATOR_KEY = "SIMULATR"  # images binned from simulated events carry it (the built-in simulator, SIXTE)
 
 
 @dataclass(frozen=True)
@@ -139,12 +149,14 @@ def layout_acceptance(header: fits.Header, shape: tuple[int, int], geometry: PnG
     """Fraction of every pixel of a DETX/DETY image on active, unflagged, live CCD area (0 in the chip
     gaps, on bad columns and dead pixels, outside the array, and below ``MIN_ACCEPTANCE``, where a few
     counts would be scaled up many times); None without DETX/DETY keywords. Dead pixels count by the
-    table's 1x pixel at each pixel's centre (exact on the 1x grid and finer ones)."""
+    table's 1x pixel at each pixel's centre (exact on the 1x grid and finer ones). The CCD edges of real
+    event lists lose ``REAL_EDGE_MARGINS`` too; those of simulated ones (``SIMULATR``) do not."""
     found = detector_grid(header, shape, path)
     if found is None:
         return None
     grid, flip_x, flip_y = found
-    acceptance = np.array(geometry.acceptance(grid), dtype=np.float64)
+    margins = None if SIMULATOR_KEY in header else REAL_EDGE_MARGINS
+    acceptance = np.array(geometry.acceptance(grid, margins=margins), dtype=np.float64)
     acceptance[acceptance < MIN_ACCEPTANCE] = 0.0
     return acceptance[::-1 if flip_y else 1, ::-1 if flip_x else 1]
 

@@ -91,6 +91,17 @@ class ImageGrid:
 
 
 @dataclass(frozen=True)
+class EdgeMargins:
+    """Inactive strips along the CCD edges (arcsec, detector frame) beyond the layout's gaps: at both
+    x edges of every CCD, and at the y edges that face the gap between CCD rows (below it: the lower
+    row's top edge; above it: the upper row's bottom edge). None by default: the simulated layout."""
+
+    x_arcsec: float = 0.0
+    below_gap_arcsec: float = 0.0
+    above_gap_arcsec: float = 0.0
+
+
+@dataclass(frozen=True)
 class PnGeometry:
     """CCD layout of the pn camera in DETX/DETY arcsec (defaults: measured on real SAS pn images)."""
 
@@ -230,10 +241,11 @@ class PnGeometry:
                 start = None
         return intervals
 
-    def acceptance(self, grid: ImageGrid, dead: bool = True) -> np.ndarray:
+    def acceptance(self, grid: ImageGrid, dead: bool = True, margins: EdgeMargins | None = None) -> np.ndarray:
         """Fraction of each pixel of ``grid`` covered by unflagged active CCD area (exact for the CCD
-        layout), times :meth:`live` unless ``dead`` is False."""
-        ccd = _acceptance(self, grid)
+        layout), times :meth:`live` unless ``dead`` is False; ``margins``: inactive strips along the CCD
+        edges to leave out as well (those of real event lists)."""
+        ccd = _acceptance(self, grid, margins or EdgeMargins())
         return ccd * self.live(grid) if dead and self.dead_pixels else ccd
 
     def live(self, grid: ImageGrid) -> np.ndarray:
@@ -270,16 +282,21 @@ def _dead_map(regions: tuple[DeadRegion, ...], ny: int, nx: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _acceptance(geom: PnGeometry, grid: ImageGrid) -> np.ndarray:
+def _acceptance(geom: PnGeometry, grid: ImageGrid, margins: EdgeMargins) -> np.ndarray:
     ex, ey = grid.edges()
     total = np.zeros(grid.shape)
     for iy in range(geom.ccds_y):
         _, y0 = geom.ccd_origin(0, iy)
-        cy = coverage_1d(ey, [(y0, y0 + geom.ccd_height)])
+        bottom = margins.above_gap_arcsec if iy > 0 else 0.0
+        top = margins.below_gap_arcsec if iy < geom.ccds_y - 1 else 0.0
+        cy = coverage_1d(ey, [(y0 + bottom, y0 + geom.ccd_height - top)])
         if not cy.any():
             continue
         for ix in range(geom.ccds_x):
-            total += np.outer(cy, coverage_1d(ex, geom.good_x_intervals(ix, iy)))
+            x0, _ = geom.ccd_origin(ix, iy)
+            lo, hi = x0 + margins.x_arcsec, x0 + geom.ccd_width - margins.x_arcsec
+            good = [(max(a, lo), min(b, hi)) for a, b in geom.good_x_intervals(ix, iy)]
+            total += np.outer(cy, coverage_1d(ex, [(a, b) for a, b in good if b > a]))
     total.setflags(write=False)
     return total
 

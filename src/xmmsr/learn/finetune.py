@@ -41,7 +41,7 @@ from .predict import read_count_image
 from .train import (Restoration, _prepare_checkpoints, choose_precision, load_start_model, plain_generator,
                     resumable_trainer, weights_sum, write_history)
 
-REAL_FORMAT_VERSION = 2  # 2: exposure 0 in chip gaps and on dead pixels (the CCD layout)
+REAL_FORMAT_VERSION = 3  # 2: exposure 0 in chip gaps and on dead pixels (the CCD layout); 3: real CCD edge strips
 FINETUNE_HISTORY_FIELDS = ("epoch", "step", "lr", "train_loss", "train_sim_loss", "train_real_loss",
                            "val_real_deviance", "val_real_deviance_start")
 
