@@ -7,7 +7,7 @@ import pytest
 from conftest import make_instrument
 
 from xmmsr.errors import InputError
-from xmmsr.instrument.geometry import read_dead_pixels
+from xmmsr.instrument.geometry import EdgeMargins, ImageGrid, read_dead_pixels
 from xmmsr.instrument.model import Vignetting
 
 
@@ -65,3 +65,32 @@ def test_per_photon_vignetting_is_np_interp_of_the_two_energy_rows_bit_for_bit(d
     i = np.arange(angles.size)
     expected = rows[k, i] * (dtype(1) - w) + rows[k + 1, i] * w
     assert got.dtype == dtype and np.array_equal(got, expected)
+
+
+def test_edge_margins_take_their_strips_from_the_ccds_and_beside_dead_pixels(instrument):
+    geo = instrument.geometry
+    # a grid of 1" pixels around the whole array: the area lost is the strips' area, exactly
+    grid = ImageGrid(1700, 1720, 1.0, geo.array_x0 - 40.0, geo.array_y0 - 40.0)
+    m = EdgeMargins(x_arcsec=2.5, below_gap_arcsec=1.0, above_gap_arcsec=3.0)
+    full = np.asarray(geo.acceptance(grid, dead=False)).sum()
+    lost = full - np.asarray(geo.acceptance(grid, dead=False, margins=m)).sum()
+    w, h, n = geo.ccd_width, geo.ccd_height, geo.ccds_x
+    expected = 2 * n * 2 * m.x_arcsec * h + n * (w - 2 * m.x_arcsec) * (m.below_gap_arcsec + m.above_gap_arcsec)
+    assert lost == pytest.approx(expected, rel=1e-6)
+    assert np.array_equal(geo.acceptance(grid, dead=False, margins=EdgeMargins()), geo.acceptance(grid, dead=False))
+    # beside a dead pixel a live one loses the margin's share of its width on that side
+    image = geo.image_grid(1)
+    live = np.asarray(geo.live(image))
+    area = np.asarray(geo.acceptance(image, margins=EdgeMargins(dead_arcsec=1.5)))
+    plain = np.asarray(geo.acceptance(image))
+    dead = live == 0
+    left = np.zeros_like(dead)
+    left[:, 1:] = dead[:, :-1]
+    others = np.zeros_like(dead)
+    others[:, :-1] |= dead[:, 1:]
+    others[1:, :] |= dead[:-1, :]
+    others[:-1, :] |= dead[1:, :]
+    one = left & ~others & ~dead & (plain == 1.0)
+    assert one.sum() > 10
+    np.testing.assert_allclose(area[one], 1.0 - 1.5 / image.pixel_arcsec)
+    assert np.all(area <= plain) and np.array_equal(area[~(left | others)], plain[~(left | others)])

@@ -9,13 +9,14 @@ the pixel that active, unflagged, live CCD area covers (:meth:`PnGeometry.accept
 gaps, on bad columns and dead pixels and outside the CCD array, as in SAS ``eexpmap`` without the
 vignetting. An image without DETX/DETY keywords (e.g. binned in sky X/Y) gets the on-times alone.
 
-Real pn event lists (SAS, ``FLAG == 0``) have less active area than the layout: strips along the CCD
-edges hold no events. ``REAL_EDGE_MARGINS`` were measured on real DETX/DETY images (``bench/ccd_edges.py``:
-the counts of the pixels along the layout's edges against the sky of the pixels further in, in the
-0.5-2 keV images of G7.7-3.7, A2107 and ELAIS-S1; without them those pixels held about half the counts
-their acceptance predicted): about 3" at both x edges of every CCD, most of the flagged border
-column, and 1" and 3.5" on the two sides of the gap between the CCD rows. Images binned from simulated
-events (``SIMULATR`` in the header) follow the simulated layout, without them.
+Real pn event lists (SAS, ``FLAG == 0``, which drops events at a CCD's border and next to bad pixels)
+have less active area than the layout: strips along the CCD edges and beside the dead pixels hold no
+events. ``REAL_EDGE_MARGINS`` were measured on real DETX/DETY images (``bench/ccd_edges.py``: the counts
+of the pixels along the layout's edges against the sky of the pixels further in, in the 0.5-2 keV
+images of G7.7-3.7, A2107 and ELAIS-S1, Abell 496 held out; the pixels beside a CCD edge held about
+half the counts the layout predicted, those beside a dead pixel 60 %): 2.5" at both x edges of every
+CCD, 3" above the gap between the CCD rows (none below it), 1.5" beside every dead pixel. Images
+binned from simulated events (``SIMULATR`` in the header) follow the simulated layout, without them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ ONTIME_KEY = re.compile(r"^ONTIME(\d\d)$")
 CCD_SPREAD_TOLERANCE = 0.01  # on-times within 1 % of each other count as one exposure
 LAYOUT_SOURCE = " x CCD layout"  # appended to the source when the CCD acceptance is applied
 MIN_ACCEPTANCE = 0.5  # a pixel less than half on active CCD area gets no exposure (the simulated detector mask's rule)
-REAL_EDGE_MARGINS = EdgeMargins(x_arcsec=3.0, below_gap_arcsec=1.0, above_gap_arcsec=3.5)  # real event lists
+REAL_EDGE_MARGINS = EdgeMargins(x_arcsec=2.5, below_gap_arcsec=0.0, above_gap_arcsec=3.0, dead_arcsec=1.5)  # real events
 SIMULATOR_KEY = "SIMULATR"  # images binned from simulated events carry it (the built-in simulator, SIXTE)
 
 

@@ -92,13 +92,15 @@ class ImageGrid:
 
 @dataclass(frozen=True)
 class EdgeMargins:
-    """Inactive strips along the CCD edges (arcsec, detector frame) beyond the layout's gaps: at both
-    x edges of every CCD, and at the y edges that face the gap between CCD rows (below it: the lower
-    row's top edge; above it: the upper row's bottom edge). None by default: the simulated layout."""
+    """Inactive strips (arcsec, detector frame) beyond the layout's gaps and dead pixels: at both x edges
+    of every CCD, at the y edges that face the gap between CCD rows (below it: the lower row's top edge;
+    above it: the upper row's bottom edge), and beside the dead pixels. None by default: the simulated
+    layout."""
 
     x_arcsec: float = 0.0
     below_gap_arcsec: float = 0.0
     above_gap_arcsec: float = 0.0
+    dead_arcsec: float = 0.0   # beside every dead pixel, on each side that touches a live one
 
 
 @dataclass(frozen=True)
@@ -244,9 +246,15 @@ class PnGeometry:
     def acceptance(self, grid: ImageGrid, dead: bool = True, margins: EdgeMargins | None = None) -> np.ndarray:
         """Fraction of each pixel of ``grid`` covered by unflagged active CCD area (exact for the CCD
         layout), times :meth:`live` unless ``dead`` is False; ``margins``: inactive strips along the CCD
-        edges to leave out as well (those of real event lists)."""
-        ccd = _acceptance(self, grid, margins or EdgeMargins())
-        return ccd * self.live(grid) if dead and self.dead_pixels else ccd
+        edges and beside the dead pixels to leave out as well (those of real event lists)."""
+        margins = margins or EdgeMargins()
+        ccd = _acceptance(self, grid, margins)
+        if not (dead and self.dead_pixels):
+            return ccd
+        live = self.live(grid)
+        if margins.dead_arcsec > 0:
+            live = live * _beside_dead(live, margins.dead_arcsec / grid.pixel_arcsec)
+        return ccd * live
 
     def live(self, grid: ImageGrid) -> np.ndarray:
         """0 on the dead pixels of the 1x grid, 1 elsewhere, sampled at the pixel centres of ``grid``."""
@@ -299,6 +307,23 @@ def _acceptance(geom: PnGeometry, grid: ImageGrid, margins: EdgeMargins) -> np.n
             total += np.outer(cy, coverage_1d(ex, [(a, b) for a, b in good if b > a]))
     total.setflags(write=False)
     return total
+
+
+def _beside_dead(live: np.ndarray, fraction: float) -> np.ndarray:
+    """Area left to each pixel of a 0/1 ``live`` map when every dead pixel also takes ``fraction`` of the
+    width (height) of each live neighbour beside (above, below) it."""
+    dead = live == 0
+    def neighbours(axis: int) -> np.ndarray:
+        count = np.zeros(dead.shape)
+        for shift in (1, -1):
+            rolled = np.roll(dead, shift, axis=axis)
+            edge = (0 if shift == 1 else -1)
+            index = [slice(None), slice(None)]
+            index[axis] = edge
+            rolled[tuple(index)] = False   # no wrap-around at the grid's border
+            count += rolled
+        return count
+    return np.clip(1.0 - fraction * neighbours(1), 0.0, 1.0) * np.clip(1.0 - fraction * neighbours(0), 0.0, 1.0)
 
 
 @lru_cache(maxsize=16)
