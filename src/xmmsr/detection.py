@@ -226,12 +226,13 @@ def ridge_level(excess: np.ndarray, background: np.ndarray, weight: np.ndarray, 
     # samples weighted by their distance along the band, as an annulus weights its radii: around a lone
     # source the band mean is then the annulus mean of its PSF wings
     radial = np.broadcast_to(along[:, None], (along.size, across.size)).ravel()
+    planes = (excess * weight, background * weight, weight)
     sides = []
     for sign in (1.0, -1.0):
         coords = [(positions[:, 1][:, None] + sign * offs[:, :, 1]).ravel(),
                   (positions[:, 0][:, None] + sign * offs[:, :, 0]).ravel()]
         num, bkg, den = (ndimage.map_coordinates(a, coords, order=1, mode="constant", cval=0.0)
-                         .reshape(offs.shape[:2]) for a in (excess * weight, background * weight, weight))
+                         .reshape(offs.shape[:2]) for a in planes)
         inside = den.sum(axis=1)
         norm = np.maximum((den * radial).sum(axis=1), 1e-12)
         mean, bkg_mean = (num * radial).sum(axis=1) / norm, (bkg * radial).sum(axis=1) / norm

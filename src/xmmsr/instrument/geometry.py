@@ -312,18 +312,10 @@ def _acceptance(geom: PnGeometry, grid: ImageGrid, margins: EdgeMargins) -> np.n
 def _beside_dead(live: np.ndarray, fraction: float) -> np.ndarray:
     """Area left to each pixel of a 0/1 ``live`` map when every dead pixel also takes ``fraction`` of the
     width (height) of each live neighbour beside (above, below) it."""
-    dead = live == 0
-    def neighbours(axis: int) -> np.ndarray:
-        count = np.zeros(dead.shape)
-        for shift in (1, -1):
-            rolled = np.roll(dead, shift, axis=axis)
-            edge = (0 if shift == 1 else -1)
-            index = [slice(None), slice(None)]
-            index[axis] = edge
-            rolled[tuple(index)] = False   # no wrap-around at the grid's border
-            count += rolled
-        return count
-    return np.clip(1.0 - fraction * neighbours(1), 0.0, 1.0) * np.clip(1.0 - fraction * neighbours(0), 0.0, 1.0)
+    dead = np.pad(live == 0, 1)   # nothing dead beyond the grid's border
+    beside = dead[1:-1, :-2].astype(np.float64) + dead[1:-1, 2:]
+    above_below = dead[:-2, 1:-1].astype(np.float64) + dead[2:, 1:-1]
+    return np.clip(1.0 - fraction * beside, 0.0, 1.0) * np.clip(1.0 - fraction * above_below, 0.0, 1.0)
 
 
 @lru_cache(maxsize=16)
