@@ -246,6 +246,58 @@ def test_brightened_crops_are_poisson_draws_of_brighter_sources_over_the_same_ba
             PairDataset(path, "dn", "train", crop=16, **bad)
 
 
+def test_injected_pairs_are_poisson_counts_of_the_psf_added_to_input_target_and_expected(tiny_run):
+    from xmmsr.learn.injection import PairInjection
+
+    path = dataset_path(tiny_run)
+    plain = PairDataset(path, "sr", "train", crop=16)
+    off = PairDataset(path, "sr", "train", crop=16, pairs=PairInjection(fraction=0.0))
+    assert all(torch.equal(plain[(i % len(plain), 7 + i)]["input"], off[(i % len(off), 7 + i)]["input"])
+               and not bool(off[(i % len(off), 7 + i)]["paired"]) for i in range(4))  # off: earlier draws
+    paired = PairDataset(path, "sr", "train", crop=16, pairs=PairInjection(fraction=1.0, counts=(300.0, 300.0)))
+    added_in, pulls = [], []
+    for draw in range(24):
+        key = (draw % len(plain), 500 + draw)
+        a, b = plain[key], paired[key]
+        assert bool(b["paired"]) and torch.equal(a["origin"], b["origin"])
+        d_in, d_target = b["input"] - a["input"], b["target"] - a["target"]
+        d_expected = (b["expected"] - a["expected"]).double()
+        assert d_in.min() >= 0 and d_target.min() >= 0 and d_expected.min() >= -1e-3   # counts are only added
+        assert torch.all(d_target[b["mask_target"] == 0] == 0)                          # none in the gaps
+        ratio = float(b["exposure_target"] / b["exposure_input"])
+        added_in.append(float(d_in.sum()))
+        pulls.append((float(d_target.sum()) - float(d_expected.sum())) / np.sqrt(float(d_expected.sum())))
+        assert float(d_expected.sum()) <= 600.0 * ratio * 1.001    # two sources of at most 300 counts each
+    # on active pixels, away from the crop's edge, most of the pair's counts land in the 16 x 16 crop
+    assert 350 < np.median(added_in) <= 600 and abs(np.mean(pulls)) < 4 / np.sqrt(len(pulls))
+    assert 0.5 < np.std(pulls) < 1.6                                           # Poisson counts of the target
+    with pytest.raises(ValueError, match="flux_ratio"):
+        PairDataset(path, "sr", "train", crop=16, pairs=PairInjection(fraction=0.5, flux_ratio=(0.5, 2.0)))
+
+
+def test_injected_pairs_follow_the_psf_of_each_resolution_at_the_same_positions(instrument):
+    from xmmsr.learn.injection import PairInjection, PairRenderer
+
+    settings = PairInjection(fraction=1.0, counts=(1000.0, 1000.0), separation_arcsec=(12.0, 12.0),
+                             flux_ratio=(1.0, 1.0))
+    renderer = PairRenderer(instrument, (0, 0), settings, 1.9, 3e20)
+    g, grid = instrument.geometry, instrument.geometry.image_grid(1)
+    # a 64-pixel crop centred near the optical axis (round PSF) and one 12' away (elongated tangentially)
+    on_axis = (int((g.axis_y_arcsec - grid.y0_arcsec) / 4.0) - 32, int((g.axis_x_arcsec - grid.x0_arcsec) / 4.0) - 32)
+    for origin in (on_axis, (on_axis[0], on_axis[1] - 180)):
+        pair = renderer.draw(np.random.default_rng(3), origin, 64, 2)
+        assert np.allclose(pair.positions[2], (pair.positions[1] + 0.5) * 2 - 0.5)
+        assert np.hypot(*(pair.positions[1][1] - pair.positions[1][0])) == pytest.approx(12.0 / 4.0)
+        for r in (1, 2):
+            image = pair.counts[r]
+            assert 0.85 * 2000 < image.sum() <= 2000    # the PSF beyond the crop and the truncation are lost
+            yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+            centroid = np.array([(xx * image).sum(), (yy * image).sum()]) / image.sum()
+            assert np.allclose(centroid, pair.positions[r].mean(axis=0), atol=0.3 * r)
+        # the 2x PSF is half as wide: its brightest pixel holds a larger share of the pair's counts
+        assert pair.counts[2].max() * 4 > pair.counts[1].max()
+
+
 def test_dataset_works_with_worker_processes(tiny_run):
     ds = PairDataset(dataset_path(tiny_run), "dn", "train", crop=16, augment=True)
     sampler = EpochSampler(len(ds), 8, seed=3)

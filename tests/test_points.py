@@ -396,6 +396,22 @@ def test_deblending_truth_resolves_a_faint_companion_whatever_its_distance(instr
     assert truth["resolved_fraction"].tolist() == [1.0, 1.0, 1.0]
 
 
+def test_a_lone_source_is_never_split_in_the_truth_and_the_draws_repeat(instrument):
+    from xmmsr.evaluate.deblend import METHODS, splitting
+    from xmmsr.learn.checkpoint import TrainedModel
+    from xmmsr.learn.model import Architecture, build_generator
+    from xmmsr.learn.normalise import Normalisation
+
+    arch = Architecture(task="sr", features=8, growth=8, blocks=1, dense_blocks=1)
+    model = TrainedModel(build_generator(arch).eval(), arch, Normalisation(), 2e4, 1e5)
+    table = splitting(model, instrument, 2e4, 1e5, [200.0, 2000.0], 3, 5, 5.0, 10)
+    assert set(table["method"]) == set(METHODS) and len(table) == 2 * len(METHODS)
+    frac = table.set_index(["counts", "method"])["split_fraction"]
+    assert frac[(200.0, "truth")] == 0.0 and frac[(2000.0, "truth")] == 0.0
+    assert frac[(2000.0, "input")] == 0.0      # a bright lone source at 1x is one detection
+    pd.testing.assert_frame_equal(splitting(model, instrument, 2e4, 1e5, [200.0, 2000.0], 3, 5, 5.0, 10), table)
+
+
 def test_false_detections_are_classed_by_what_lies_beneath_them():
     """Each false detection gets the first cause that applies: beside a lost true source (one per source),
     beside a found one, on a streak, on extended emission, else on the background alone."""

@@ -128,11 +128,8 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
             found = {m: 0 for m in METHODS}
             for _ in range(trials):
                 data = rng.poisson(rate[1] * exposure_in_s).astype(np.float64)
-                preds = {"input": (1, baselines.scaled_input(data, exposure_in_s, exposure_target_s, 1)),
-                         "richardson_lucy": (2, baselines.richardson_lucy(data, exposure_in_s, exposure_target_s, 2,
-                                                                         psf_1x_on_2x, rl_iterations, psf_2x)),
-                         "model": (2, predict_counts(model, data, exposure_in_s, footprint=mask[1]).astype(np.float64)
-                                   * exposure_target_s / model.target_exposure_s)}
+                preds = _predictions(model, data, exposure_in_s, exposure_target_s, mask[1], psf_1x_on_2x, psf_2x,
+                                     rl_iterations)
                 for name, (r, image) in preds.items():
                     found[name] += _is_resolved(image, mask[r], bkg[r], fwhm[r], nsigma, pair.positions[r],
                                                 sep_arcsec, instrument, r)
@@ -144,6 +141,59 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
                              "flux_ratio": float(ratio), "method": name, "trials": trials,
                              "resolved_fraction": found[name] / trials})
     return pd.DataFrame(rows)
+
+
+def splitting(model: TrainedModel, instrument: PnInstrument, exposure_in_s: float, exposure_target_s: float,
+              counts: list[float], trials: int, seed: int, nsigma: float, rl_iterations: int) -> pd.DataFrame:
+    """The price of de-blending: how often a single point source at the aim point, of ``counts`` input
+    counts, is found as two or more sources within one 1x PSF FWHM of its position (one row per count
+    level and method: ``split_fraction``; the noise-free truth, one draw, never splits a lone source)."""
+    if model.upscale != 2:
+        raise ValueError(f"splitting scores an SR model; got a {model.task} model")
+    fwhm = {r: detection.psf_fwhm_px(instrument, r) for r in (1, 2)}
+    psf_1x_on_2x, psf_2x = baselines.psf_kernel(instrument, 1, grid_resolution=2), baselines.psf_kernel(instrument, 2)
+    (single,) = pair_images(instrument, np.zeros(1))
+    mask = {r: single.background[r] > 0 for r in (1, 2)}
+    bkg = {r: single.background[r] * exposure_target_s for r in (1, 2)}
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    for level in counts:
+        scale = level / float(single.primary[1].sum() * exposure_in_s)
+        rate = {r: scale * single.primary[r] + single.background[r] for r in (1, 2)}
+        split = {m: 0 for m in METHODS}
+        for _ in range(trials):
+            data = rng.poisson(rate[1] * exposure_in_s).astype(np.float64)
+            preds = _predictions(model, data, exposure_in_s, exposure_target_s, mask[1], psf_1x_on_2x, psf_2x,
+                                 rl_iterations)
+            preds["truth"] = (2, rate[2] * exposure_target_s)
+            for name, (r, image) in preds.items():
+                split[name] += _count_near(image, mask[r], bkg[r], fwhm[r], nsigma, single.positions[r][0],
+                                           fwhm[1] * r) >= 2
+        for name in METHODS:
+            rows.append({"counts": float(level), "method": name, "trials": trials,
+                         "split_fraction": split[name] / trials})
+    return pd.DataFrame(rows)
+
+
+def _predictions(model: TrainedModel, data: np.ndarray, exposure_in_s: float, exposure_target_s: float,
+                 footprint: np.ndarray, psf_1x_on_2x: np.ndarray, psf_2x: np.ndarray,
+                 rl_iterations: int) -> dict[str, tuple[int, np.ndarray]]:
+    """Each method's image of one input draw at the target exposure, with its grid's resolution."""
+    return {"input": (1, baselines.scaled_input(data, exposure_in_s, exposure_target_s, 1)),
+            "richardson_lucy": (2, baselines.richardson_lucy(data, exposure_in_s, exposure_target_s, 2,
+                                                            psf_1x_on_2x, rl_iterations, psf_2x)),
+            "model": (2, predict_counts(model, data, exposure_in_s, footprint=footprint).astype(np.float64)
+                      * exposure_target_s / model.target_exposure_s)}
+
+
+def _count_near(image: np.ndarray, mask: np.ndarray, background: np.ndarray, fwhm_px: float, nsigma: float,
+                position: np.ndarray, radius_px: float) -> int:
+    """Detections (the de-blending finder) within ``radius_px`` of ``position``."""
+    found = detection.detect_point_sources(image, mask, background, fwhm_px, nsigma, annulus_fwhm=None,
+                                           peak_box_fwhm=PEAK_BOX_FWHM)
+    if found.empty:
+        return 0
+    return int(np.count_nonzero(np.hypot(found["x"] - position[0], found["y"] - position[1]) <= radius_px))
 
 
 def _is_resolved(image: np.ndarray, mask: np.ndarray, background: np.ndarray, fwhm_px: float, nsigma: float,

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError
 from . import UPSCALE
+from .injection import PairInjection, PairRenderer
 
 CHUNK_CACHE_BYTES = 64 * 2**20  # per dataset and open file: ~20 frames of 832 x 832 float32
 CHUNK_CACHE_SLOTS = 10007
@@ -65,6 +66,9 @@ class PairDataset(Dataset):
     set's ``sources.extended.max_count_rate``, and input and target are drawn afresh as independent
     Poisson counts of the brightened expectations. The background keeps its level, so the network sees
     targets as bright as real pn ones (10^4 times the background) that the simulated set holds few of.
+    A fraction ``pairs.fraction`` of the crops gets a close pair of point sources added to its input,
+    target and expected images (:mod:`xmmsr.learn.injection`), drawn with the training set's own
+    instrument: pairs below and around the PSF's width, which simulated fields seldom hold.
     Keys are sample positions, or ``(position, draw_seed)`` pairs from :class:`EpochSampler`. With
     ``max_items`` only that many samples, evenly spread over the split, are used.
     """
@@ -78,11 +82,12 @@ class PairDataset(Dataset):
         brighten = train_cfg.get("brighten") or {}
         return cls(path, task, "train", crop=train_cfg["crop"], augment=True, with_expected=False,
                    source_crops=train_cfg.get("source_crops", 0.0), brighten=brighten.get("fraction", 0.0),
-                   max_factor=brighten.get("max_factor", 1.0))
+                   max_factor=brighten.get("max_factor", 1.0), pairs=PairInjection.from_config(train_cfg.get("pairs")))
 
     def __init__(self, path: str | Path, task: str, split: str, crop: int | None = None,
                  augment: bool = False, with_expected: bool = True, max_items: int | None = None,
-                 source_crops: float = 0.0, brighten: float = 0.0, max_factor: float = 1.0) -> None:
+                 source_crops: float = 0.0, brighten: float = 0.0, max_factor: float = 1.0,
+                 pairs: PairInjection | None = None) -> None:
         if task not in TARGETS:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(TARGETS)}")
         if not 0.0 <= source_crops <= 1.0:
@@ -97,6 +102,9 @@ class PairDataset(Dataset):
         self.brighten = float(brighten) if crop is not None else 0.0
         self.log_max_factor = float(np.log(max_factor))
         self.upscale = UPSCALE[task]
+        self.pairs = pairs if (pairs is not None and crop is not None) else PairInjection()
+        self.pairs.check()
+        self._renderer: PairRenderer | None = None
         with open_dataset(self.path) as h5:
             if f"splits/{split}" not in h5:
                 raise InputError(self.path, f"splits/{split}", "no such split", "use train, val or test")
@@ -111,6 +119,8 @@ class PairDataset(Dataset):
             self.exposure_target = np.asarray(h5["exposure_target"][:], dtype=np.float32)
             self.input_exposure_s = float(h5.attrs["input_exposure_s"])
             self.target_exposure_s = float(h5.attrs["target_exposure_s"])
+            if self.pairs.fraction > 0:
+                self._renderer = _pair_renderer(h5, self.pairs)
         if crop is not None and (crop > min(self.frame_shape)):
             raise ValueError(f"train.crop = {crop} exceeds the frame {self.frame_shape}; use a smaller crop or null")
         self._active = np.argwhere(self.mask_1x)  # crop centres are drawn among active pixels
@@ -193,6 +203,15 @@ class PairDataset(Dataset):
         if self.with_expected:
             expected = rates[s] if factor > 1.0 else self._dataset(expected_name)[(sample, *window(s))]
             arrays["expected"] = np.asarray(expected, dtype=np.float32) * exposure_target
+        paired = self._renderer is not None and rng.random() < self.pairs.fraction   # no extra draw when off
+        if paired:
+            pair = self._renderer.draw(rng, (y0, x0), size, s)
+            ratio = exposure_target / float(self.exposure_input[sample])   # target over input exposure
+            counts = {r: pair.counts[r] * self.masks[r][window(r)] for r in pair.counts}   # at the input exposure
+            arrays["input"] = arrays["input"] + rng.poisson(counts[1]).astype(np.float32)
+            arrays["target"] = arrays["target"] + rng.poisson(counts[s] * ratio).astype(np.float32)
+            if self.with_expected:
+                arrays["expected"] = arrays["expected"] + (counts[s] * ratio).astype(np.float32)
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             for name, a in arrays.items():
@@ -204,6 +223,7 @@ class PairDataset(Dataset):
         item["index"] = torch.tensor(sample)
         item["origin"] = torch.tensor([y0, x0])  # 1x pixel of the crop corner (before augmentation)
         item["brightening"] = torch.tensor(factor, dtype=torch.float32)
+        item["paired"] = torch.tensor(paired)
         return item
 
     def _brightened_rate(self, sample: int, scale: int, window: tuple[slice, slice], factor: float) -> np.ndarray:
@@ -211,6 +231,17 @@ class PairDataset(Dataset):
         expected = np.asarray(self._dataset(f"expected_rate_{scale}x")[(sample, *window)], dtype=np.float64)
         background = np.asarray(self._dataset(f"background_rate_{scale}x")[(sample, *window)], dtype=np.float64)
         return background + factor * np.clip(expected - background, 0.0, None)
+
+
+def _pair_renderer(h5: h5py.File, pairs: PairInjection) -> PairRenderer:
+    """The pair renderer of an open training set: its own instrument and AGN spectrum, its padding."""
+    from ..instrument.model import PnInstrument
+
+    cfg = json.loads(h5.attrs["config"])
+    agn = cfg["sources"]["agn"]
+    instrument = PnInstrument.from_config(cfg["instrument"])
+    return PairRenderer(instrument, tuple(int(v) for v in h5.attrs["lr_offset"]), pairs, float(agn["gamma"]),
+                        float(agn["nh"]))
 
 
 class EpochSampler(Sampler):
