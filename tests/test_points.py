@@ -396,20 +396,24 @@ def test_deblending_truth_resolves_a_faint_companion_whatever_its_distance(instr
     assert truth["resolved_fraction"].tolist() == [1.0, 1.0, 1.0]
 
 
-def test_a_lone_source_is_never_split_in_the_truth_and_the_draws_repeat(instrument):
-    from xmmsr.evaluate.deblend import METHODS, splitting
+def test_at_separation_zero_a_lone_source_found_as_two_is_a_false_pair(instrument):
+    import torch
+
+    from xmmsr.evaluate.deblend import _count_near, deblending
     from xmmsr.learn.checkpoint import TrainedModel
     from xmmsr.learn.model import Architecture, build_generator
     from xmmsr.learn.normalise import Normalisation
 
+    torch.manual_seed(0)
     arch = Architecture(task="sr", features=8, growth=8, blocks=1, dense_blocks=1)
     model = TrainedModel(build_generator(arch).eval(), arch, Normalisation(), 2e4, 1e5)
-    table = splitting(model, instrument, 2e4, 1e5, [200.0, 2000.0], 3, 5, 5.0, 10)
-    assert set(table["method"]) == set(METHODS) and len(table) == 2 * len(METHODS)
-    frac = table.set_index(["counts", "method"])["split_fraction"]
-    assert frac[(200.0, "truth")] == 0.0 and frac[(2000.0, "truth")] == 0.0
-    assert frac[(2000.0, "input")] == 0.0      # a bright lone source at 1x is one detection
-    pd.testing.assert_frame_equal(splitting(model, instrument, 2e4, 1e5, [200.0, 2000.0], 3, 5, 5.0, 10), table)
+    table = deblending(model, instrument, 2e4, 1e5, 1000.0, [0.0], [1.0], 3, 5, 5.0, 10)
+    frac = table.set_index("method")["resolved_fraction"]
+    assert frac["truth"] == 0.0 and frac["input"] == 0.0    # a bright lone source is one detection
+    assert (table["separation_arcsec"] == 0.0).all()
+    # two peaks 3 pixels apart near the source count as two; one 30 pixels away does not
+    found = pd.DataFrame({"x": [10.0, 13.0, 40.0], "y": [10.0, 10.0, 10.0]})
+    assert _count_near(found, np.array([10.0, 10.0]), 3.7) == 2
 
 
 def test_false_detections_are_classed_by_what_lies_beneath_them():

@@ -12,6 +12,8 @@ the pair lies on the known background alone, and at these separations one source
 3-5 FWHM annulus, whose mean then took the fainter one's counts away, so that even the noise-free
 2x truth of a 5:1 pair was "unresolved" at 2 FWHM while resolved at 1.5 and 3). A pair is
 *resolved* when two distinct detections lie within half the separation of the two true positions.
+At separation 0 the pair is a lone source of the pair's summed counts, and "resolved" means found as
+two sources within one 1x FWHM of it: a false pair, the price a method pays for splitting close ones.
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
                nsigma: float, rl_iterations: int) -> pd.DataFrame:
     """The fraction of pairs resolved per separation, flux ratio and method (one row each): ``input``
     (the input counts, 1x), ``richardson_lucy`` (deconvolved onto the 2x grid), ``model`` (the SR model)
-    and ``truth`` (the noise-free 2x image at the target exposure; one draw)."""
+    and ``truth`` (the noise-free 2x image at the target exposure; one draw). At separation 0: the
+    fraction of lone sources (of the pair's summed counts) found as two."""
     if model.upscale != 2:
         raise ValueError(f"de-blending scores an SR model; got a {model.task} model")
     fwhm = {r: detection.psf_fwhm_px(instrument, r) for r in (1, 2)}
@@ -143,38 +146,6 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
     return pd.DataFrame(rows)
 
 
-def splitting(model: TrainedModel, instrument: PnInstrument, exposure_in_s: float, exposure_target_s: float,
-              counts: list[float], trials: int, seed: int, nsigma: float, rl_iterations: int) -> pd.DataFrame:
-    """The price of de-blending: how often a single point source at the aim point, of ``counts`` input
-    counts, is found as two or more sources within one 1x PSF FWHM of its position (one row per count
-    level and method: ``split_fraction``; the noise-free truth, one draw, never splits a lone source)."""
-    if model.upscale != 2:
-        raise ValueError(f"splitting scores an SR model; got a {model.task} model")
-    fwhm = {r: detection.psf_fwhm_px(instrument, r) for r in (1, 2)}
-    psf_1x_on_2x, psf_2x = baselines.psf_kernel(instrument, 1, grid_resolution=2), baselines.psf_kernel(instrument, 2)
-    (single,) = pair_images(instrument, np.zeros(1))
-    mask = {r: single.background[r] > 0 for r in (1, 2)}
-    bkg = {r: single.background[r] * exposure_target_s for r in (1, 2)}
-    rng = np.random.default_rng(seed)
-    rows: list[dict[str, Any]] = []
-    for level in counts:
-        scale = level / float(single.primary[1].sum() * exposure_in_s)
-        rate = {r: scale * single.primary[r] + single.background[r] for r in (1, 2)}
-        split = {m: 0 for m in METHODS}
-        for _ in range(trials):
-            data = rng.poisson(rate[1] * exposure_in_s).astype(np.float64)
-            preds = _predictions(model, data, exposure_in_s, exposure_target_s, mask[1], psf_1x_on_2x, psf_2x,
-                                 rl_iterations)
-            preds["truth"] = (2, rate[2] * exposure_target_s)
-            for name, (r, image) in preds.items():
-                split[name] += _count_near(image, mask[r], bkg[r], fwhm[r], nsigma, single.positions[r][0],
-                                           fwhm[1] * r) >= 2
-        for name in METHODS:
-            rows.append({"counts": float(level), "method": name, "trials": trials,
-                         "split_fraction": split[name] / trials})
-    return pd.DataFrame(rows)
-
-
 def _predictions(model: TrainedModel, data: np.ndarray, exposure_in_s: float, exposure_target_s: float,
                  footprint: np.ndarray, psf_1x_on_2x: np.ndarray, psf_2x: np.ndarray,
                  rl_iterations: int) -> dict[str, tuple[int, np.ndarray]]:
@@ -186,19 +157,19 @@ def _predictions(model: TrainedModel, data: np.ndarray, exposure_in_s: float, ex
                       * exposure_target_s / model.target_exposure_s)}
 
 
-def _count_near(image: np.ndarray, mask: np.ndarray, background: np.ndarray, fwhm_px: float, nsigma: float,
-                position: np.ndarray, radius_px: float) -> int:
-    """Detections (the de-blending finder) within ``radius_px`` of ``position``."""
-    found = detection.detect_point_sources(image, mask, background, fwhm_px, nsigma, annulus_fwhm=None,
-                                           peak_box_fwhm=PEAK_BOX_FWHM)
-    if found.empty:
+def _count_near(detections: pd.DataFrame, position: np.ndarray, radius_px: float) -> int:
+    """The detections within ``radius_px`` of ``position``."""
+    if detections.empty:
         return 0
-    return int(np.count_nonzero(np.hypot(found["x"] - position[0], found["y"] - position[1]) <= radius_px))
+    return int(np.count_nonzero(np.hypot(detections["x"] - position[0], detections["y"] - position[1]) <= radius_px))
 
 
 def _is_resolved(image: np.ndarray, mask: np.ndarray, background: np.ndarray, fwhm_px: float, nsigma: float,
                  positions: np.ndarray, separation_arcsec: float, instrument: PnInstrument, resolution: int) -> bool:
     detections = detection.detect_point_sources(image, mask, background, fwhm_px, nsigma, annulus_fwhm=None,
                                                 peak_box_fwhm=PEAK_BOX_FWHM)
-    radius = 0.5 * separation_arcsec / instrument.geometry.image_grid(resolution).pixel_arcsec
-    return resolved(detections, positions, radius)
+    pixel = instrument.geometry.image_grid(resolution).pixel_arcsec
+    if separation_arcsec == 0.0:   # a lone source: "resolved" is split into two, a false pair
+        fwhm_1x_px = detection.psf_fwhm_px(instrument, 1) * instrument.geometry.image_grid(1).pixel_arcsec / pixel
+        return _count_near(detections, positions[0], fwhm_1x_px) >= 2
+    return resolved(detections, positions, 0.5 * separation_arcsec / pixel)

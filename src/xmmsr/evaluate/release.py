@@ -409,7 +409,9 @@ def _deblending(path: Path, t_in: str) -> list[str]:
     seps = sorted(table["separation_fwhm"].unique())
     out = ["", f"De-blending: pairs of point sources at the aim point drawn at {t_in} "
            f"({int(table['trials'].max())} draws per cell; the truth is the noise-free 2x image); fraction "
-           "found as two sources, by separation in units of the 1x PSF FWHM:", "",
+           "found as two sources, by separation in units of the 1x PSF FWHM"
+           + (" (at 0, a lone source of the summed counts found as two: false pairs)" if 0.0 in seps else "")
+           + ":", "",
            "| method | flux ratio | " + " | ".join(f"{s:g}" for s in seps) + " |", "|---|---|" + "---|" * len(seps)]
     for method in methods.ordered(table["method"].unique()):
         for ratio in sorted(table["flux_ratio"].unique()):

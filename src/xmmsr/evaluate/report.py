@@ -532,7 +532,8 @@ def deblend_figure(table: pd.DataFrame, counts: float, exp: Exposures) -> plt.Fi
              f"secondary fainter by the flux ratio), drawn at the input exposure {trials} times per separation and "
              "ratio; a pair is resolved when two detections lie within half the separation of the true positions "
              "(the point-source finder with a peak box of half a FWHM, on the known background without an annulus "
-             "level). The 2x truth is the noise-free image at "
+             "level); at separation 0 the 'pair' is a lone source of the summed counts, and the fraction is that "
+             "found as two within one FWHM (false pairs). The 2x truth is the noise-free image at "
              f"{exp.t_out}, scored once. Richardson-Lucy deconvolves the input onto the 2x grid.")
     return fig
 
