@@ -94,11 +94,18 @@ class PairRenderer:
         centre = rng.uniform(crop / 4.0, 3.0 * crop / 4.0, size=2) - 0.5   # (x, y), 1x pixel centres at integers
         half = 0.5 * separation * np.array([np.cos(angle), np.sin(angle)])
         xy_1x = np.array([centre - half, centre + half])
-        theta, azimuth = self._direction(origin_1x, crop)
-        images = {r: self._render(xy_1x, np.array([counts, counts / ratio]), crop, theta, azimuth, r)
-                  for r in {1, upscale}}
+        images = {r: self.render(origin_1x, crop, xy_1x, np.array([counts, counts / ratio]), r) for r in {1, upscale}}
         positions = {r: (xy_1x + 0.5) * r - 0.5 for r in images}
         return InjectedPair(counts=images, positions=positions)
+
+    def render(self, origin_1x: tuple[int, int], crop: int, xy_1x: np.ndarray, counts: np.ndarray,
+               resolution: int) -> np.ndarray:
+        """Expected counts (at the input exposure) on the crop grid of ``resolution`` of point sources at 1x
+        crop positions ``xy_1x`` ((n, 2): x, y), each of ``counts`` over its whole PSF, with the PSF of the
+        crop centre."""
+        theta, azimuth = self._direction(origin_1x, crop)
+        return self._render(np.asarray(xy_1x, dtype=np.float64), np.asarray(counts, dtype=np.float64), crop, theta,
+                            azimuth, resolution)
 
     def _direction(self, origin_1x: tuple[int, int], crop: int) -> tuple[float, float]:
         """Off-axis angle (arcmin) and azimuth (radians from +x) of the crop centre."""
@@ -126,11 +133,16 @@ class PairRenderer:
         h = kernel.shape[0] // 2
         canvas = np.zeros((n + 2 * h, n + 2 * h))
         for (x, y), c in zip(xy_1x, counts):
-            j = int(np.floor((x + 0.5) * FINE_ARCSEC_PER_1X))   # fine pixel of the source (column, row)
-            i = int(np.floor((y + 0.5) * FINE_ARCSEC_PER_1X))
-            if not (0 <= i < n and 0 <= j < n):   # beyond the crop (a separation wider than the crop's half)
+            # fine-grid coordinates (fine pixel centres at integers), shared by the four fine pixels around the
+            # source in proportion to their overlap (cloud in cell), so that no position is rounded
+            fx, fy = (x + 0.5) * FINE_ARCSEC_PER_1X - 0.5, (y + 0.5) * FINE_ARCSEC_PER_1X - 0.5
+            j, i = int(np.floor(fx)), int(np.floor(fy))
+            if not (0 <= i < n - 1 and 0 <= j < n - 1):   # beyond the crop (a separation wider than its half)
                 continue
-            canvas[i: i + 2 * h + 1, j: j + 2 * h + 1] += c * kernel
+            wx, wy = fx - j, fy - i
+            for di, dj, w in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx), (1, 0, wy * (1 - wx)),
+                              (1, 1, wy * wx)):
+                canvas[i + di: i + di + 2 * h + 1, j + dj: j + dj + 2 * h + 1] += (c * w) * kernel
         fine = canvas[h: h + n, h: h + n]
         block = FINE_ARCSEC_PER_1X // resolution
         m = n // block
