@@ -67,6 +67,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            lambda c, t_in, t_out, s, k: baselines.richardson_lucy(c, t_in, t_out, s, k.psf_1x_out,
                                                                   iterations=k.rl_iterations,
                                                                   reconvolve=k.psf_out if s > 1 else None)),
+    # de-blending only (no image of its own: xmmsr.evaluate.deblend.PsfFit), so scored for no task's images
+    Method("psf_fit", "PSF fit, one or two sources (emldetect-like)", (), "baseline"),
     Method("model", "model (RRDB)", ("dn", "sr"), "model"),
     Method("model_gated", "model, sources tested on the input", ("dn", "sr"), "model"),
     Method("model_adversarial", "model + adversarial (ESRGAN)", ("dn", "sr"), "model"),

@@ -23,6 +23,9 @@ from functools import lru_cache
 import numpy as np
 
 REFERENCE_ENERGY_KEV = 1.5   # energy of the on-axis numbers quoted for a model
+FINE_ARCSEC_PER_1X = 4       # PointSourceImages: fine pixels per 1x pixel (the 2x pixel is 2 of them)
+STAMP_RADIUS_ARCSEC = 128.0  # PointSourceImages: the PSF truncated here (or at its own radius), scaled to
+                             # the fraction of the PSF within it
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,61 @@ class EllbetaPsf(PsfModel):
         q = np.interp(theta, self.elongation_theta_arcmin, self.elongation_ratio)
         rc, alpha, q = np.broadcast_arrays(rc, alpha, q)
         return rc, alpha, q
+
+
+class PointSourceImages:
+    """Pixel-integrated images of a point source at any position of the image grid of ``resolution`` (1x
+    pixels of ``pixel_1x_arcsec``, or ``resolution`` times finer), with the PSF at one off-axis angle, azimuth and energy (a source of unit counts over the whole
+    PSF; truncated at :data:`STAMP_RADIUS_ARCSEC` or the PSF's own radius, and scaled to the fraction
+    within it).
+
+    The PSF is integrated on a grid of :data:`FINE_ARCSEC_PER_1X` fine pixels per 1x pixel (the 1x PSF in
+    4 x 4 blocks, the 2x PSF in 2 x 2 blocks); the image of a source at each fine pixel of a grid pixel (a
+    phase) is made once, and a source anywhere is shared by the four fine pixels around it in proportion
+    to their overlap (cloud in cell), so that no position is rounded."""
+
+    def __init__(self, psf: PsfModel, pixel_1x_arcsec: float, theta_arcmin: float, azimuth_rad: float,
+                 energy_kev: float, resolution: int) -> None:
+        fine_arcsec = pixel_1x_arcsec / FINE_ARCSEC_PER_1X
+        radius = min(STAMP_RADIUS_ARCSEC, psf.max_radius_arcsec)
+        kernel = np.asarray(psf.kernel(fine_arcsec, theta_arcmin, azimuth_rad, energy_kev, resolution,
+                                       r_max_arcsec=radius))
+        rc, alpha, q = (float(v) for v in psf.parameters(theta_arcmin, energy_kev, resolution))
+
+        def enclosed(r: float) -> float:   # fraction within elliptical radius r / q (the truncation's shape)
+            return 1.0 - (1.0 + (r / q / rc) ** 2) ** (1.0 - alpha)
+        kernel = kernel * (enclosed(radius) / enclosed(psf.max_radius_arcsec))
+        self.block = FINE_ARCSEC_PER_1X // resolution          # fine pixels per grid pixel
+        h = kernel.shape[0] // 2
+        self.half = -(-(h + self.block) // self.block)         # stamp half-size in grid pixels
+        n = (2 * self.half + 1) * self.block
+        self.stamps = np.zeros((self.block, self.block, 2 * self.half + 1, 2 * self.half + 1))
+        for py in range(self.block):
+            for px in range(self.block):
+                fine = np.zeros((n, n))
+                cy, cx = self.half * self.block + py, self.half * self.block + px   # the source's fine pixel
+                fine[cy - h: cy + h + 1, cx - h: cx + h + 1] = kernel
+                self.stamps[py, px] = fine.reshape(2 * self.half + 1, self.block, 2 * self.half + 1,
+                                                   self.block).sum(axis=(1, 3))
+
+    def add(self, image: np.ndarray, x: float, y: float, counts: float) -> None:
+        """Add ``counts`` times the image of a source at grid position (``x``, ``y``) (pixel centres at
+        integers) to ``image``, clipped to it."""
+        b = self.block
+        fx, fy = (x + 0.5) * b - 0.5, (y + 0.5) * b - 0.5      # fine coordinates, fine pixel centres at integers
+        j, i = int(np.floor(fx)), int(np.floor(fy))
+        wx, wy = fx - j, fy - i
+        for di, dj, w in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx), (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
+            if w > 0:
+                fi, fj = i + di, j + dj
+                self._place(image, fi // b, fj // b, self.stamps[fi % b, fj % b], counts * w)
+
+    def _place(self, image: np.ndarray, row: int, col: int, stamp: np.ndarray, weight: float) -> None:
+        h = self.half
+        r0, r1 = max(row - h, 0), min(row + h + 1, image.shape[0])
+        c0, c1 = max(col - h, 0), min(col + h + 1, image.shape[1])
+        if r0 < r1 and c0 < c1:
+            image[r0:r1, c0:c1] += weight * stamp[r0 - row + h: r1 - row + h, c0 - col + h: c1 - col + h]
 
 
 def psf_from_config(cfg: dict) -> PsfModel:

@@ -23,10 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..instrument.model import PnInstrument
+from ..instrument.psf import PointSourceImages
 
-FINE_ARCSEC_PER_1X = 4     # fine pixels per 1x pixel (the 2x pixel is 2 of them)
-STAMP_RADIUS_ARCSEC = 128.0  # PSF kernels truncated here (or at the PSF's own radius) and scaled to the
-                             # fraction of the PSF within it
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,6 @@ class PairRenderer:
         self.instrument, self.settings = instrument, settings
         self.offset = (int(frame_offset_1x[0]), int(frame_offset_1x[1]))   # (rows, columns) of zero padding
         self.grid = instrument.geometry.image_grid(1)
-        self.fine_arcsec = self.grid.pixel_arcsec / FINE_ARCSEC_PER_1X
         response = instrument.require_response()
         self.energy_kev = float(response.spectral("powerlaw", gamma, nh_cm2).mean_energy_kev)
 
@@ -118,32 +115,9 @@ class PairRenderer:
 
     def _render(self, xy_1x: np.ndarray, counts: np.ndarray, crop: int, theta: float, azimuth: float,
                 resolution: int) -> np.ndarray:
-        """Expected counts (at the input exposure) of point sources at 1x crop positions ``xy_1x`` on the crop
-        grid of ``resolution``, each with its ``counts`` over the whole PSF."""
-        psf = self.instrument.psf
-        radius = min(STAMP_RADIUS_ARCSEC, psf.max_radius_arcsec)
-        kernel = np.asarray(psf.kernel(self.fine_arcsec, theta, azimuth, self.energy_kev, resolution,
-                                       r_max_arcsec=radius))
-        rc, alpha, q = (float(v) for v in psf.parameters(theta, self.energy_kev, resolution))
-
-        def enclosed(r: float) -> float:   # fraction within elliptical radius r / q (the truncation's shape)
-            return 1.0 - (1.0 + (r / q / rc) ** 2) ** (1.0 - alpha)
-        kernel = kernel * (enclosed(radius) / enclosed(psf.max_radius_arcsec))
-        n = crop * FINE_ARCSEC_PER_1X
-        h = kernel.shape[0] // 2
-        canvas = np.zeros((n + 2 * h, n + 2 * h))
-        for (x, y), c in zip(xy_1x, counts):
-            # fine-grid coordinates (fine pixel centres at integers), shared by the four fine pixels around the
-            # source in proportion to their overlap (cloud in cell), so that no position is rounded
-            fx, fy = (x + 0.5) * FINE_ARCSEC_PER_1X - 0.5, (y + 0.5) * FINE_ARCSEC_PER_1X - 0.5
-            j, i = int(np.floor(fx)), int(np.floor(fy))
-            if not (0 <= i < n - 1 and 0 <= j < n - 1):   # beyond the crop (a separation wider than its half)
-                continue
-            wx, wy = fx - j, fy - i
-            for di, dj, w in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx), (1, 0, wy * (1 - wx)),
-                              (1, 1, wy * wx)):
-                canvas[i + di: i + di + 2 * h + 1, j + dj: j + dj + 2 * h + 1] += (c * w) * kernel
-        fine = canvas[h: h + n, h: h + n]
-        block = FINE_ARCSEC_PER_1X // resolution
-        m = n // block
-        return fine.reshape(m, block, m, block).sum(axis=(1, 3))
+        images = PointSourceImages(self.instrument.psf, self.grid.pixel_arcsec, theta, azimuth, self.energy_kev,
+                                   resolution)
+        out = np.zeros((crop * resolution, crop * resolution))
+        for (x, y), c in zip((xy_1x + 0.5) * resolution - 0.5, counts):
+            images.add(out, float(x), float(y), float(c))
+        return out
