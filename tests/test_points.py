@@ -440,7 +440,7 @@ def test_psf_fit_finds_a_bright_source_where_it_is_and_splits_only_pairs_the_cou
         truth = images.positions[1][:n]
         for x, y in truth:   # each true source has a fitted one within 0.3 pixels (1.2")
             assert np.min(np.hypot(found["x"] - x, found["y"] - y)) < 0.3
-        # the fitted counts (over the whole PSF) match the sources. counts in the cutout to 10 % (a few per cent lie beyond)
+        # the fitted counts (whole PSF) match the sources' counts in the cutout to 10 % (a few % lie beyond it)
         assert found["counts"].sum() == pytest.approx(rate.sum() - (images.background[1] * t).sum(), rel=0.1)
 
 
