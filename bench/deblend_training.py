@@ -133,7 +133,7 @@ def main() -> None:
     separations = sorted({0.0, *settings["separations_fwhm"]})
     for name, model in models.items():
         table = deblending(model, instrument, model.input_exposure_s, model.target_exposure_s,
-                           float(settings["counts"]), separations,
+                           settings["counts"], separations,
                            list(settings["flux_ratios"]), args.trials, args.seed, nsigma, rl_iterations)
         deblend.append(table.assign(model=name))
         scores.append({"model": name, **point_scores(model, args.dataset, args.split, instrument, nsigma)})
@@ -145,7 +145,7 @@ def main() -> None:
     table = pd.concat(deblend)
     for ratio in settings["flux_ratios"]:
         sub = table[table["flux_ratio"] == ratio]
-        wide = sub.pivot_table(index=["model", "method"], columns="separation_fwhm", values="resolved_fraction")
+        wide = sub.pivot_table(index=["model", "method", "counts"], columns="separation_fwhm", values="resolved_fraction")
         print(f"\nresolved fraction, flux ratio {ratio:g} (columns: separation in 1x FWHM; 0: a lone source "
               f"found as two)\n{wide.round(2)}")
     print("\npoint sources of the", args.split, "split\n", pd.DataFrame(scores).round(3).to_string(index=False))

@@ -18,6 +18,8 @@ two sources within one 1x FWHM of it: a false pair, the price a method pays for 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,12 +113,14 @@ def resolved(detections: pd.DataFrame, positions: np.ndarray, radius_px: float) 
 
 
 def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: float, exposure_target_s: float,
-               counts: float, separations_fwhm: list[float], ratios: list[float], trials: int, seed: int,
-               nsigma: float, rl_iterations: int) -> pd.DataFrame:
-    """The fraction of pairs resolved per separation, flux ratio and method (one row each): ``input``
-    (the input counts, 1x), ``richardson_lucy`` (deconvolved onto the 2x grid), ``model`` (the SR model)
+               counts: float | Sequence[float], separations_fwhm: list[float], ratios: list[float], trials: int,
+               seed: int, nsigma: float, rl_iterations: int) -> pd.DataFrame:
+    """The fraction of pairs resolved per separation, primary's input ``counts`` (one level or several),
+    flux ratio and method (one row each): ``input`` (the input counts, 1x), ``richardson_lucy``
+    (deconvolved onto the 2x grid), ``psf_fit`` (:class:`PsfFit` of the input), ``model`` (the SR model)
     and ``truth`` (the noise-free 2x image at the target exposure; one draw). At separation 0: the
     fraction of lone sources (of the pair's summed counts) found as two."""
+    levels = [float(counts)] if np.isscalar(counts) else [float(c) for c in counts]
     if model.upscale != 2:
         raise ValueError(f"de-blending scores an SR model; got a {model.task} model")
     fwhm = {r: detection.psf_fwhm_px(instrument, r) for r in (1, 2)}
@@ -127,11 +131,11 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     for sep_fwhm, sep_arcsec, pair in zip(separations_fwhm, separations, pair_images(instrument, separations)):
-        scale = counts / float(pair.primary[1].sum() * exposure_in_s)
         mask = {r: pair.background[r] > 0 for r in (1, 2)}
-        for ratio in ratios:
+        bkg = {r: pair.background[r] * exposure_target_s for r in (1, 2)}
+        for level, ratio in itertools.product(levels, ratios):
+            scale = level / float(pair.primary[1].sum() * exposure_in_s)
             rate = {r: scale * (pair.primary[r] + pair.secondary[r] / ratio) + pair.background[r] for r in (1, 2)}
-            bkg = {r: pair.background[r] * exposure_target_s for r in (1, 2)}
             found = {m: 0 for m in METHODS}
             for _ in range(trials):
                 data = rng.poisson(rate[1] * exposure_in_s).astype(np.float64)
@@ -147,7 +151,7 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
             found["truth"] = truth * trials
             for name in METHODS:
                 rows.append({"separation_fwhm": float(sep_fwhm), "separation_arcsec": float(sep_arcsec),
-                             "flux_ratio": float(ratio), "method": name, "trials": trials,
+                             "counts": level, "flux_ratio": float(ratio), "method": name, "trials": trials,
                              "resolved_fraction": found[name] / trials})
     return pd.DataFrame(rows)
 

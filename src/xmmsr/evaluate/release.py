@@ -403,21 +403,30 @@ def _adversarial(pixel_summary: Path, adversarial_summary: Path) -> list[str]:
 
 
 def _deblending(path: Path, t_in: str) -> list[str]:
-    """The de-blending table: fraction of close point-source pairs resolved, per method, flux ratio and
-    separation."""
+    """The de-blending table: fraction of close point-source pairs resolved, per method, brightness, flux
+    ratio and separation."""
     table = pd.read_csv(path)
+    if "counts" not in table.columns:   # tables of one brightness, before it was a column
+        table = table.assign(counts=np.nan)
     seps = sorted(table["separation_fwhm"].unique())
+    levels = sorted(table["counts"].unique())
     out = ["", f"De-blending: pairs of point sources at the aim point drawn at {t_in} "
-           f"({int(table['trials'].max())} draws per cell; the truth is the noise-free 2x image); fraction "
-           "found as two sources, by separation in units of the 1x PSF FWHM"
+           f"({int(table['trials'].max())} draws per cell; the truth is the noise-free 2x image; the PSF fit fits one "
+           "and two PSFs to the input by maximum likelihood, as SAS emldetect does); fraction found as two sources, "
+           "by separation in units of the 1x PSF FWHM"
            + (" (at 0, a lone source of the summed counts found as two: false pairs)" if 0.0 in seps else "")
            + ":", "",
-           "| method | flux ratio | " + " | ".join(f"{s:g}" for s in seps) + " |", "|---|---|" + "---|" * len(seps)]
+           "| method | primary's counts | flux ratio | " + " | ".join(f"{s:g}" for s in seps) + " |",
+           "|---|---|---|" + "---|" * len(seps)]
     for method in methods.ordered(table["method"].unique()):
-        for ratio in sorted(table["flux_ratio"].unique()):
-            part = table[(table["method"] == method) & (table["flux_ratio"] == ratio)].set_index("separation_fwhm")
-            out.append(f"| {methods.label(method)} | {ratio:g} | "
-                       + " | ".join(f"{part.at[s, 'resolved_fraction']:.2f}" for s in seps) + " |")
+        for level in levels:
+            for ratio in sorted(table["flux_ratio"].unique()):
+                part = table[(table["method"] == method) & (table["flux_ratio"] == ratio)
+                             & ((table["counts"] == level) | (np.isnan(level) & table["counts"].isna()))]
+                part = part.set_index("separation_fwhm")
+                shown = "–" if np.isnan(level) else f"{level:g}"
+                out.append(f"| {methods.label(method)} | {shown} | {ratio:g} | "
+                           + " | ".join(f"{part.at[s, 'resolved_fraction']:.2f}" for s in seps) + " |")
     return out + [""]
 
 

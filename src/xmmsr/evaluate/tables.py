@@ -80,7 +80,7 @@ def deblend_with_models(table: pd.DataFrame, others: Mapping[str, pd.DataFrame])
     """``table`` with the ``model`` rows of each of ``others`` added under its key (e.g. the adversarial
     continuation's table as ``model_adversarial``). They must come from the same draws (same seed and
     settings): their input, Richardson-Lucy and truth rows must equal ``table``'s, else ValueError."""
-    key = ["separation_fwhm", "flux_ratio", "method"]
+    key = [c for c in ("separation_fwhm", "counts", "flux_ratio", "method") if c in table.columns]
     reference = table[table["method"] != "model"].sort_values(key).reset_index(drop=True)
     parts = [table]
     for name, other in others.items():
