@@ -200,7 +200,8 @@ class PsfFit:
     one-sided ``nsigma`` tail (5 sigma: 33.2), the evaluation's detection threshold. The PSF is the
     instrument's at the aim point (:class:`~xmmsr.instrument.psf.PointSourceImages`), at the mean
     detected energy of the pairs' power law. Pair fits start along the principal axis of the counts
-    around the single fit, at 0.3, 0.6 and 1 x the FWHM, and the best is kept."""
+    around the single fit, at 0.3, 0.6 and 1 x the FWHM, and with a companion at the largest smoothed
+    residual of the single fit; the best is kept."""
 
     STARTS_FWHM = (0.3, 0.6, 1.0)
 
@@ -248,11 +249,18 @@ class PsfFit:
         w = np.clip(excess, 0.0, None) * (np.hypot(dx, dy) <= 1.5 * self.fwhm_px)
         cov = np.cov(np.vstack([dx.ravel(), dy.ravel()]), aweights=w.ravel() + 1e-12)
         axis = np.linalg.eigh(cov)[1][:, -1]
-        best, c_pair = single, np.inf
+        starts = []
         for d in self.STARTS_FWHM:
             half = 0.5 * d * self.fwhm_px * axis
-            start = np.array([single[0] + half[0], single[1] + half[1], single[2] - np.log(2.0),
-                              single[0] - half[0], single[1] - half[1], single[2] - np.log(2.0)])
+            starts.append(np.array([single[0] + half[0], single[1] + half[1], single[2] - np.log(2.0),
+                                    single[0] - half[0], single[1] - half[1], single[2] - np.log(2.0)]))
+        # and a faint companion where the single fit leaves the largest smoothed residual
+        residual = gaussian_filter(np.where(mask, counts - self._model(single, background), 0.0), self.fwhm_px / 2.3548)
+        ry, rx = np.unravel_index(np.argmax(residual), residual.shape)
+        companion = max(float(residual[ry, rx]) * 2.0 * np.pi * (self.fwhm_px / 2.3548) ** 2, 1.0)
+        starts.append(np.array([*single, rx, ry, np.log(companion)]))
+        best, c_pair = single, np.inf
+        for start in starts:
             params, c = self._fit(start, counts, background, mask)
             if c < c_pair:
                 best, c_pair = params, c
