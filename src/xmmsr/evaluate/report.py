@@ -535,8 +535,10 @@ def deblend_figure(table: pd.DataFrame, exp: Exposures) -> plt.Figure:
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction resolved")
-    axes[0][-1].legend(fontsize=6)
-    fig.subplots_adjust(top=0.82, bottom=0.3, wspace=0.08)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=2 if len(levels) > 1 else 3, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.155))
+    fig.subplots_adjust(top=0.84, bottom=0.42, wspace=0.08)
     trials = int(table["trials"].max())
     brightness = "the configured" if np.isnan(levels[0]) else " and ".join(f"{level:g}" for level in levels)
     _caption(fig, f"Pairs of point sources at the aim point (a primary of {brightness} counts at {exp.t_in}, the "
