@@ -43,6 +43,7 @@ CUTOUT_HALF_PX = 16       # 1x pixels: each pair is scored in a 32 x 32 (1x) / 6
 PEAK_BOX_FWHM = 0.5       # local-maximum box of the finder, in PSF FWHM (the default 1 merges close pairs)
 REFERENCE_FLUX = 1.0e-3   # photon flux (ph cm-2 s-1) of the unit-flux images, rescaled to counts
 PHOTON_INDEX, NH_CM2 = 1.9, 3.0e20
+SIGMA_PER_FWHM = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,12 @@ def _matched(detections: pd.DataFrame, positions: np.ndarray, separation_arcsec:
     return resolved(detections, positions, 0.5 * separation_arcsec / pixel)
 
 
+def _as_sources(params: np.ndarray) -> np.ndarray:
+    """Fit parameters (x, y, ln counts per source) as rows of x, y, counts."""
+    table = params.reshape(-1, 3)
+    return np.column_stack([table[:, :2], np.exp(table[:, 2])])
+
+
 class PsfFit:
     """Maximum-likelihood PSF fitting of one or two point sources to 1x input counts over a known
     background, the method of SAS ``emldetect`` (which fits PSF models to the counts by the Cash
@@ -238,7 +245,7 @@ class PsfFit:
         mask = np.asarray(mask, dtype=bool)
         excess = np.where(mask, counts - background, 0.0)
         yy, xx = np.mgrid[: counts.shape[0], : counts.shape[1]]
-        peak = np.unravel_index(np.argmax(gaussian_filter(excess, self.fwhm_px / 2.3548)), counts.shape)
+        peak = np.unravel_index(np.argmax(gaussian_filter(excess, self.fwhm_px * SIGMA_PER_FWHM)), counts.shape)
         near = np.hypot(yy - peak[0], xx - peak[1]) <= self.fwhm_px
         w = np.clip(excess, 0.0, None) * near
         total = max(float(excess.sum()), 1.0)
@@ -255,17 +262,17 @@ class PsfFit:
             starts.append(np.array([single[0] + half[0], single[1] + half[1], single[2] - np.log(2.0),
                                     single[0] - half[0], single[1] - half[1], single[2] - np.log(2.0)]))
         # and a faint companion where the single fit leaves the largest smoothed residual
-        residual = gaussian_filter(np.where(mask, counts - self._model(single, background), 0.0), self.fwhm_px / 2.3548)
+        sigma = self.fwhm_px * SIGMA_PER_FWHM
+        residual = gaussian_filter(np.where(mask, counts - self._model(single, background), 0.0), sigma)
         ry, rx = np.unravel_index(np.argmax(residual), residual.shape)
-        companion = max(float(residual[ry, rx]) * 2.0 * np.pi * (self.fwhm_px / 2.3548) ** 2, 1.0)
+        companion = max(float(residual[ry, rx]) * 2.0 * np.pi * sigma**2, 1.0)   # the counts of that Gaussian
         starts.append(np.array([*single, rx, ry, np.log(companion)]))
         best, c_pair = single, np.inf
         for start in starts:
             params, c = self._fit(start, counts, background, mask)
             if c < c_pair:
                 best, c_pair = params, c
-        as_table = lambda p: np.column_stack([p.reshape(-1, 3)[:, :2], np.exp(p.reshape(-1, 3)[:, 2])])  # noqa: E731
-        return as_table(single), as_table(best), float(c_single - c_pair)
+        return _as_sources(single), _as_sources(best), float(c_single - c_pair)
 
     def sources(self, counts: np.ndarray, background: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
         """The fitted sources (``x``, ``y`` in pixels, ``counts``): one, or two where the second is significant."""

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError
+from ..instrument.model import PnInstrument
 from . import UPSCALE
 from .injection import PairInjection, PairRenderer
 
@@ -235,8 +236,6 @@ class PairDataset(Dataset):
 
 def _pair_renderer(h5: h5py.File, pairs: PairInjection) -> PairRenderer:
     """The pair renderer of an open training set: its own instrument and AGN spectrum, its padding."""
-    from ..instrument.model import PnInstrument
-
     cfg = json.loads(h5.attrs["config"])
     agn = cfg["sources"]["agn"]
     instrument = PnInstrument.from_config(cfg["instrument"])
