@@ -1,4 +1,4 @@
-"""Rule deblend: the fraction of close AGN pairs that SR, Richardson-Lucy, the input and the 2x truth resolve."""
+"""Rule deblend: how often SR, Richardson-Lucy, a PSF fit, the input and the 2x truth resolve close AGN pairs."""
 
 from pathlib import Path
 
