@@ -13,7 +13,8 @@ losses, crop and batch; each continued model and the starting one are then score
 * the masked PSNR (normalised) and Poisson deviance on the set's validation split.
 
     python bench/deblend_training.py DATASET.h5 [--model SR.pt] [--steps 600] [--fractions 0 0.5]
-        [--lr 1e-4] [--seed 1] [--trials 20] [--threads 1] --output-dir DIR
+        [--lr 1e-4] [--pair-counts 20 2000] [--pair-separation 2 20] [--seed 1] [--trials 20] [--threads 1]
+        --output-dir DIR
 
 The continued models, ``deblend.csv``, ``points.csv`` and ``validation.csv`` go to
 ``--output-dir`` (refused if it exists, so that no earlier run is overwritten).
@@ -45,10 +46,12 @@ from xmmsr.learn.train import Restoration, plain_generator, resumable_trainer
 
 
 def continue_training(start: TrainedModel, dataset: Path, fraction: float, steps: int, lr: float, seed: int,
-                      workdir: Path) -> tuple[TrainedModel, list[dict[str, float]]]:
-    """``start`` continued ``steps`` steps on ``dataset`` with a fraction ``fraction`` of the crops given pairs."""
+                      workdir: Path, pairs: dict[str, list[float]] | None = None
+                      ) -> tuple[TrainedModel, list[dict[str, float]]]:
+    """``start`` continued ``steps`` steps on ``dataset`` with a fraction ``fraction`` of the crops given pairs
+    (``pairs``: other ``train.pairs`` settings than the defaults)."""
     cfg = copy.deepcopy(start.train_config["train"])
-    cfg["pairs"] = {**(cfg.get("pairs") or {}), "fraction": fraction}
+    cfg["pairs"] = {**(cfg.get("pairs") or {}), **(pairs or {}), "fraction": fraction}
     steps_per_epoch = max(1, steps // 3)
     epochs = -(-steps // steps_per_epoch)
     torch.manual_seed(seed)
@@ -102,6 +105,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--split", default="test", help="fields scored for false detections and completeness")
+    ap.add_argument("--pair-counts", type=float, nargs=2, default=None, help="train.pairs.counts (default 20 2000)")
+    ap.add_argument("--pair-separation", type=float, nargs=2, default=None,
+                    help="train.pairs.separation_arcsec (default 2 20)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output-dir", type=Path, required=True)
     args = ap.parse_args()
@@ -123,8 +129,9 @@ def main() -> None:
     validation = []
     for fraction in args.fractions:
         name = f"pairs {fraction:g}" if fraction > 0 else "no pairs"
+        pairs = {k: v for k, v in (("counts", args.pair_counts), ("separation_arcsec", args.pair_separation)) if v}
         model, history = continue_training(start, args.dataset, fraction, args.steps, args.lr, args.seed,
-                                           work / f"checkpoints_{fraction:g}")
+                                           work / f"checkpoints_{fraction:g}", pairs)
         save_model(work / f"sr_pairs{fraction:g}.pt", model)
         models[name] = model
         validation += [{"model": name, **row} for row in history]
@@ -145,7 +152,8 @@ def main() -> None:
     table = pd.concat(deblend)
     for ratio in settings["flux_ratios"]:
         sub = table[table["flux_ratio"] == ratio]
-        wide = sub.pivot_table(index=["model", "method", "counts"], columns="separation_fwhm", values="resolved_fraction")
+        wide = sub.pivot_table(index=["model", "method", "counts"], columns="separation_fwhm",
+                               values="resolved_fraction")
         print(f"\nresolved fraction, flux ratio {ratio:g} (columns: separation in 1x FWHM; 0: a lone source "
               f"found as two)\n{wide.round(2)}")
     print("\npoint sources of the", args.split, "split\n", pd.DataFrame(scores).round(3).to_string(index=False))

@@ -307,7 +307,8 @@ def test_an_injected_source_looks_like_the_simulators_expected_image_of_it(instr
     (images,) = pair_images(instrument, np.array([20.0]))
     renderer = PairRenderer(instrument, (0, 0), PairInjection(), 1.9, 3e20)
     grid = instrument.geometry.image_grid(1)
-    mid = np.array([instrument.geometry.aim_x_arcsec - grid.x0_arcsec, instrument.geometry.aim_y_arcsec - grid.y0_arcsec])
+    g = instrument.geometry
+    mid = np.array([g.aim_x_arcsec - grid.x0_arcsec, g.aim_y_arcsec - grid.y0_arcsec])
     for r in (1, 2):
         simulated = images.primary[r]
         crop = 2 * CUTOUT_HALF_PX

@@ -138,9 +138,9 @@ class EllbetaPsf(PsfModel):
 
 class PointSourceImages:
     """Pixel-integrated images of a point source at any position of the image grid of ``resolution`` (1x
-    pixels of ``pixel_1x_arcsec``, or ``resolution`` times finer), with the PSF at one off-axis angle, azimuth and energy (a source of unit counts over the whole
-    PSF; truncated at :data:`STAMP_RADIUS_ARCSEC` or the PSF's own radius, and scaled to the fraction
-    within it).
+    pixels of ``pixel_1x_arcsec``, or ``resolution`` times finer), with the PSF at one off-axis angle,
+    azimuth and energy (a source of unit counts over the whole PSF; truncated at
+    :data:`STAMP_RADIUS_ARCSEC` or the PSF's own radius, and scaled to the fraction within it).
 
     The PSF is integrated on a grid of :data:`FINE_ARCSEC_PER_1X` fine pixels per 1x pixel (the 1x PSF in
     4 x 4 blocks, the 2x PSF in 2 x 2 blocks); the image of a source at each fine pixel of a grid pixel (a
