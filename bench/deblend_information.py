@@ -55,9 +55,8 @@ def main() -> None:
                     data = rng.poisson(rate * args.exposure).astype(np.float64)
                     single, two, delta = fit.fit(data, background, mask)
                     evidence.append(delta)
-                    chosen = two if delta > fit.threshold else single
-                    resolved += _matched(pd.DataFrame({"x": chosen[:, 0], "y": chosen[:, 1]}), pair.positions[1],
-                                         sep * fwhm_arcsec, instrument, 1)
+                    resolved += _matched(fit.select(single, two, delta), pair.positions[1], sep * fwhm_arcsec,
+                                         instrument, 1)
                 rows.append({"separation_fwhm": sep, "primary_counts": counts, "flux_ratio": ratio,
                              "median_evidence": float(np.median(evidence)),
                              "evidence_16": float(np.percentile(evidence, 16)),

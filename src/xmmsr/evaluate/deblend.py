@@ -134,6 +134,7 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
     for sep_fwhm, sep_arcsec, pair in zip(separations_fwhm, separations, pair_images(instrument, separations)):
         mask = {r: pair.background[r] > 0 for r in (1, 2)}
         bkg = {r: pair.background[r] * exposure_target_s for r in (1, 2)}
+        bkg_input = pair.background[1] * exposure_in_s
         for level, ratio in itertools.product(levels, ratios):
             scale = level / float(pair.primary[1].sum() * exposure_in_s)
             rate = {r: scale * (pair.primary[r] + pair.secondary[r] / ratio) + pair.background[r] for r in (1, 2)}
@@ -145,7 +146,7 @@ def deblending(model: TrainedModel, instrument: PnInstrument, exposure_in_s: flo
                 for name, (r, image) in preds.items():
                     found[name] += _is_resolved(image, mask[r], bkg[r], fwhm[r], nsigma, pair.positions[r],
                                                 sep_arcsec, instrument, r)
-                sources = fit.sources(data, pair.background[1] * exposure_in_s, mask[1])
+                sources = fit.sources(data, bkg_input, mask[1])
                 found["psf_fit"] += _matched(sources, pair.positions[1], sep_arcsec, instrument, 1)
             truth = _is_resolved(rate[2] * exposure_target_s, mask[2], bkg[2], fwhm[2], nsigma, pair.positions[2],
                                  sep_arcsec, instrument, 2)
@@ -219,6 +220,7 @@ class PsfFit:
         self.images = PointSourceImages(instrument.psf, g.image_grid(1).pixel_arcsec, instrument.aim_offaxis_arcmin,
                                         azimuth, float(energy), 1)
         self.fwhm_px = detection.psf_fwhm_px(instrument, 1)
+        self.sigma_px = self.fwhm_px * SIGMA_PER_FWHM   # the Gaussian of the PSF's FWHM, where fits start
         self.threshold = float(stats.chi2.isf(stats.norm.sf(nsigma), 3))
 
     def _model(self, params: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -245,7 +247,7 @@ class PsfFit:
         mask = np.asarray(mask, dtype=bool)
         excess = np.where(mask, counts - background, 0.0)
         yy, xx = np.mgrid[: counts.shape[0], : counts.shape[1]]
-        peak = np.unravel_index(np.argmax(gaussian_filter(excess, self.fwhm_px * SIGMA_PER_FWHM)), counts.shape)
+        peak = np.unravel_index(np.argmax(gaussian_filter(excess, self.sigma_px)), counts.shape)
         near = np.hypot(yy - peak[0], xx - peak[1]) <= self.fwhm_px
         w = np.clip(excess, 0.0, None) * near
         total = max(float(excess.sum()), 1.0)
@@ -262,10 +264,9 @@ class PsfFit:
             starts.append(np.array([single[0] + half[0], single[1] + half[1], single[2] - np.log(2.0),
                                     single[0] - half[0], single[1] - half[1], single[2] - np.log(2.0)]))
         # and a faint companion where the single fit leaves the largest smoothed residual
-        sigma = self.fwhm_px * SIGMA_PER_FWHM
-        residual = gaussian_filter(np.where(mask, counts - self._model(single, background), 0.0), sigma)
+        residual = gaussian_filter(np.where(mask, counts - self._model(single, background), 0.0), self.sigma_px)
         ry, rx = np.unravel_index(np.argmax(residual), residual.shape)
-        companion = max(float(residual[ry, rx]) * 2.0 * np.pi * sigma**2, 1.0)   # the counts of that Gaussian
+        companion = max(float(residual[ry, rx]) * 2.0 * np.pi * self.sigma_px**2, 1.0)   # that Gaussian's counts
         starts.append(np.array([*single, rx, ry, np.log(companion)]))
         best, c_pair = single, np.inf
         for start in starts:
@@ -276,7 +277,10 @@ class PsfFit:
 
     def sources(self, counts: np.ndarray, background: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
         """The fitted sources (``x``, ``y`` in pixels, ``counts``): one, or two where the second is significant."""
-        single, pair, evidence = self.fit(counts, background, mask)
+        return self.select(*self.fit(counts, background, mask))
+
+    def select(self, single: np.ndarray, pair: np.ndarray, evidence: float) -> pd.DataFrame:
+        """Of the fits of :meth:`fit`, the pair where its evidence passes the threshold, else the single source."""
         chosen = pair if evidence > self.threshold else single
         return pd.DataFrame({"x": chosen[:, 0], "y": chosen[:, 1], "counts": chosen[:, 2]})
 

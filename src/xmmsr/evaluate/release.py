@@ -405,9 +405,7 @@ def _adversarial(pixel_summary: Path, adversarial_summary: Path) -> list[str]:
 def _deblending(path: Path, t_in: str) -> list[str]:
     """The de-blending table: fraction of close point-source pairs resolved, per method, brightness, flux
     ratio and separation."""
-    table = pd.read_csv(path)
-    if "counts" not in table.columns:   # tables of one brightness, before it was a column
-        table = table.assign(counts=np.nan)
+    table = tables.deblend_with_counts(pd.read_csv(path))
     seps = sorted(table["separation_fwhm"].unique())
     levels = sorted(table["counts"].unique())
     out = ["", f"De-blending: pairs of point sources at the aim point drawn at {t_in} "

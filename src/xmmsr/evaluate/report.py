@@ -513,8 +513,7 @@ def sources_figure(task: str, sources: pd.DataFrame, exp: Exposures) -> plt.Figu
 def deblend_figure(table: pd.DataFrame, exp: Exposures) -> plt.Figure:
     """Fraction of close point-source pairs resolved against their separation, one panel per flux ratio
     and one line style per brightness of the primary."""
-    if "counts" not in table.columns:   # tables of one brightness, before it was a column
-        table = table.assign(counts=np.nan)
+    table = tables.deblend_with_counts(table)
     ratios = sorted(table["flux_ratio"].unique())
     levels = sorted(table["counts"].unique())
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

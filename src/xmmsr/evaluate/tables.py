@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import methods
@@ -75,6 +76,12 @@ def median(summary: pd.DataFrame, method: str, metric: str) -> float:
     """The overall median of one method and metric (NaN when absent)."""
     rows = summary[(summary["group"] == "all") & (summary["method"] == method) & (summary["metric"] == metric)]
     return float(rows["median"].iloc[0]) if len(rows) else float("nan")
+
+def deblend_with_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """A de-blending table with its ``counts`` column (NaN for tables of one brightness, written before the
+    primary's counts were a column)."""
+    return table if "counts" in table.columns else table.assign(counts=np.nan)
+
 
 def deblend_with_models(table: pd.DataFrame, others: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """``table`` with the ``model`` rows of each of ``others`` added under its key (e.g. the adversarial

@@ -153,10 +153,10 @@ class PointSourceImages:
         radius = min(STAMP_RADIUS_ARCSEC, psf.max_radius_arcsec)
         kernel = np.asarray(psf.kernel(fine_arcsec, theta_arcmin, azimuth_rad, energy_kev, resolution,
                                        r_max_arcsec=radius))
-        rc, alpha, q = (float(v) for v in psf.parameters(theta_arcmin, energy_kev, resolution))
+        q = float(psf.parameters(theta_arcmin, energy_kev, resolution)[2])
 
         def enclosed(r: float) -> float:   # fraction within elliptical radius r / q (the truncation's shape)
-            return 1.0 - (1.0 + (r / q / rc) ** 2) ** (1.0 - alpha)
+            return float(psf.enclosed_fraction(r / q, theta_arcmin, energy_kev, resolution))
         kernel = kernel * (enclosed(radius) / enclosed(psf.max_radius_arcsec))
         self.block = FINE_ARCSEC_PER_1X // resolution          # fine pixels per grid pixel
         h = kernel.shape[0] // 2
