@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader
 
 from xmmsr import detection
 from xmmsr.config import default_config
-from xmmsr.evaluate import points
 from xmmsr.evaluate.deblend import deblending
-from xmmsr.evaluate.run import frames_with_background
+from xmmsr.evaluate.localisation import PositionErrors
+from xmmsr.evaluate.run import FrameTruth, frames_with_background
 from xmmsr.instrument.model import PnInstrument
 from xmmsr.learn.checkpoint import TrainedModel, load_model, save_model, shipped_model
 from xmmsr.learn.data import EpochSampler, PairDataset, open_dataset
@@ -80,16 +80,13 @@ def point_scores(model: TrainedModel, dataset: Path, split: str, instrument: PnI
     finder and matching)."""
     s = model.upscale
     fwhm = detection.psf_fwhm_px(instrument, s)
+    errors = PositionErrors(instrument)
     found = false = true = 0
     images = 0
     for frame, field, streaks in frames_with_background(PairDataset(dataset, model.task, split), instrument):
-        bkg = field + streaks
-        truth = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma)
-        anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma,
-                                                  edge_fwhm=0.0)
+        truth = FrameTruth.detect(frame, field, streaks, instrument, s, nsigma, errors)
         pred = predict_counts(model, frame["input"], frame["exposure_input"], footprint=frame["mask_input"])
-        score = points.score_and_list(truth, pred.astype(np.float64), frame["mask_target"], bkg, fwhm, 1.0, nsigma,
-                                      edge_truth=anywhere)[0]
+        score = truth.score(pred.astype(np.float64), frame, fwhm, 1.0, nsigma)[0]
         found, false, true, images = (found + score["n_matched"], false + score["n_false"],
                                       true + score["n_true"], images + 1)
     return {"images": images, "false_per_field": false / max(images, 1), "completeness": found / max(true, 1)}

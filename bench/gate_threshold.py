@@ -20,8 +20,8 @@ import pandas as pd
 
 from xmmsr import detection
 from xmmsr.config import default_config, load_config
-from xmmsr.evaluate import points
-from xmmsr.evaluate.run import frames_with_background
+from xmmsr.evaluate.localisation import PositionErrors
+from xmmsr.evaluate.run import FrameTruth, frames_with_background
 from xmmsr.instrument.model import PnInstrument
 from xmmsr.learn.checkpoint import load_model
 from xmmsr.learn.data import PairDataset
@@ -48,26 +48,22 @@ def main() -> None:
     gate0 = default_gate(s, 0.0, instrument)
     ds = PairDataset(args.dataset, model.task, args.split, max_items=args.max_images)
     rows = []
+    errors = PositionErrors(instrument)
     for frame, field, streaks in frames_with_background(ds, instrument):
-        bkg = field + streaks   # as the evaluation
-        truth = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma)
-        anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], bkg, fwhm, nsigma,
-                                                  edge_fwhm=0.0)
+        truth = FrameTruth.detect(frame, field, streaks, instrument, s, nsigma, errors)   # as the evaluation
         pred = predict_counts(model, frame["input"], frame["exposure_input"], footprint=frame["mask_input"])
         _, candidates = gate_sources(pred, frame["input"], frame["exposure_input"], model.target_exposure_s, s,
                                      gate0, frame["mask_input"])
         scaled = np.repeat(np.repeat(frame["input"], s, 0), s, 1) / (s * s) \
             * (frame["exposure_target"] / frame["exposure_input"])
-        score = points.score_and_list(truth, scaled, frame["mask_target"], bkg, fwhm, 1.0, nsigma,
-                                      edge_truth=anywhere)[0]
+        score = truth.score(scaled, frame, fwhm, 1.0, nsigma)[0]
         rows.append({"image": frame["index"], "method": "input (scaled)", "sigma": np.nan,
                      "n_false": score["n_false"], "n_matched": score["n_matched"], "n_true": score["n_true"]})
         for sigma in args.sigmas:
             gated, table = gate_sources(pred, frame["input"], frame["exposure_input"], model.target_exposure_s, s,
                                         replace(gate0, sigma=sigma), frame["mask_input"])
             conserve_total(gated, frame["input"], frame["exposure_input"], model.target_exposure_s)
-            score = points.score_and_list(truth, gated.astype(np.float64), frame["mask_target"], bkg, fwhm,
-                                          1.0, nsigma, edge_truth=anywhere)[0]
+            score = truth.score(gated.astype(np.float64), frame, fwhm, 1.0, nsigma)[0]
             rows.append({"image": frame["index"], "method": "model", "sigma": sigma,
                          "n_false": score["n_false"], "n_matched": score["n_matched"], "n_true": score["n_true"],
                          "candidates": len(table), "removed": int((~table["kept"]).sum())})

@@ -56,6 +56,13 @@ def test_metric_files_hold_the_model_and_every_baseline(tiny_run):
             assert (part["source"] == "false_detection").sum() == row["n_false"]
             assert part["found"].sum() == row["n_matched"] and (part["source"] == "true_source").sum() == row["n_true"]
         assert sources["offaxis_arcmin"].between(0, 22).all()  # the image corners lie 20' from the axis
+        # each true source is matched within one FWHM, on the 2x grid widened to its error circle in the input
+        # but never beyond the 1x FWHM (twice the 2x one)
+        fwhm_arcsec = summary["provenance"]["psf_fwhm_px"] * summary["provenance"]["pixel_arcsec"]
+        true = sources["source"] == "true_source"
+        radius = sources.loc[true, "match_radius_arcsec"]
+        assert radius.between(fwhm_arcsec * (1 - 1e-5), fwhm_arcsec * (2.02 if task == "sr" else 1 + 1e-5)).all()   # 6 digits
+        assert sources.loc[~true, "match_radius_arcsec"].isna().all()
         found = sources["found"].astype(bool)
         assert (sources.loc[found, "detected_significance"] >= 5.0).all()
         assert sources.loc[~found & (sources["source"] == "true_source"), "detected_significance"].isna().all()
@@ -229,14 +236,18 @@ def test_deblending_tables_of_two_models_join_only_when_drawn_alike():
 @pytest.mark.parametrize("s", [1, 2])
 def test_off_axis_map_of_a_padded_frame_is_the_grids_where_the_grid_sits(instrument, s):
     """The training set's frames hold the image grid centred (1x offset rounded down, 2x twice it): the
-    evaluation's off-axis map follows it, so listed sources get their own angle."""
-    from xmmsr.evaluate.run import _frame_offaxis
+    evaluation's off-axis and azimuth maps follow it, so listed sources get their own angle and PSF."""
+    from xmmsr.evaluate.run import frame_direction
     from xmmsr.instrument.simulator import offaxis_arcmin
 
-    cx, cy = instrument.geometry.image_grid(s).centers()
+    g = instrument.geometry
+    cx, cy = g.image_grid(s).centers()
     grid = offaxis_arcmin(instrument, cx[None, :], cy[:, None])
-    frame = _frame_offaxis(instrument, s, (416 * s, 416 * s))
-    cx1, cy1 = instrument.geometry.image_grid(1).centers()
+    azimuth = np.arctan2(cy[:, None] - g.axis_y_arcsec, cx[None, :] - g.axis_x_arcsec)
+    frame, frame_azimuth = frame_direction(instrument, s, (416 * s, 416 * s))
+    cx1, cy1 = g.image_grid(1).centers()
     y0, x0 = s * ((416 - cy1.size) // 2), s * ((416 - cx1.size) // 2)
     assert (y0, x0) != (0, 0)
-    np.testing.assert_allclose(frame[y0:y0 + grid.shape[0], x0:x0 + grid.shape[1]], grid, rtol=1e-12)
+    window = (slice(y0, y0 + grid.shape[0]), slice(x0, x0 + grid.shape[1]))
+    np.testing.assert_allclose(frame[window], grid, rtol=1e-12)
+    np.testing.assert_allclose(frame_azimuth[window], azimuth, atol=1e-12)

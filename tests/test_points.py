@@ -470,3 +470,56 @@ def test_false_detections_are_classed_by_what_lies_beneath_them():
     assert set(causes[2:]) <= set(FALSE_CAUSES)
     # fainter structure than the background explains nothing
     assert false_causes(rows, 4.0, streak, extended, 10.0)["cause"].tolist()[5:7] == ["isolated", "isolated"]
+
+
+def test_position_error_is_the_scatter_of_a_maximum_likelihood_fit(instrument):
+    """The Cramér–Rao position error of a source in the input (:mod:`xmmsr.evaluate.localisation`) is what
+    a maximum-likelihood PSF fit of its Poisson draws scatters by (within the spread of 120 draws), and it
+    falls as one over the square root of the counts where the background is negligible."""
+    from xmmsr.evaluate.deblend import PsfFit, pair_images
+    from xmmsr.evaluate.localisation import PositionErrors
+
+    images = pair_images(instrument, np.array([0.0]))[0]
+    fit = PsfFit(instrument, 5.0)
+    errors = PositionErrors(instrument)
+    g = instrument.geometry
+    theta = instrument.aim_offaxis_arcmin
+    azimuth = float(np.arctan2(g.aim_y_arcsec - g.axis_y_arcsec, g.aim_x_arcsec - g.axis_x_arcsec))
+    t, counts = 2e4, 60.0
+    mask = images.background[1] > 0
+    background = images.background[1] * t
+    (x0, y0) = images.positions[1][0]
+    source = np.zeros_like(background)
+    fit.images.add(source, float(x0), float(y0), counts)
+    rate = source + background
+    sigma = errors.sigma_px(rate, mask, float(x0), float(y0), counts, theta, azimuth)
+    rng = np.random.default_rng(11)
+    start = np.array([x0, y0, np.log(counts)])
+    found = np.array([fit._fit(start, rng.poisson(rate).astype(float), background, mask)[0][:2]
+                      for _ in range(120)])
+    scatter = float(np.sqrt(np.linalg.eigvalsh(np.cov(found.T)).max()))
+    assert 0.1 < sigma < 1.0                       # a faint source: a fraction of a 4" pixel
+    assert scatter == pytest.approx(sigma, rel=0.2), (scatter, sigma)
+    faint_sky = np.full_like(background, 1e-6)
+    one, four = (errors.sigma_px(faint_sky + n * source / counts, mask, float(x0), float(y0), n, theta, azimuth)
+                 for n in (100.0, 400.0))
+    assert one / four == pytest.approx(2.0, rel=0.05)
+    assert errors.sigma_px(rate, np.zeros_like(mask), float(x0), float(y0), counts, theta, azimuth) == np.inf
+
+
+def test_a_source_is_found_within_its_error_circle_not_beyond():
+    """Per-source match radii (:func:`points.match_radii`): a detection 1.5 FWHM from a faint source is false
+    under the fixed radius of one FWHM and the source's own when its error circle is wider; the radius is
+    never below one FWHM nor beyond the cap, and a source without a finite error keeps the cap."""
+    fwhm = 4.0
+    radii = points.match_radii(np.array([0.1, 2.0, 10.0, np.inf, np.nan]), fwhm, 2.5 * fwhm)
+    np.testing.assert_allclose(radii, [fwhm, points.ERROR_CIRCLE_SIGMA * 2.0, 2.5 * fwhm, 2.5 * fwhm, fwhm])
+    truth = pd.DataFrame({"x": [10.0, 40.0], "y": [10.0, 10.0], "flux": [50.0, 5000.0]})
+    detected = pd.DataFrame({"x": [10.0 + 1.5 * fwhm, 40.0 + 1.5 * fwhm], "y": [10.0, 10.0], "flux": [40.0, 4000.0]})
+    fixed = points.match_pairs(truth, detected, fwhm)
+    assert fixed.n_matched == 0
+    own = points.match_pairs(truth, detected, points.match_radii(np.array([2.5, 0.05]), fwhm, 2.5 * fwhm))
+    assert own.truth_index.tolist() == [0] and own.detected_index.tolist() == [0]   # the bright one stays false
+    with pytest.raises(ValueError, match="one radius per true source"):
+        points.score_and_list(truth, np.zeros((60, 60)), np.ones((60, 60), bool), 1.0, fwhm, 4.0,
+                              match_radius_px=np.ones(3))

@@ -37,12 +37,12 @@ from ..learn.predict import predict_counts
 from ..sky.model import POINT_COLUMNS, SkyModel, make_wcs
 from .. import detection
 from . import baselines
+from .localisation import NH_CM2, PHOTON_INDEX, point_source_energy_kev
 
 METHODS = ("input", "richardson_lucy", "psf_fit", "model", "truth")
 CUTOUT_HALF_PX = 16       # 1x pixels: each pair is scored in a 32 x 32 (1x) / 64 x 64 (2x) cutout
 PEAK_BOX_FWHM = 0.5       # local-maximum box of the finder, in PSF FWHM (the default 1 merges close pairs)
 REFERENCE_FLUX = 1.0e-3   # photon flux (ph cm-2 s-1) of the unit-flux images, rescaled to counts
-PHOTON_INDEX, NH_CM2 = 1.9, 3.0e20
 SIGMA_PER_FWHM = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 
@@ -215,7 +215,7 @@ class PsfFit:
 
     def __init__(self, instrument: PnInstrument, nsigma: float) -> None:
         g = instrument.geometry
-        energy = instrument.require_response().spectral("powerlaw", PHOTON_INDEX, NH_CM2).mean_energy_kev
+        energy = point_source_energy_kev(instrument)
         azimuth = float(np.arctan2(g.aim_y_arcsec - g.axis_y_arcsec, g.aim_x_arcsec - g.axis_x_arcsec))
         self.images = PointSourceImages(instrument.psf, g.image_grid(1).pixel_arcsec, instrument.aim_offaxis_arcmin,
                                         azimuth, float(energy), 1)

@@ -4,7 +4,8 @@
 Matching (:func:`match_pairs`, :func:`match_sources`): greedy one-to-one nearest neighbours within
 ``max_sep_px`` (pairs taken in order of increasing separation), so each true source is recovered at
 most once; unmatched detections are false (hallucinated) sources. :func:`point_source_metrics` uses
-a maximum separation of one PSF FWHM (``MATCH_FWHM``).
+a maximum separation of one PSF FWHM (``MATCH_FWHM``); the evaluation widens it per source to the
+source's error circle in the input (:func:`match_radii`, :mod:`xmmsr.evaluate.localisation`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from scipy.ndimage import median_filter
 from scipy.spatial import cKDTree
 
 from ..detection import NSIGMA, detect_point_sources
+from .localisation import ERROR_CIRCLE_SIGMA
 
 MATCH_FWHM = 1.0           # maximum separation of a matched pair, in PSF FWHM
 
@@ -38,19 +40,31 @@ class MatchedPairs:
         return int(self.truth_index.size)
 
 
-def match_pairs(truth: pd.DataFrame, detected: pd.DataFrame, max_sep_px: float) -> MatchedPairs:
-    """Greedy one-to-one nearest-neighbour matching within ``max_sep_px`` (closest pairs first).
+def match_radii(position_error_px: np.ndarray, fwhm_px: float, max_px: float) -> np.ndarray:
+    """Per true source, the radius within which a detection is that source: its error circle in the input
+    (``ERROR_CIRCLE_SIGMA`` x its position error, :mod:`xmmsr.evaluate.localisation`) where that is wider
+    than ``MATCH_FWHM`` x ``fwhm_px``, and no wider than ``max_px``."""
+    fixed = MATCH_FWHM * float(fwhm_px)
+    circle = ERROR_CIRCLE_SIGMA * np.asarray(position_error_px, dtype=np.float64)
+    return np.clip(np.nan_to_num(circle, nan=fixed, posinf=max_px), fixed, max(float(max_px), fixed))
+
+
+def match_pairs(truth: pd.DataFrame, detected: pd.DataFrame, max_sep_px: float | np.ndarray) -> MatchedPairs:
+    """Greedy one-to-one nearest-neighbour matching within ``max_sep_px`` (closest pairs first): one radius
+    for all, or one per row of ``truth`` (:func:`match_radii`).
 
     ``truth`` and ``detected`` need columns ``x``, ``y`` and ``flux`` (a DataFrame or an astropy Table)."""
     tx, ty, tf = (np.asarray(truth[c], dtype=np.float64) for c in ("x", "y", "flux"))
     dx, dy, df = (np.asarray(detected[c], dtype=np.float64) for c in ("x", "y", "flux"))
     n_true, n_det = tx.size, dx.size
+    radius = np.broadcast_to(np.asarray(max_sep_px, dtype=np.float64), (n_true,))
     ti: list[int] = []
     di: list[int] = []
     sep: list[float] = []
     if n_true and n_det:
         pairs = cKDTree(np.column_stack([tx, ty])).sparse_distance_matrix(
-            cKDTree(np.column_stack([dx, dy])), float(max_sep_px), output_type="ndarray")
+            cKDTree(np.column_stack([dx, dy])), float(radius.max()), output_type="ndarray")
+        pairs = pairs[pairs["v"] <= radius[pairs["i"]]]
         used_t: set[int] = set()
         used_d: set[int] = set()
         for i in np.argsort(pairs["v"], kind="stable"):
@@ -108,13 +122,13 @@ def score_against_truth(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray,
 
 
 SOURCE_COLUMNS = ("source", "x", "y", "flux", "significance", "offaxis_arcmin", "found", "detected_significance",
-                  "cause")
+                  "match_radius_arcsec", "cause")
 
 # Why a detection has no true source (:func:`false_causes`), in the order they are tested, with what each
 # means; the report and the model card explain the classes by these words.
 FALSE_CAUSE_MEANINGS = {
     "mislocated": "within twice the 1x PSF FWHM of a true source that the method did not find "
-                  "(one detection per source: the source, placed beyond the match radius)",
+                  "(one detection per source: the source, placed beyond its match radius)",
     "fragment": "near a true source that was found (a second peak of it)",
     "streak": "where the out-of-time streaks of the field's sources outshine the background "
               "(a streak drawn wider or narrower than the truth's leaves ridges)",
@@ -132,7 +146,8 @@ def describe_false_causes(quote: str = "'") -> str:
 def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, background: np.ndarray | float,
                    psf_fwhm_px: float, pixel_arcsec: float, nsigma: float = NSIGMA,
                    offaxis_arcmin: np.ndarray | None = None,
-                   edge_truth: pd.DataFrame | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+                   edge_truth: pd.DataFrame | None = None,
+                   match_radius_px: np.ndarray | None = None) -> tuple[dict[str, float], pd.DataFrame]:
     """:func:`score_against_truth` and the sources behind it, one row each (:data:`SOURCE_COLUMNS`): every
     true source (``source`` = ``true_source``; its flux and significance in the truth; ``found`` when
     matched; ``detected_significance`` that of its match in the prediction) and every detection without a
@@ -142,11 +157,17 @@ def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, back
     ``edge_truth``: the truth's sources found anywhere in the mask (``edge_fwhm=0``): a detection that
     matches none of ``truth`` but lies within the match radius of a true source that ``truth`` leaves out
     for being near the mask's edge is neither found nor false (the prediction's peak of an edge source
-    may lie a pixel further in than the truth's and pass the edge cut that the truth's did not)."""
+    may lie a pixel further in than the truth's and pass the edge cut that the truth's did not).
+    ``match_radius_px``: one match radius per row of ``truth`` (:func:`match_radii`; default
+    ``MATCH_FWHM`` x FWHM for all), listed as ``match_radius_arcsec``."""
     detected = detect_point_sources(pred, mask, background, psf_fwhm_px, nsigma)
+    fixed = MATCH_FWHM * float(psf_fwhm_px)
+    radius = np.full(len(truth), fixed) if match_radius_px is None else np.asarray(match_radius_px, dtype=np.float64)
+    if radius.shape != (len(truth),):
+        raise ValueError(f"match_radius_px has shape {radius.shape}, not one radius per true source ({len(truth)})")
     if edge_truth is not None:
-        detected = _without_edge_sources(truth, edge_truth, detected, MATCH_FWHM * float(psf_fwhm_px))
-    pairs = match_pairs(truth, detected, MATCH_FWHM * float(psf_fwhm_px))
+        detected = _without_edge_sources(truth, edge_truth, detected, fixed, radius)
+    pairs = match_pairs(truth, detected, radius)
     out = summarise_pairs(pairs)
     out["median_offset_arcsec"] = out.pop("median_offset_px") * float(pixel_arcsec)
     found = np.zeros(len(truth), dtype=bool)
@@ -155,7 +176,8 @@ def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, back
     matched_significance[pairs.truth_index] = detected["significance"].to_numpy()[pairs.detected_index]
     false = np.ones(len(detected), dtype=bool)
     false[pairs.detected_index] = False
-    rows = pd.concat([truth.assign(source="true_source", found=found, detected_significance=matched_significance),
+    rows = pd.concat([truth.assign(source="true_source", found=found, detected_significance=matched_significance,
+                                   match_radius_arcsec=radius * float(pixel_arcsec)),
                       detected[false].assign(source="false_detection", found=False,
                                              detected_significance=detected["significance"][false])],
                      ignore_index=True)
@@ -262,7 +284,7 @@ def purity_table(sources: pd.DataFrame, n_fields: int, nsigma: float = NSIGMA,
 
 
 def _without_edge_sources(truth: pd.DataFrame, edge_truth: pd.DataFrame, detected: pd.DataFrame,
-                          max_sep_px: float) -> pd.DataFrame:
+                          max_sep_px: float, truth_radius_px: np.ndarray | float | None = None) -> pd.DataFrame:
     """``detected`` without the detections of true sources near the mask's edge (see :func:`score_and_list`)."""
     if edge_truth.empty or detected.empty:
         return detected
@@ -272,7 +294,7 @@ def _without_edge_sources(truth: pd.DataFrame, edge_truth: pd.DataFrame, detecte
         edge_xy = edge_xy[d > 0.5]
     if edge_xy.size == 0:
         return detected
-    pairs = match_pairs(truth, detected, max_sep_px)
+    pairs = match_pairs(truth, detected, max_sep_px if truth_radius_px is None else truth_radius_px)
     unmatched = np.ones(len(detected), dtype=bool)
     unmatched[pairs.detected_index] = False
     d, _ = cKDTree(edge_xy).query(np.column_stack([detected["x"], detected["y"]]).astype(np.float64))

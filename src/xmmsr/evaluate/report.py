@@ -505,8 +505,10 @@ def sources_figure(task: str, sources: pd.DataFrame, exp: Exposures) -> plt.Figu
     fig.subplots_adjust(top=0.85, bottom=0.25, wspace=0.25)
     _caption(fig, f"Over the {fields} test images: the true sources are those detected in the noise-free truth "
              "(same finder and threshold as every prediction); completeness is the fraction matched within one PSF "
-             "FWHM, per bin of the true source's counts; false detections are those with no true source within one "
-             f"FWHM, per field, by their angle from the optical axis. metrics/{task}/sources.csv lists every source.")
+             "FWHM or, where wider, the source's 99 % error circle in the input (its Cramér-Rao position error, at "
+             "most the 1x FWHM), per bin of the true source's counts; false detections are those with no true source "
+             f"within that radius, per field, by their angle from the optical axis. metrics/{task}/sources.csv lists "
+             "every source and its match radius.")
     return fig
 
 

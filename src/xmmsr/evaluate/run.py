@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from ..learn.calibration import UncertaintyCalibration, fit_calibration
 from ..learn.predict import conserve_total, predict_counts, predict_uncertainty
 from ..progress import progress
 from . import baselines, consistency, methods, points
+from .localisation import PositionErrors
 
 KIND_LABELS = {"extended": "extended", "agn": "AGN-dominated", "background": "background-dominated"}
 GROUPS = ("all", "kind", "brightness")
@@ -59,13 +61,55 @@ def frames_with_background(ds: PairDataset, instrument: PnInstrument) -> Iterato
                                                                                         np.ndarray]]:
     """Each frame of ``ds`` (:func:`_frames`) with its field's background and the out-of-time streaks of its
     sources, both in counts at the frame's target exposure: what the point-source finder takes as the
-    known background (their sum) in the evaluation and its benchmarks."""
+    known background (their sum) in the evaluation and its benchmarks. Each frame also gets
+    ``expected_input``, the noise-free 1x image at the input exposure (where the input's information on
+    a source's position is read, :class:`FrameTruth`)."""
     s = ds.upscale
     with open_dataset(ds.path) as h5:   # the background plane of each frame (fields differ)
-        background = h5[f"background_rate_{s}x"]
+        background, expected_1x = h5[f"background_rate_{s}x"], h5["expected_rate_1x"]
         for frame in _frames(ds):
             bkg = np.asarray(background[frame["index"]], dtype=np.float64) * frame["exposure_target"]
+            frame["expected_input"] = np.asarray(expected_1x[frame["index"]], dtype=np.float64) * frame["exposure_input"]
             yield frame, bkg, out_of_time_streaks(frame["expected"] - bkg, instrument, s)
+
+
+@dataclass(frozen=True)
+class FrameTruth:
+    """The point sources of one frame's noise-free truth, as every prediction of it is scored against:
+    the detection's background (the field's and the out-of-time streaks), the truth's sources away from
+    the mask's edge and anywhere in it, and each source's match radius (:func:`points.match_radii`: one
+    FWHM, on the 2x grid widened to the source's error circle in the input, at most the 1x FWHM, the
+    radius of the 1x grid: a finer grid is never held to less than the input's own precision, nor
+    credited with more than the 1x grid)."""
+
+    background: np.ndarray
+    sources: pd.DataFrame
+    anywhere: pd.DataFrame
+    match_radius_px: np.ndarray
+    position_error_px: np.ndarray    # each source's Cramér-Rao position error in the input (NaN on the 1x grid)
+
+    @classmethod
+    def detect(cls, frame: dict[str, Any], bkg: np.ndarray, streaks: np.ndarray, instrument: PnInstrument,
+               upscale: int, nsigma: float, errors: PositionErrors) -> FrameTruth:
+        fwhm_px = detection.psf_fwhm_px(instrument, upscale)
+        detect_bkg = bkg + streaks
+        sources = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg, fwhm_px, nsigma)
+        anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg, fwhm_px, nsigma,
+                                                  edge_fwhm=0.0)
+        widest_px = points.MATCH_FWHM * detection.psf_fwhm_px(instrument, 1) * upscale   # the 1x match radius
+        if widest_px <= points.MATCH_FWHM * fwhm_px:    # the 1x grid: one FWHM for every source
+            return cls(detect_bkg, sources, anywhere, np.full(len(sources), points.MATCH_FWHM * fwhm_px),
+                       np.full(len(sources), np.nan))
+        theta, azimuth = frame_direction(instrument, upscale, frame["expected"].shape)
+        sigma = errors.for_sources(sources, frame["expected_input"], frame["mask_input"], theta, azimuth, upscale,
+                                   fwhm_px, frame["exposure_input"] / frame["exposure_target"])
+        return cls(detect_bkg, sources, anywhere, points.match_radii(sigma, fwhm_px, widest_px), sigma)
+
+    def score(self, pred: np.ndarray, frame: dict[str, Any], fwhm_px: float, pixel_arcsec: float, nsigma: float,
+              offaxis: np.ndarray | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+        """:func:`points.score_and_list` of ``pred`` against this truth."""
+        return points.score_and_list(self.sources, pred, frame["mask_target"], self.background, fwhm_px, pixel_arcsec,
+                                     nsigma, offaxis, self.anywhere, self.match_radius_px)
 
 
 def masked_mse(pred: np.ndarray, target: tuple[np.ndarray, np.ndarray]) -> float:
@@ -142,7 +186,8 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     rows: list[dict[str, Any]] = []
     source_rows: list[pd.DataFrame] = []
     gallery: dict[str, np.ndarray] = {}
-    offaxis = _frame_offaxis(instrument, s, test.masks[s].shape)
+    offaxis = frame_direction(instrument, s, test.masks[s].shape)[0]
+    errors = PositionErrors(instrument)
     for n, (frame, bkg, streaks) in enumerate(frames_with_background(test, instrument)):
         m = meta[frame["index"]]
         source_counts = float(((frame["expected"] - bkg) * frame["mask_target"]).sum())
@@ -163,18 +208,13 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
         nsigma = eval_cfg["detection_nsigma"]
         # the detection's background: the field's and the out-of-time streaks of its sources (known
         # detector structure, in the truth and in every prediction; not point sources)
-        detect_bkg = bkg + streaks
-        extended = points.extended_emission(frame["expected"] - detect_bkg, fwhm_px)   # why detections are false
-        truth_sources = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg,
-                                                       fwhm_px, nsigma)
-        truth_anywhere = detection.detect_point_sources(frame["expected"], frame["mask_target"], detect_bkg,
-                                                        fwhm_px, nsigma, edge_fwhm=0.0)
+        truth = FrameTruth.detect(frame, bkg, streaks, instrument, s, nsigma, errors)
+        extended = points.extended_emission(frame["expected"] - truth.background, fwhm_px)   # why detections are false
         for method, pred in preds.items():
             row = {**info, "method": method}
             row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
                                              eval_cfg["asinh_scale_counts"]))
-            scores, sources = points.score_and_list(truth_sources, pred, frame["mask_target"], detect_bkg,
-                                                    fwhm_px, pixel_arcsec, nsigma, offaxis, truth_anywhere)
+            scores, sources = truth.score(pred, frame, fwhm_px, pixel_arcsec, nsigma, offaxis)
             row.update(scores)
             if method != "truth":
                 sources = points.false_causes(sources, near_px, streaks, extended, bkg)
@@ -223,16 +263,18 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     return table
 
 
-def _frame_offaxis(instrument: PnInstrument, s: int, shape: tuple[int, int]) -> np.ndarray:
-    """Off-axis angle (arcmin) of every pixel of a dataset frame at resolution ``s``: the image grid sits
-    centred in the frame (pack pads it; the 1x offset rounded down, the 2x offset twice it), the padding
-    continues the grid's pixels."""
-    cx, cy = instrument.geometry.image_grid(s).centers()
-    cx1, cy1 = instrument.geometry.image_grid(1).centers()
+def frame_direction(instrument: PnInstrument, s: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Off-axis angle (arcmin) and azimuth (radians from +x, counter-clockwise) of every pixel of a
+    dataset frame at resolution ``s``: the image grid sits centred in the frame (pack pads it; the 1x
+    offset rounded down, the 2x offset twice it), the padding continues the grid's pixels."""
+    g = instrument.geometry
+    cx, cy = g.image_grid(s).centers()
+    cx1, cy1 = g.image_grid(1).centers()
     y0, x0 = s * ((shape[0] // s - cy1.size) // 2), s * ((shape[1] // s - cx1.size) // 2)
     fx = cx[0] + (np.arange(shape[1]) - x0) * (cx[1] - cx[0])
     fy = cy[0] + (np.arange(shape[0]) - y0) * (cy[1] - cy[0])
-    return offaxis_arcmin(instrument, fx[None, :], fy[:, None])
+    azimuth = np.arctan2(fy[:, None] - g.axis_y_arcsec, fx[None, :] - g.axis_x_arcsec)
+    return offaxis_arcmin(instrument, fx[None, :], fy[:, None]), azimuth
 
 
 POINT_SOURCE_FIELDS = "without extended sources"
