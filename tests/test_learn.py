@@ -469,15 +469,20 @@ def test_deblending_overlays_stack_on_the_pretrained_config():
     assert cfg["model"]["blocks"] == 2 and cfg["train"]["epochs"] == 15  # the pretrained settings underneath
 
 
-def test_bright_targets_overlay_keeps_the_pretrained_training_set():
+@pytest.mark.parametrize("overlay, outdir, setting", [
+    ("bright_targets", "results/bright", ("brighten", {"fraction": 0.5, "max_factor": 100.0})),
+    ("injected_pairs", "results/injected_pairs", ("pairs", {"fraction": 0.75, "counts": [20.0, 2000.0],
+                                                            "separation_arcsec": [2.0, 20.0], "flux_ratio": [1.0, 5.0]})),
+])
+def test_training_overlays_keep_the_pretrained_training_set(overlay, outdir, setting):
     from snakemake.utils import update_config
 
     raw: dict = {}
-    for name in ("pretrained", "bright_targets"):
+    for name in ("pretrained", overlay):
         update_config(raw, yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text()))
     cfg = check_config(raw)
     pretrained = check_config(yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text()))
-    assert cfg["outdir"] == "results/bright" and cfg["train"]["brighten"] == {"fraction": 0.5, "max_factor": 100.0}
+    assert cfg["outdir"] == outdir and cfg["train"][setting[0]] == setting[1]
     assert all(cfg[k] == pretrained[k] for k in ("seed", "sources", "instrument", "simulate", "pack", "model"))
 
 
