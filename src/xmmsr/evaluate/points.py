@@ -284,8 +284,10 @@ def purity_table(sources: pd.DataFrame, n_fields: int, nsigma: float = NSIGMA,
 
 
 def _without_edge_sources(truth: pd.DataFrame, edge_truth: pd.DataFrame, detected: pd.DataFrame,
-                          max_sep_px: float, truth_radius_px: np.ndarray | float | None = None) -> pd.DataFrame:
-    """``detected`` without the detections of true sources near the mask's edge (see :func:`score_and_list`)."""
+                          edge_radius_px: float, truth_radius_px: np.ndarray) -> pd.DataFrame:
+    """``detected`` without the detections of true sources near the mask's edge (see :func:`score_and_list`):
+    those within ``edge_radius_px`` of an edge source that match no true source (within ``truth_radius_px``,
+    one radius per row of ``truth``)."""
     if edge_truth.empty or detected.empty:
         return detected
     edge_xy = np.column_stack([edge_truth["x"], edge_truth["y"]]).astype(np.float64)
@@ -294,8 +296,8 @@ def _without_edge_sources(truth: pd.DataFrame, edge_truth: pd.DataFrame, detecte
         edge_xy = edge_xy[d > 0.5]
     if edge_xy.size == 0:
         return detected
-    pairs = match_pairs(truth, detected, max_sep_px if truth_radius_px is None else truth_radius_px)
+    pairs = match_pairs(truth, detected, truth_radius_px)
     unmatched = np.ones(len(detected), dtype=bool)
     unmatched[pairs.detected_index] = False
     d, _ = cKDTree(edge_xy).query(np.column_stack([detected["x"], detected["y"]]).astype(np.float64))
-    return detected[~(unmatched & (d <= max_sep_px))].reset_index(drop=True)
+    return detected[~(unmatched & (d <= edge_radius_px))].reset_index(drop=True)

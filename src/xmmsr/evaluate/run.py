@@ -63,13 +63,16 @@ def frames_with_background(ds: PairDataset, instrument: PnInstrument) -> Iterato
     sources, both in counts at the frame's target exposure: what the point-source finder takes as the
     known background (their sum) in the evaluation and its benchmarks. Each frame also gets
     ``expected_input``, the noise-free 1x image at the input exposure (where the input's information on
-    a source's position is read, :class:`FrameTruth`)."""
+    a source's position is read, :class:`FrameTruth`; on the 1x grid the frame's own expected image,
+    rescaled, otherwise read from the set)."""
     s = ds.upscale
     with open_dataset(ds.path) as h5:   # the background plane of each frame (fields differ)
         background, expected_1x = h5[f"background_rate_{s}x"], h5["expected_rate_1x"]
         for frame in _frames(ds):
             bkg = np.asarray(background[frame["index"]], dtype=np.float64) * frame["exposure_target"]
-            frame["expected_input"] = np.asarray(expected_1x[frame["index"]], dtype=np.float64) * frame["exposure_input"]
+            frame["expected_input"] = (frame["expected"] * (frame["exposure_input"] / frame["exposure_target"])
+                                       if s == 1 else
+                                       np.asarray(expected_1x[frame["index"]], dtype=np.float64) * frame["exposure_input"])
             yield frame, bkg, out_of_time_streaks(frame["expected"] - bkg, instrument, s)
 
 
