@@ -298,6 +298,33 @@ def test_injected_pairs_follow_the_psf_of_each_resolution_at_the_same_positions(
         assert pair.counts[2].max() * 4 > pair.counts[1].max()
 
 
+def test_an_injected_source_has_its_readout_streak_along_its_ccd_column(instrument):
+    """The out-of-time fraction f of a source's counts leaves its image and lies spread along its CCD's
+    column: every crop row that the CCD covers gets the source's column profile times f / (the CCD's
+    rows); rows beyond the CCD get none."""
+    import dataclasses
+
+    from xmmsr.learn.injection import PairInjection, PairRenderer
+
+    f = instrument.out_of_time_fraction
+    assert f > 0
+    renderer = PairRenderer(instrument, (0, 0), PairInjection(), 1.9, 3e20)
+    in_time = PairRenderer(dataclasses.replace(instrument, out_of_time_fraction=0.0), (0, 0), PairInjection(), 1.9, 3e20)
+    g, grid = instrument.geometry, instrument.geometry.image_grid(1)
+    top = g.ccd_origin(0, 0)[1] + g.ccd_height          # the upper edge of CCD row 0
+    row0 = int((top - grid.y0_arcsec) / grid.pixel_arcsec) - 40       # a 64-row crop across the gap above it
+    col0 = int((g.axis_x_arcsec - grid.x0_arcsec) / grid.pixel_arcsec) - 32
+    for r in (1, 2):
+        args = ((row0, col0), 64, np.array([[31.5, 12.0]]), np.array([1000.0]), r)
+        image, psf = renderer.render(*args), in_time.render(*args)
+        rows_per_ccd = g.ccd_height / (grid.pixel_arcsec / r)
+        edges = grid.y0_arcsec + row0 * grid.pixel_arcsec + np.arange(64 * r + 1) * grid.pixel_arcsec / r
+        on_ccd = np.clip((top - edges[:-1]) / (edges[1:] - edges[:-1]), 0.0, 1.0)   # share of each row on CCD 0
+        expected = (1 - f) * psf + f * on_ccd[:, None] * psf.sum(axis=0)[None, :] / rows_per_ccd
+        np.testing.assert_allclose(image, expected, rtol=1e-9, atol=1e-12)
+        assert on_ccd[0] == 1.0 and on_ccd[-1] == 0.0 and image[-1].sum() == 0.0   # no streak beyond the CCD
+
+
 def test_an_injected_source_looks_like_the_simulators_expected_image_of_it(instrument):
     """The renderer's point source and the built-in simulator's expected image of the same AGN at the aim
     point (the de-blending evaluation's cutouts) agree pixel by pixel at 1x and 2x."""

@@ -10,8 +10,10 @@ simulator's expected image takes it), on a 1" grid shared by both resolutions (1
 4 x 4 blocks; 2x: the 2x PSF, half as wide, in 2 x 2 blocks), times the detector acceptance of the
 crop's masks. Counts are Poisson, so the pair's own Poisson draws added to a crop's input and target
 counts are exact draws of the summed expectations: the input and the target stay independent
-realizations, and the expected images gain the pair's rates. The pair's out-of-time events (6 % of its
-counts spread along its readout column) are left out.
+realizations, and the expected images gain the pair's rates. Each source's out-of-time events are part
+of its image as the simulator's expected image has them: the out-of-time fraction of its counts
+(:attr:`PnInstrument.out_of_time_fraction`) moved from each crop column onto the whole column of its
+CCD, of which the crop holds the rows it covers.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..instrument.geometry import coverage_1d
 from ..instrument.model import PnInstrument
 from ..instrument.psf import PointSourceImages
 
@@ -98,11 +101,11 @@ class PairRenderer:
     def render(self, origin_1x: tuple[int, int], crop: int, xy_1x: np.ndarray, counts: np.ndarray,
                resolution: int) -> np.ndarray:
         """Expected counts (at the input exposure) on the crop grid of ``resolution`` of point sources at 1x
-        crop positions ``xy_1x`` ((n, 2): x, y), each of ``counts`` over its whole PSF, with the PSF of the
-        crop centre."""
+        crop positions ``xy_1x`` ((n, 2): x, y), each of ``counts`` over its whole PSF and its readout
+        streak, with the PSF of the crop centre."""
         theta, azimuth = self._direction(origin_1x, crop)
-        return self._render(np.asarray(xy_1x, dtype=np.float64), np.asarray(counts, dtype=np.float64), crop, theta,
-                            azimuth, resolution)
+        return self._render(origin_1x, np.asarray(xy_1x, dtype=np.float64), np.asarray(counts, dtype=np.float64),
+                            crop, theta, azimuth, resolution)
 
     def _direction(self, origin_1x: tuple[int, int], crop: int) -> tuple[float, float]:
         """Off-axis angle (arcmin) and azimuth (radians from +x) of the crop centre."""
@@ -113,11 +116,29 @@ class PairRenderer:
         dy = self.grid.y0_arcsec + row * self.grid.pixel_arcsec - g.axis_y_arcsec
         return float(np.hypot(dx, dy) / 60.0), float(np.arctan2(dy, dx))
 
-    def _render(self, xy_1x: np.ndarray, counts: np.ndarray, crop: int, theta: float, azimuth: float,
-                resolution: int) -> np.ndarray:
+    def _render(self, origin_1x: tuple[int, int], xy_1x: np.ndarray, counts: np.ndarray, crop: int, theta: float,
+                azimuth: float, resolution: int) -> np.ndarray:
         images = PointSourceImages(self.instrument.psf, self.grid.pixel_arcsec, theta, azimuth, self.energy_kev,
                                    resolution)
-        out = np.zeros((crop * resolution, crop * resolution))
-        for (x, y), c in zip((xy_1x + 0.5) * resolution - 0.5, counts):
-            images.add(out, float(x), float(y), float(c))
+        f = self.instrument.out_of_time_fraction
+        n = crop * resolution
+        out = np.zeros((n, n))
+        for (x, y), (_, y_1x), c in zip((xy_1x + 0.5) * resolution - 0.5, xy_1x, counts):
+            in_time = np.zeros((n, n))
+            images.add(in_time, float(x), float(y), float(c))
+            out += in_time if f == 0 else (1.0 - f) * in_time + f * self._streak(origin_1x, crop, float(y_1x),
+                                                                                   in_time.sum(axis=0), resolution)
         return out
+
+    def _streak(self, origin_1x: tuple[int, int], crop: int, y_1x: float, column_counts: np.ndarray,
+                resolution: int) -> np.ndarray:
+        """The crop's share of ``column_counts`` (per crop column) spread uniformly along the column of the
+        CCD that holds a source at 1x crop row ``y_1x`` (the simulator's out-of-time events)."""
+        g, p = self.instrument.geometry, self.grid.pixel_arcsec
+        bottom = self.grid.y0_arcsec + (origin_1x[0] - self.offset[0]) * p     # the crop's lower edge
+        pitch = g.ccd_height + g.gap_y_arcsec
+        ccd = int(np.clip(np.floor((bottom + (y_1x + 0.5) * p - g.array_y0) / pitch), 0, g.ccds_y - 1))
+        low = g.ccd_origin(0, ccd)[1]
+        edges = bottom + np.arange(crop * resolution + 1) * (p / resolution)
+        rows = coverage_1d(edges, [(low, low + g.ccd_height)]) * (p / resolution) / g.ccd_height
+        return rows[:, None] * column_counts[None, :]
