@@ -55,11 +55,11 @@ def main() -> None:
         truth = FrameTruth.detect(frame, field, streaks, instrument, s, nsigma, errors)
         pred = predict_counts(model, frame["input"], frame["exposure_input"], footprint=frame["mask_input"])
         pred = pred.astype(np.float64)
+        found = detection.detect_point_sources(pred, frame["mask_target"], truth.background, fwhm, nsigma)
         for name, radius in (("one 2x FWHM", np.full(len(truth.sources), fwhm)), ("error circle", truth.match_radius_px)):
             score = points.score_and_list(truth.sources, pred, frame["mask_target"], truth.background, fwhm, 1.0,
-                                          nsigma, edge_truth=truth.anywhere, match_radius_px=radius)[0]
+                                          nsigma, edge_truth=truth.anywhere, match_radius_px=radius, detected=found)[0]
             scores.append({"radius": name, **score})
-        found = detection.detect_point_sources(pred, frame["mask_target"], truth.background, fwhm, nsigma)
         if truth.sources.empty:
             continue
         offset = np.full(len(truth.sources), np.nan)

@@ -15,11 +15,12 @@ from conftest import REPO
 from torch.utils.data import DataLoader
 
 from xmmsr.config import ConfigError, check_config, load_config
+from xmmsr.instrument.model import PnInstrument
 from xmmsr.learn.checkpoint import load_model
 from xmmsr.learn.data import EpochSampler, PairDataset, source_share
 from xmmsr.learn.model import Architecture, build_generator, count_parameters
 from xmmsr.learn.normalise import Normalisation
-from xmmsr.learn.pack import SPLITS, ShardFiles, pack_dataset, split_counts
+from xmmsr.learn.pack import SPLITS, FrameLayout, ShardFiles, pack_dataset, split_counts
 from xmmsr.learn.train import Restoration, TrainingRun, run_from_config, train
 
 TINY_ARCH = {"features": 8, "growth": 8, "blocks": 1, "dense_blocks": 1, "residual_scale": 0.2}
@@ -137,6 +138,26 @@ def test_pack_splits_are_disjoint_by_source(tiny_run):
         counts = h5["dn_target"][:].sum() / h5["lr"][:].sum()
         assert 4.0 < counts < 6.0  # 10 ks / 2 ks
         assert len(h5.attrs["config_hash"]) == 64 and h5.attrs["software"].startswith("xmmsr")
+
+
+def test_the_frame_layout_is_where_packing_put_the_image_grid(tiny_run):
+    """The detector positions that the pair renderer and the evaluation give frame pixels
+    (:class:`FrameLayout`) are where packing put the image: the recorded padding, the grid's own pixel
+    centres at both resolutions inside it, and no active mask pixel outside it."""
+    with h5py.File(dataset_path(tiny_run)) as h5:
+        instrument = PnInstrument.from_config(json.loads(h5.attrs["config"])["instrument"])
+        offset, masks = tuple(int(v) for v in h5.attrs["lr_offset"]), {s: h5[f"mask_{s}x"][:] for s in (1, 2)}
+    layout = FrameLayout.centred(instrument.geometry.image_grid(1), masks[1].shape)
+    assert layout.offset_1x == offset and offset != (0, 0)
+    for s, mask in masks.items():
+        grid = instrument.geometry.image_grid(s)
+        x, y = layout.pixel_centres(s, mask.shape)
+        (y0, x0), (ny, nx) = (s * offset[0], s * offset[1]), grid.shape
+        np.testing.assert_allclose(x[x0:x0 + nx], grid.centers()[0], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(y[y0:y0 + ny], grid.centers()[1], rtol=0, atol=1e-9)
+        inside = np.zeros(mask.shape, dtype=bool)
+        inside[y0:y0 + ny, x0:x0 + nx] = True
+        assert mask[inside].any() and not mask[~inside].any()
 
 
 def _shards(run: Path) -> list[ShardFiles]:

@@ -147,7 +147,8 @@ def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, back
                    psf_fwhm_px: float, pixel_arcsec: float, nsigma: float = NSIGMA,
                    offaxis_arcmin: np.ndarray | None = None,
                    edge_truth: pd.DataFrame | None = None,
-                   match_radius_px: np.ndarray | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+                   match_radius_px: np.ndarray | None = None,
+                   detected: pd.DataFrame | None = None) -> tuple[dict[str, float], pd.DataFrame]:
     """:func:`score_against_truth` and the sources behind it, one row each (:data:`SOURCE_COLUMNS`): every
     true source (``source`` = ``true_source``; its flux and significance in the truth; ``found`` when
     matched; ``detected_significance`` that of its match in the prediction) and every detection without a
@@ -159,8 +160,11 @@ def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, back
     for being near the mask's edge is neither found nor false (the prediction's peak of an edge source
     may lie a pixel further in than the truth's and pass the edge cut that the truth's did not).
     ``match_radius_px``: one match radius per row of ``truth`` (:func:`match_radii`; default
-    ``MATCH_FWHM`` x FWHM for all), listed as ``match_radius_arcsec``."""
-    detected = detect_point_sources(pred, mask, background, psf_fwhm_px, nsigma)
+    ``MATCH_FWHM`` x FWHM for all), listed as ``match_radius_arcsec``.
+    ``detected``: the prediction's sources, when :func:`detect_point_sources` already found them with these
+    arguments (a caller that scores one prediction against several radii finds them once)."""
+    if detected is None:
+        detected = detect_point_sources(pred, mask, background, psf_fwhm_px, nsigma)
     fixed = MATCH_FWHM * float(psf_fwhm_px)
     radius = np.full(len(truth), fixed) if match_radius_px is None else np.asarray(match_radius_px, dtype=np.float64)
     if radius.shape != (len(truth),):

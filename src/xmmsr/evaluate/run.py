@@ -31,10 +31,11 @@ import pandas as pd
 
 from .. import __version__, detection, metrics
 from ..instrument.model import PnInstrument
-from ..instrument.simulator import offaxis_arcmin, out_of_time_streaks
+from ..instrument.simulator import offaxis_direction, out_of_time_streaks
 from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.data import PairDataset, open_dataset
+from ..learn.pack import FrameLayout
 from ..learn.gate import SourceGate, gate_sources
 from ..learn.calibration import UncertaintyCalibration, fit_calibration
 from ..learn.predict import conserve_total, predict_counts, predict_uncertainty
@@ -64,8 +65,10 @@ def frames_with_background(ds: PairDataset, instrument: PnInstrument) -> Iterato
     known background (their sum) in the evaluation and its benchmarks. Each frame also gets
     ``expected_input``, the noise-free 1x image at the input exposure (where the input's information on
     a source's position is read, :class:`FrameTruth`; on the 1x grid the frame's own expected image,
-    rescaled, otherwise read from the set)."""
+    rescaled, otherwise read from the set), and ``offaxis`` and ``azimuth``, its pixels' direction from the
+    optical axis (:func:`frame_direction`, the same arrays for every frame)."""
     s = ds.upscale
+    offaxis, azimuth = frame_direction(instrument, s, ds.masks[s].shape)
     with open_dataset(ds.path) as h5:   # the background plane of each frame (fields differ)
         background, expected_1x = h5[f"background_rate_{s}x"], h5["expected_rate_1x"]
         for frame in _frames(ds):
@@ -73,6 +76,7 @@ def frames_with_background(ds: PairDataset, instrument: PnInstrument) -> Iterato
             frame["expected_input"] = (frame["expected"] * (frame["exposure_input"] / frame["exposure_target"])
                                        if s == 1 else
                                        np.asarray(expected_1x[frame["index"]], dtype=np.float64) * frame["exposure_input"])
+            frame["offaxis"], frame["azimuth"] = offaxis, azimuth
             yield frame, bkg, out_of_time_streaks(frame["expected"] - bkg, instrument, s)
 
 
@@ -103,16 +107,16 @@ class FrameTruth:
         if widest_px <= points.MATCH_FWHM * fwhm_px:    # the 1x grid: one FWHM for every source
             return cls(detect_bkg, sources, anywhere, np.full(len(sources), points.MATCH_FWHM * fwhm_px),
                        np.full(len(sources), np.nan))
-        theta, azimuth = frame_direction(instrument, upscale, frame["expected"].shape)
-        sigma = errors.for_sources(sources, frame["expected_input"], frame["mask_input"], theta, azimuth, upscale,
-                                   fwhm_px, frame["exposure_input"] / frame["exposure_target"])
+        sigma = errors.for_sources(sources, frame["expected_input"], frame["mask_input"], frame["offaxis"],
+                                   frame["azimuth"], upscale, fwhm_px, frame["exposure_input"] / frame["exposure_target"])
         return cls(detect_bkg, sources, anywhere, points.match_radii(sigma, fwhm_px, widest_px), sigma)
 
-    def score(self, pred: np.ndarray, frame: dict[str, Any], fwhm_px: float, pixel_arcsec: float, nsigma: float,
-              offaxis: np.ndarray | None = None) -> tuple[dict[str, float], pd.DataFrame]:
-        """:func:`points.score_and_list` of ``pred`` against this truth."""
+    def score(self, pred: np.ndarray, frame: dict[str, Any], fwhm_px: float, pixel_arcsec: float,
+              nsigma: float) -> tuple[dict[str, float], pd.DataFrame]:
+        """:func:`points.score_and_list` of ``pred`` against this truth (sources listed with their off-axis
+        angle)."""
         return points.score_and_list(self.sources, pred, frame["mask_target"], self.background, fwhm_px, pixel_arcsec,
-                                     nsigma, offaxis, self.anywhere, self.match_radius_px)
+                                     nsigma, frame["offaxis"], self.anywhere, self.match_radius_px)
 
 
 def masked_mse(pred: np.ndarray, target: tuple[np.ndarray, np.ndarray]) -> float:
@@ -189,7 +193,6 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
     rows: list[dict[str, Any]] = []
     source_rows: list[pd.DataFrame] = []
     gallery: dict[str, np.ndarray] = {}
-    offaxis = frame_direction(instrument, s, test.masks[s].shape)[0]
     errors = PositionErrors(instrument)
     for n, (frame, bkg, streaks) in enumerate(frames_with_background(test, instrument)):
         m = meta[frame["index"]]
@@ -217,7 +220,7 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
             row = {**info, "method": method}
             row.update(metrics.image_metrics(pred, frame["target"], frame["expected"], frame["mask_target"],
                                              eval_cfg["asinh_scale_counts"]))
-            scores, sources = truth.score(pred, frame, fwhm_px, pixel_arcsec, nsigma, offaxis)
+            scores, sources = truth.score(pred, frame, fwhm_px, pixel_arcsec, nsigma)
             row.update(scores)
             if method != "truth":
                 sources = points.false_causes(sources, near_px, streaks, extended, bkg)
@@ -268,16 +271,11 @@ def evaluate_task(dataset: str | Path, model_path: str | Path, instrument_cfg: d
 
 def frame_direction(instrument: PnInstrument, s: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Off-axis angle (arcmin) and azimuth (radians from +x, counter-clockwise) of every pixel of a
-    dataset frame at resolution ``s``: the image grid sits centred in the frame (pack pads it; the 1x
-    offset rounded down, the 2x offset twice it), the padding continues the grid's pixels."""
-    g = instrument.geometry
-    cx, cy = g.image_grid(s).centers()
-    cx1, cy1 = g.image_grid(1).centers()
-    y0, x0 = s * ((shape[0] // s - cy1.size) // 2), s * ((shape[1] // s - cx1.size) // 2)
-    fx = cx[0] + (np.arange(shape[1]) - x0) * (cx[1] - cx[0])
-    fy = cy[0] + (np.arange(shape[0]) - y0) * (cy[1] - cy[0])
-    azimuth = np.arctan2(fy[:, None] - g.axis_y_arcsec, fx[None, :] - g.axis_x_arcsec)
-    return offaxis_arcmin(instrument, fx[None, :], fy[:, None]), azimuth
+    dataset frame of ``shape`` at resolution ``s`` (:class:`FrameLayout`: the image grid centred, as
+    packing pads it)."""
+    layout = FrameLayout.centred(instrument.geometry.image_grid(1), (shape[0] // s, shape[1] // s))
+    x, y = layout.pixel_centres(s, shape)
+    return offaxis_direction(instrument, x[None, :], y[:, None])
 
 
 POINT_SOURCE_FIELDS = "without extended sources"

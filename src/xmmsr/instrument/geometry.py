@@ -162,6 +162,13 @@ class PnGeometry:
         return (self.array_x0 + ix * (self.ccd_width + self.gap_x_arcsec),
                 self.array_y0 + iy * (self.ccd_height + self.gap_y_arcsec))
 
+    def ccd_row(self, dy: np.ndarray) -> np.ndarray:
+        """Index of the row of CCDs (from the array's lower edge, unclipped) whose pitch holds detector
+        y ``dy`` (arcsec), computed in ``dy``'s floating type."""
+        dy = np.asarray(dy)
+        real = dy.dtype.type if np.issubdtype(dy.dtype, np.floating) else np.float64
+        return np.floor((dy - real(self.array_y0)) / real(self.ccd_height + self.gap_y_arcsec))
+
     def image_grid(self, resolution: int) -> ImageGrid:
         """The binned-image grid at resolution multiplier 1 or 2 (the evselect DETX/DETY grid)."""
         p = self.image_pixel_arcsec / resolution

@@ -127,6 +127,13 @@ def offaxis_arcmin(instrument: PnInstrument, dx: np.ndarray, dy: np.ndarray) -> 
     return np.hypot(dx - np.float32(g.axis_x_arcsec), dy - np.float32(g.axis_y_arcsec)) / np.float32(60.0)
 
 
+def offaxis_direction(instrument: PnInstrument, dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Off-axis angle (arcmin, :func:`offaxis_arcmin`) and azimuth (radians from +x, counter-clockwise
+    around the optical axis) of detector positions (arcsec): what selects the PSF at a position."""
+    g = instrument.geometry
+    return offaxis_arcmin(instrument, dx, dy), np.arctan2(dy - g.axis_y_arcsec, dx - g.axis_x_arcsec)
+
+
 def check_exposure(exposure_s: float, resolution: int) -> None:
     """Refuse an exposure that is not a positive number of seconds, or a resolution other than 1 or 2."""
     if not (np.isfinite(exposure_s) and exposure_s > 0):
@@ -310,7 +317,7 @@ def _out_of_time(rng: np.random.Generator, y: np.ndarray, instrument: PnInstrume
     g = instrument.geometry
     moved = np.flatnonzero(rng.random(y.size, dtype=np.float32) < np.float32(instrument.out_of_time_fraction))
     pitch_y = np.float32(g.ccd_height + g.gap_y_arcsec)
-    row = np.floor((y[moved] - np.float32(g.array_y0)) / pitch_y)
+    row = g.ccd_row(y[moved])
     y[moved] = (np.float32(g.array_y0) + row * pitch_y
                 + rng.random(moved.size, dtype=np.float32) * np.float32(g.ccd_height))
 

@@ -27,6 +27,8 @@ import numpy as np
 from ..instrument.geometry import coverage_1d
 from ..instrument.model import PnInstrument
 from ..instrument.psf import PointSourceImages
+from ..instrument.simulator import offaxis_direction
+from .pack import FrameLayout
 
 
 
@@ -79,8 +81,8 @@ class PairRenderer:
     def __init__(self, instrument: PnInstrument, frame_offset_1x: tuple[int, int], settings: PairInjection,
                  gamma: float, nh_cm2: float) -> None:
         self.instrument, self.settings = instrument, settings
-        self.offset = (int(frame_offset_1x[0]), int(frame_offset_1x[1]))   # (rows, columns) of zero padding
         self.grid = instrument.geometry.image_grid(1)
+        self.layout = FrameLayout(self.grid, (int(frame_offset_1x[0]), int(frame_offset_1x[1])))
         response = instrument.require_response()
         self.energy_kev = float(response.spectral("powerlaw", gamma, nh_cm2).mean_energy_kev)
 
@@ -109,12 +111,9 @@ class PairRenderer:
 
     def _direction(self, origin_1x: tuple[int, int], crop: int) -> tuple[float, float]:
         """Off-axis angle (arcmin) and azimuth (radians from +x) of the crop centre."""
-        g = self.instrument.geometry
-        col = origin_1x[1] + crop / 2.0 - self.offset[1]
-        row = origin_1x[0] + crop / 2.0 - self.offset[0]
-        dx = self.grid.x0_arcsec + col * self.grid.pixel_arcsec - g.axis_x_arcsec
-        dy = self.grid.y0_arcsec + row * self.grid.pixel_arcsec - g.axis_y_arcsec
-        return float(np.hypot(dx, dy) / 60.0), float(np.arctan2(dy, dx))
+        theta, azimuth = offaxis_direction(self.instrument, *self.layout.detector_arcsec(origin_1x[1] + crop / 2.0,
+                                                                                          origin_1x[0] + crop / 2.0))
+        return float(theta), float(azimuth)
 
     def _render(self, origin_1x: tuple[int, int], xy_1x: np.ndarray, counts: np.ndarray, crop: int, theta: float,
                 azimuth: float, resolution: int) -> np.ndarray:
@@ -135,9 +134,8 @@ class PairRenderer:
         """The crop's share of ``column_counts`` (per crop column) spread uniformly along the column of the
         CCD that holds a source at 1x crop row ``y_1x`` (the simulator's out-of-time events)."""
         g, p = self.instrument.geometry, self.grid.pixel_arcsec
-        bottom = self.grid.y0_arcsec + (origin_1x[0] - self.offset[0]) * p     # the crop's lower edge
-        pitch = g.ccd_height + g.gap_y_arcsec
-        ccd = int(np.clip(np.floor((bottom + (y_1x + 0.5) * p - g.array_y0) / pitch), 0, g.ccds_y - 1))
+        bottom = float(self.layout.detector_arcsec(origin_1x[1], origin_1x[0])[1])     # the crop's lower edge
+        ccd = int(np.clip(g.ccd_row(bottom + (y_1x + 0.5) * p), 0, g.ccds_y - 1))
         low = g.ccd_origin(0, ccd)[1]
         edges = bottom + np.arange(crop * resolution + 1) * (p / resolution)
         rows = coverage_1d(edges, [(low, low + g.ccd_height)]) * (p / resolution) / g.ccd_height
