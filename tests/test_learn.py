@@ -20,7 +20,8 @@ from xmmsr.learn.checkpoint import load_model
 from xmmsr.learn.data import EpochSampler, PairDataset, source_share
 from xmmsr.learn.model import Architecture, build_generator, count_parameters
 from xmmsr.learn.normalise import Normalisation
-from xmmsr.learn.pack import SPLITS, FrameLayout, ShardFiles, pack_dataset, split_counts
+from xmmsr.instrument.geometry import FrameLayout
+from xmmsr.learn.pack import SPLITS, ShardFiles, pack_dataset, split_counts
 from xmmsr.learn.train import Restoration, TrainingRun, run_from_config, train
 
 TINY_ARCH = {"features": 8, "growth": 8, "blocks": 1, "dense_blocks": 1, "residual_scale": 0.2}

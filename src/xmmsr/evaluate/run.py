@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__, detection, metrics
+from ..instrument.geometry import FrameLayout
 from ..instrument.model import PnInstrument
 from ..instrument.simulator import offaxis_direction, out_of_time_streaks
 from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
 from ..learn.data import PairDataset, open_dataset
-from ..learn.pack import FrameLayout
 from ..learn.gate import SourceGate, gate_sources
 from ..learn.calibration import UncertaintyCalibration, fit_calibration
 from ..learn.predict import conserve_total, predict_counts, predict_uncertainty

@@ -24,7 +24,7 @@ from scipy import fft as sfft
 from ..errors import InputError
 from ..sky.model import FieldBackground, SkyModel, ccd_live_fractions
 from .events import COLUMN_DTYPES, EventList, Pointing, event_header, set_positions
-from .geometry import ImageGrid, coverage_1d
+from .geometry import FrameLayout, ImageGrid, coverage_1d
 from .model import PATTERN_GOOD_MAX, PnInstrument
 from .psf import PsfModel
 from .response import SpectralResponse
@@ -529,14 +529,14 @@ def out_of_time_streaks(counts: np.ndarray, instrument: PnInstrument, resolution
     (a cutout, whose columns are not whole) gets no streaks (zeros)."""
     f = instrument.out_of_time_fraction
     image = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
-    cx, cy = instrument.geometry.image_grid(1).centers()
+    grid = instrument.geometry.image_grid(1)
     s = int(resolution)
     h1, w1 = image.shape[0] // s, image.shape[1] // s
     out = np.zeros_like(image)
-    if f == 0 or h1 < cy.size or w1 < cx.size:
+    if f == 0 or h1 < grid.ny or w1 < grid.nx:
         return out
-    y0, x0 = s * ((h1 - cy.size) // 2), s * ((w1 - cx.size) // 2)
-    h, w = s * cy.size, s * cx.size
+    y0, x0 = (s * o for o in FrameLayout.centred(grid, (h1, w1)).offset_1x)
+    h, w = s * grid.ny, s * grid.nx
     out[y0:y0 + h, x0:x0 + w] = f * _column_streaks(image[y0:y0 + h, x0:x0 + w], instrument,
                                                     instrument.geometry.image_grid(s))
     return out

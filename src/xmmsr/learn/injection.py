@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ..instrument.geometry import coverage_1d
+from ..instrument.geometry import FrameLayout, coverage_1d
 from ..instrument.model import PnInstrument
 from ..instrument.psf import PointSourceImages
 from ..instrument.simulator import offaxis_direction
-from .pack import FrameLayout
 
 
 

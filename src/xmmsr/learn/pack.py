@@ -38,7 +38,7 @@ from ..errors import InputError
 from ..io import atomic_path, open_fits
 from ..progress import progress
 from ..cube import read_cube
-from ..instrument.geometry import ImageGrid
+from ..instrument.geometry import centred_offset
 from ..sky.model import SOURCE_KINDS
 
 SPLITS = ("train", "val", "test")
@@ -100,37 +100,6 @@ def assign_splits(kind: str, source_ids: Sequence[int], fractions: dict[str, flo
 
 def _pad_shape(shape: tuple[int, int], multiple: int) -> tuple[int, int]:
     return tuple(-(-s // multiple) * multiple for s in shape)  # type: ignore[return-value]
-
-
-def centred_offset(frame_shape: tuple[int, int], image_shape: tuple[int, int]) -> tuple[int, int]:
-    """Rows and columns of zero padding before an image centred in a larger 1x frame (rounded down)."""
-    return ((frame_shape[0] - image_shape[0]) // 2, (frame_shape[1] - image_shape[1]) // 2)
-
-
-@dataclass(frozen=True)
-class FrameLayout:
-    """Where the detector's 1x image grid sits in a training set's zero-padded frames: after
-    ``offset_1x`` (rows, columns) of padding; the 2x frames hold the 2x grid at twice the offset, and the
-    padding continues the grid's pixels."""
-
-    grid: ImageGrid                  # the 1x image grid
-    offset_1x: tuple[int, int]
-
-    @classmethod
-    def centred(cls, grid: ImageGrid, frame_shape_1x: tuple[int, int]) -> FrameLayout:
-        """The layout of frames of ``frame_shape_1x`` that hold ``grid`` centred, as packing pads them."""
-        return cls(grid, centred_offset(frame_shape_1x, grid.shape))
-
-    def detector_arcsec(self, u_x: np.ndarray | float, u_y: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-        """Detector position (arcsec) of frame coordinates in 1x pixels from the frame's lower-left corner."""
-        p = self.grid.pixel_arcsec
-        return (self.grid.x0_arcsec + (np.asarray(u_x, dtype=np.float64) - self.offset_1x[1]) * p,
-                self.grid.y0_arcsec + (np.asarray(u_y, dtype=np.float64) - self.offset_1x[0]) * p)
-
-    def pixel_centres(self, resolution: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Detector x (per column) and y (per row) of the pixel centres of a frame of ``shape`` at
-        ``resolution``."""
-        return self.detector_arcsec((np.arange(shape[1]) + 0.5) / resolution, (np.arange(shape[0]) + 0.5) / resolution)
 
 
 def _pad(frames: np.ndarray, shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
