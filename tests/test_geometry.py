@@ -94,3 +94,22 @@ def test_edge_margins_take_their_strips_from_the_ccds_and_beside_dead_pixels(ins
     assert one.sum() > 10
     np.testing.assert_allclose(area[one], 1.0 - 1.5 / image.pixel_arcsec)
     assert np.all(area <= plain) and np.array_equal(area[~(left | others)], plain[~(left | others)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_ccd_row_of_a_position_is_the_ccd_that_holds_it_and_locate_agrees(instrument, dtype):
+    """``ccd_row`` (the out-of-time events' CCD and the injected pairs' streak) is the CCD row of
+    :meth:`locate` for on-chip positions, in the position's own float type; a position in the gap above
+    a CCD row still belongs to that row's pitch."""
+    g = instrument.geometry
+    rng = np.random.default_rng(3)
+    dx = (g.array_x0 + rng.random(20000) * g.array_width).astype(dtype)
+    dy = (g.array_y0 + rng.random(20000) * g.array_height).astype(dtype)
+    on = g.on_chip(dx, dy)
+    rows = g.ccd_row(dy)
+    assert rows.dtype == dtype and on.sum() > 10000
+    ccdnr = g.locate(dx[on], dy[on], 1)[0]
+    np.testing.assert_array_equal(rows[on], (ccdnr.astype(int) - 1) // g.ccds_x)
+    top_of_first = g.ccd_origin(0, 0)[1] + g.ccd_height
+    assert g.ccd_row(np.float64(top_of_first - 1.0)) == 0 and g.ccd_row(np.float64(top_of_first + 0.5 * g.gap_y_arcsec)) == 0
+    assert g.ccd_row(np.float64(g.ccd_origin(0, 1)[1] + 1.0)) == 1
