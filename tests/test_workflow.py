@@ -196,6 +196,12 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(lr)))
     assert set(jobs) == {"train", "evaluate", "deblend", "report", "all"} and jobs["train"] == 2  # dataset untouched
 
+    retrain = write_config(tmp_path / "seed.yaml", {"train": {"seed": 7}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(retrain)))
+    assert set(jobs) == {"train", "evaluate", "deblend", "report", "all"} and jobs["train"] == 2  # same set
+    run_seed = write_config(tmp_path / "run_seed.yaml", {"train": {"seed": None}})
+    assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(run_seed)).stdout)
+
     deblend = write_config(tmp_path / "deblend.yaml", {"evaluate": {"deblend": {"trials": 3}}})
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(deblend)))
     assert set(jobs) == {"deblend", "report", "all"}  # nor the models' evaluation

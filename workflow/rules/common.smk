@@ -249,18 +249,24 @@ def report_config():
 def _without_noop_defaults(train):
     """The train section without the settings that are at a default which changes nothing (source_crops 0:
     every crop uniform; brighten and pairs fraction 0: no crop brightened or given a pair; as before the
-    settings existed), so that runs made before them do not retrain."""
+    settings existed; seed null: the run's seed), so that runs made before them do not retrain."""
     return {
         k: v
         for k, v in train.items()
-        if not ((k == "source_crops" and v == 0) or (k in ("brighten", "pairs") and v.get("fraction", 0) == 0))
+        if not (
+            (k == "source_crops" and v == 0)
+            or (k in ("brighten", "pairs") and v.get("fraction", 0) == 0)
+            or (k == "seed" and v is None)
+        )
     }
 
 
 def pixel_train_params():
     """The train section as the pixel-loss training and the fine-tuning see it: without the settings of
     the adversarial model, so that changing those retrains nothing else."""
-    train = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks", "adversarial")}
+    train = {
+        k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks", "adversarial", "seed")
+    }
     train["loss"] = {k: v for k, v in train["loss"].items() if k != "adversarial"}
     return _without_noop_defaults(train)
 
@@ -275,7 +281,7 @@ def adversarial_tasks():
 def adversarial_train_params():
     """The train section as the adversarial continuation of one task sees it (which tasks have one is not
     its concern: choosing them must not retrain the others)."""
-    train = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks")}
+    train = {k: v for k, v in config["train"].items() if k not in ("num_workers", "threads", "tasks", "seed")}
     train["adversarial"] = {k: v for k, v in train["adversarial"].items() if k != "tasks"}
     return _without_noop_defaults(train)
 
@@ -286,8 +292,9 @@ def deblend_seed():
 
 
 def training_seed(task):
-    """Seed of the training of one task, derived from the root seed."""
-    return _training_seed(config["seed"], task)
+    """Seed of the training of one task, derived from train.seed or else the root seed."""
+    root = config["train"].get("seed")
+    return _training_seed(config["seed"] if root is None else root, task)
 
 
 SHARD_RULES = ("sources", "simulate", "expected", "bin")
