@@ -80,8 +80,7 @@ class PairRenderer:
     def __init__(self, instrument: PnInstrument, frame_offset_1x: tuple[int, int], settings: PairInjection,
                  gamma: float, nh_cm2: float) -> None:
         self.instrument, self.settings = instrument, settings
-        self.grid = instrument.geometry.image_grid(1)
-        self.layout = FrameLayout(self.grid, (int(frame_offset_1x[0]), int(frame_offset_1x[1])))
+        self.layout = FrameLayout(instrument.geometry.image_grid(1), (int(frame_offset_1x[0]), int(frame_offset_1x[1])))
         response = instrument.require_response()
         self.energy_kev = float(response.spectral("powerlaw", gamma, nh_cm2).mean_energy_kev)
 
@@ -90,7 +89,7 @@ class PairRenderer:
         s = self.settings
         counts = float(np.exp(rng.uniform(*np.log(s.counts))))
         ratio = float(np.exp(rng.uniform(*np.log(s.flux_ratio))))
-        separation = float(rng.uniform(*s.separation_arcsec)) / self.grid.pixel_arcsec    # 1x pixels
+        separation = float(rng.uniform(*s.separation_arcsec)) / self.layout.grid.pixel_arcsec    # 1x pixels
         angle = float(rng.uniform(0.0, np.pi))
         centre = rng.uniform(crop / 4.0, 3.0 * crop / 4.0, size=2) - 0.5   # (x, y), 1x pixel centres at integers
         half = 0.5 * separation * np.array([np.cos(angle), np.sin(angle)])
@@ -116,7 +115,7 @@ class PairRenderer:
 
     def _render(self, origin_1x: tuple[int, int], xy_1x: np.ndarray, counts: np.ndarray, crop: int, theta: float,
                 azimuth: float, resolution: int) -> np.ndarray:
-        images = PointSourceImages(self.instrument.psf, self.grid.pixel_arcsec, theta, azimuth, self.energy_kev,
+        images = PointSourceImages(self.instrument.psf, self.layout.grid.pixel_arcsec, theta, azimuth, self.energy_kev,
                                    resolution)
         f = self.instrument.out_of_time_fraction
         n = crop * resolution
@@ -132,7 +131,7 @@ class PairRenderer:
                 resolution: int) -> np.ndarray:
         """The crop's share of ``column_counts`` (per crop column) spread uniformly along the column of the
         CCD that holds a source at 1x crop row ``y_1x`` (the simulator's out-of-time events)."""
-        g, p = self.instrument.geometry, self.grid.pixel_arcsec
+        g, p = self.instrument.geometry, self.layout.grid.pixel_arcsec
         bottom = float(self.layout.detector_arcsec(origin_1x[1], origin_1x[0])[1])     # the crop's lower edge
         ccd = int(np.clip(g.ccd_row(bottom + (y_1x + 0.5) * p), 0, g.ccds_y - 1))
         low = g.ccd_origin(0, ccd)[1]
