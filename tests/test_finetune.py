@@ -137,6 +137,7 @@ def test_report_has_a_real_data_page_per_task(tiny_run, real_config, tmp_path):
                  tmp_path / "report.pdf", tmp_path / "figures", real_thinned={"dn": scores})
     text = " ".join(page.extract_text() for page in pypdf.PdfReader(tmp_path / "report.pdf").pages)
     assert "DN on held-out real observations" in text and "finetuned" in text
+    assert "unconfirmed" in text and "from nothing" in text
     held_out = set(pd.read_csv(scores)["image"])
     assert held_out and all(f"DN on the real image {name}" in text for name in held_out)
     with np.load(tiny_run / "results/metrics/dn/real_thinned_gallery.npz") as gallery:
@@ -186,6 +187,10 @@ def test_release_of_fine_tuned_models_names_the_real_data(tiny_run, real_config)
     assert f"{history['val_real_deviance'].iloc[-1]:.4f}" in card       # figures from the run's own files
     scores = pd.read_csv(tiny_run / "results/metrics/dn/real_thinned.csv").set_index("method")
     assert f"{scores.at['finetuned', 'deviance']:.4f}" in card and "**this model**" in card
+    # the point sources of each method, tested on the remainder
+    assert "| point sources | from nothing |" in card
+    assert f"| {scores.at['finetuned', 'sources']} | {scores.at['finetuned', 'from_nothing']:.1f} |" in card
+    assert np.all(scores["from_nothing"] >= scores["no_excess"]) and np.all(scores["unconfirmed"] <= scores["sources"])
 
 
 def test_a_finished_finetune_is_not_resumed_on_other_real_data(tiny_run, real_config, tmp_path, capsys):

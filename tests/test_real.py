@@ -207,3 +207,43 @@ def test_evaluate_real_on_a_simulated_deep_image_ranks_methods_as_the_truth_does
     assert "deviance per pixel" in capsys.readouterr().out
     csv = pd.read_csv(out).set_index("method")
     np.testing.assert_allclose(csv["deviance"], table["deviance"], rtol=1e-5)
+
+
+def test_remainder_support_confirms_true_sources_and_not_invented_ones(instrument):
+    """Of a prediction's sources, those in the sky are confirmed by independent counts, and those made from
+    nothing show no excess about as often as ``null_no_excess`` says (about half the time)."""
+    from xmmsr import detection
+    from xmmsr.evaluate.real import SUPPORT_COLUMNS, remainder_support, support_summary
+
+    fwhm = detection.psf_fwhm_px(instrument, 1)
+    yy, xx = np.mgrid[:128, :128]
+    background = np.full((128, 128), 2.0)      # counts per pixel at 100 ks
+
+    def source(x: float, y: float, counts: float) -> np.ndarray:
+        g = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * (fwhm / 2.3548) ** 2))
+        return counts * g / g.sum()
+
+    sky = background + source(30.3, 40.6, 400.0) + source(90.2, 35.1, 400.0)
+    invented = source(40.7, 95.4, 400.0) + source(95.3, 90.2, 400.0)
+    prediction = sky + invented                  # the method's claim: four sources, two of them from nothing
+    mask = np.ones(sky.shape, bool)
+    rng = np.random.default_rng(11)
+    real, fake = [], []
+    for _ in range(60):                          # remainders as deep as a 20 ks input
+        remainder = rng.poisson(0.2 * sky).astype(np.float64)
+        table = remainder_support(prediction, remainder, 20_000.0, 100_000.0, mask, instrument, 5.0)
+        assert list(table.columns) == SUPPORT_COLUMNS and len(table) == 4
+        made_up = invented[np.round(table["y"]).astype(int), np.round(table["x"]).astype(int)] > 1.0
+        real.append(table[~made_up])
+        fake.append(table[made_up])
+    real, fake = pd.concat(real), pd.concat(fake)
+    assert np.all(real["remainder_sigma"] > 3.0) and not real["no_excess"].any()
+    assert np.mean(fake["remainder_sigma"] < 2.0) > 0.9
+    assert fake["null_no_excess"].mean() == pytest.approx(fake["no_excess"].mean(), abs=0.12)
+    # the claim is what the prediction holds there, and the surroundings are the sky without the source
+    np.testing.assert_allclose(fake["predicted_counts"] - fake["remainder_expected"],
+                               0.2 * 400 * 0.998, rtol=0.01)   # 99.8 % of a Gaussian within 1.5 FWHM
+    summary = support_summary(pd.concat([real.iloc[:2], fake.iloc[:2]]))
+    assert summary["sources"] == 4 and summary["unconfirmed"] >= 1
+    assert summary["from_nothing"] == pytest.approx(
+        np.sum(1 / fake.iloc[:2]["null_no_excess"][fake.iloc[:2]["no_excess"]]))

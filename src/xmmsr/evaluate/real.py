@@ -25,13 +25,16 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
-from .. import metrics
+from .. import detection, metrics
 from ..errors import InputError
 from ..instrument.exposure import image_exposure, layout_acceptance
 from ..instrument.model import PnInstrument
+from ..instrument.simulator import out_of_time_streaks
 from ..io import atomic_path
 from ..learn.checkpoint import TrainedModel, load_model
+from ..learn.gate import aperture_support, poisson_significance
 from ..learn.predict import predict_counts, read_count_image
 from ..metrics import coverage_mask
 from ..thinning import binomial_split
@@ -40,7 +43,11 @@ from .consistency import degradation_kernel, forward_model
 from .run import write_csv
 
 THINNED_COLUMNS = ["method", "deviance", "psnr", "psnr_asinh", "ssim_asinh", "flux_ratio", "parameter",
+                   "sources", "unconfirmed", "no_excess", "from_nothing",
                    "exposure_input", "exposure_remainder", "exposure_source", "seed", "pixels"]
+SUPPORT_SIGMA = 2.0   # a detection whose remainder counts stand out from its surroundings by less is unconfirmed
+SUPPORT_COLUMNS = ["x", "y", "flux", "significance", "remainder_counts", "remainder_expected", "predicted_counts",
+                   "remainder_sigma", "no_excess", "null_no_excess"]
 
 
 def score_pair(model_path: str | Path, short_path: str | Path, long_path: str | Path,
@@ -106,11 +113,60 @@ def evaluate_real_pairs(model_path: str | Path, pairs: list[dict[str, str]], ins
     return result
 
 
+def remainder_support(prediction: np.ndarray, remainder: np.ndarray, remainder_seconds: np.ndarray,
+                      prediction_exposure_s: float, mask: np.ndarray, instrument: PnInstrument,
+                      nsigma: float) -> pd.DataFrame:
+    """The point sources of a prediction, each tested against independent counts of the same sky.
+
+    ``prediction``: expected counts per 1x pixel at ``prediction_exposure_s`` with the nominal exposure
+    everywhere (every method's, SR forward-modelled to 1x); ``remainder``: independent counts (the
+    remainder of a thinning, or a second observation), ``remainder_seconds`` their exposure per pixel;
+    ``mask``: the pixels to use. Sources are found as the evaluation finds them
+    (:func:`xmmsr.detection.detect_point_sources` at ``nsigma``, the significance at the prediction's
+    exposure), with the out-of-time streaks of the prediction as the known background and the
+    prediction's surroundings as the local level (a real image has no known background map). Each
+    source's support (:func:`xmmsr.learn.gate.aperture_support`, the source gate's test): the remainder's
+    counts in the detection aperture (``remainder_counts``) against what the prediction's surroundings
+    without the source give there at the remainder's exposure (``remainder_expected``), as a one-sided
+    Poisson significance (``remainder_sigma``); ``predicted_counts``, what the prediction itself gives
+    there. ``no_excess``: the remainder holds no more counts than the surroundings give, which a source
+    made from nothing does with probability ``null_no_excess`` (about one half) and a true source
+    that the remainder is deep enough to show seldom does. One row per source (:data:`SUPPORT_COLUMNS`)."""
+    fwhm = detection.psf_fwhm_px(instrument, 1)
+    pred = np.where(mask, np.asarray(prediction, dtype=np.float64), 0.0)
+    streak = out_of_time_streaks(pred, instrument, 1)
+    found = detection.detect_point_sources(pred, mask, streak, fwhm, nsigma)
+    seconds = np.broadcast_to(np.asarray(remainder_seconds, dtype=np.float64), pred.shape)
+    counts = np.where(mask, np.asarray(remainder, dtype=np.float64), 0.0)
+    support, _ = aperture_support(pred, streak, mask, found, fwhm, counts, seconds, float(prediction_exposure_s),
+                                  streak * seconds / float(prediction_exposure_s), 1,
+                                  detection.APERTURE_FWHM * fwhm, mask)
+    n, b = support["counts"].to_numpy(), support["expected"].to_numpy()
+    table = found[["x", "y", "flux", "significance"]].assign(
+        remainder_counts=n, remainder_expected=b, predicted_counts=support["predicted"].to_numpy(),
+        remainder_sigma=poisson_significance(n, b), no_excess=n <= b,
+        # P(N <= b) for N ~ Poisson(b): P(N <= floor(b)) = Q(floor(b) + 1, b)
+        null_no_excess=special.gammaincc(np.floor(b) + 1.0, np.maximum(b, 1e-12)))
+    return table[SUPPORT_COLUMNS]
+
+
+def support_summary(support: pd.DataFrame) -> dict[str, float]:
+    """A method's sources on one image and how the remainder supports them: ``sources``; ``unconfirmed``,
+    those below ``SUPPORT_SIGMA`` in the remainder; ``no_excess``; and ``from_nothing``, the sources
+    without excess each weighted by 1 / ``null_no_excess``: an estimate of the sources made from nothing
+    that true sources too faint for the remainder can only raise (an upper estimate)."""
+    none = support["no_excess"].to_numpy(dtype=bool)
+    return {"sources": int(len(support)), "unconfirmed": int(np.sum(support["remainder_sigma"] < SUPPORT_SIGMA)),
+            "no_excess": int(none.sum()),
+            "from_nothing": float(np.sum(1.0 / np.maximum(support["null_no_excess"].to_numpy()[none], 1e-12)))}
+
+
 @dataclass(frozen=True)
 class ThinnedPredictions:
     """Every method's prediction of the remainder of a thinned deep image, and what scores them."""
 
     remainder_mean: dict[str, np.ndarray]   # method -> expected remainder counts per 1x pixel
+    support: dict[str, pd.DataFrame]         # method -> its point sources tested on the remainder (remainder_support)
     remainder: np.ndarray                    # the remainder's counts
     mask: np.ndarray                         # scored pixels
     parameters: dict[str, float]             # baseline -> its tuned parameter
@@ -156,6 +212,10 @@ def thinned_predictions(models: dict[str, TrainedModel], image_path: str | Path,
     # every method predicts at 1x here (SR is forward-modelled below): the DN baselines
     preds = methods.predict_baselines("dn", *args, settings, footprint=mask)
     means = {m: p * to_remainder for m, p in preds.items()}
+    remainder_seconds = relative * t_rest
+    nsigma = float(eval_cfg["detection_nsigma"])
+    support = {m: remainder_support(p, remainder, remainder_seconds, t_out, mask, instrument, nsigma)
+               for m, p in preds.items()}
     seconds = np.where(mask, exposure.seconds * fraction, t_in)
     for name, model in models.items():
         pred = predict_counts(model, counts_in.astype(np.float64), seconds, footprint=mask).astype(np.float64)
@@ -163,7 +223,9 @@ def thinned_predictions(models: dict[str, TrainedModel], image_path: str | Path,
             pred = forward_model(pred, model.upscale, degradation_kernel(instrument, model.upscale), 1.0, 1.0,
                                  footprint=np.kron(mask, np.ones((model.upscale, model.upscale), dtype=bool)))
         means[name] = pred * relative * (t_rest / float(model.target_exposure_s))
-    return ThinnedPredictions(means, remainder.astype(np.float64), mask, methods.tuned_values("dn", settings), t_in,
+        support[name] = remainder_support(pred, remainder, remainder_seconds, float(model.target_exposure_s), mask,
+                                          instrument, nsigma)
+    return ThinnedPredictions(means, support, remainder.astype(np.float64), mask, methods.tuned_values("dn", settings), t_in,
                               t_rest, exposure.source,
                               eval_cfg["asinh_scale_counts"] * t_rest / t_out)
 
@@ -204,6 +266,7 @@ def thinned_scores(t: ThinnedPredictions, seed: int) -> pd.DataFrame:
                      "ssim_asinh": metrics.masked_ssim(ma, ka, mask, metrics.data_range(ka, mask)),
                      "flux_ratio": float(mu[mask].sum() / max(k[mask].sum(), 1e-12)),
                      "parameter": methods.describe_parameter(method, t.parameters.get(method, np.nan)),
+                     **support_summary(t.support[method]),
                      "exposure_input": t.exposure_input, "exposure_remainder": t.exposure_remainder,
                      "exposure_source": t.exposure_source, "seed": seed, "pixels": int(mask.sum())})
     return pd.DataFrame(rows, columns=THINNED_COLUMNS)

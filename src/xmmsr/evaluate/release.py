@@ -479,11 +479,21 @@ def _finetuning(run: TaskRun, model: Any) -> list[str]:
         out += ["", "Held-out real observations: the input thinned from each image, scored against the independent "
                 "remainder (Poisson deviance per 1x pixel, lower is better; PSNR in linear counts; each baseline's "
                 "parameter chosen on the remainder; over the detector footprint: the chip gaps and dead pixels of "
-                "the CCD layout get no exposure and are left out):", "",
-                "| image | split | method | deviance | PSNR [dB] | flux ratio |", "|---|---|---|---|---|---|"]
+                "the CCD layout get no exposure and are left out). Point sources: each method's sources at the "
+                "evaluation's threshold, tested against the remainder; 'from nothing' is the upper estimate of "
+                "those the remainder shows nothing of (each source without excess counts there weighted by "
+                "1 / the chance that a source made from nothing has none, about 2):", "",
+                "| image | split | method | deviance | PSNR [dB] | flux ratio | point sources | from nothing |",
+                "|---|---|---|---|---|---|---|---|"]
         out += [f"| {r['image']} | {r['split']} | {label[r['method']]} | {float(r['deviance']):.4f} | "
-                f"{float(r['psnr']):.2f} | {float(r['flux_ratio']):.3f} |" for r in scores if r["method"] in label]
+                f"{float(r['psnr']):.2f} | {float(r['flux_ratio']):.3f} | {r.get('sources', '–')} | "
+                f"{_number(r.get('from_nothing'), '.1f')} |" for r in scores if r["method"] in label]
     return out + [""]
+
+
+def _number(value: str | None, spec: str) -> str:
+    """A CSV field formatted, or a dash where the file has no such column (written before it existed)."""
+    return "–" if value in (None, "") else format(float(value), spec)
 
 
 def _calibration(path: Path | None) -> UncertaintyCalibration | None:

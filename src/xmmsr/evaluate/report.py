@@ -27,6 +27,7 @@ from .. import __version__  # noqa: E402
 from ..instrument.psf import describe_psf  # noqa: E402
 from ..io import atomic_path  # noqa: E402
 from . import methods, points, tables  # noqa: E402
+from .real import SUPPORT_SIGMA  # noqa: E402
 
 TASK_TITLES = {"dn": "De-noising (DN): {t_in} → {t_out}, 4\" pixels",
                "sr": "Super-resolution (SR): {t_in} at 4\" → {t_out} at 2\""}
@@ -332,8 +333,9 @@ def _real_page(pdf: PdfPages, real: pd.DataFrame) -> None:
 def _real_thinned_page(pdf: PdfPages, task: str, scores: pd.DataFrame) -> None:
     fig = plt.figure(figsize=PAGE)
     _title(fig, f"{task.upper()} on held-out real observations: thinned input against the independent remainder")
-    cols = ["image", "split", "method", "deviance", "psnr", "psnr_asinh", "flux_ratio", "parameter",
-            "exposure_input", "exposure_remainder"]
+    cols = [c for c in ("image", "split", "method", "deviance", "psnr", "psnr_asinh", "flux_ratio", "parameter",
+                        "sources", "unconfirmed", "from_nothing", "exposure_input", "exposure_remainder")
+            if c in scores.columns]
     _frame_table(fig, [0.05, 0.2, 0.9, 0.65], scores[cols], 7, 1.5)
     _caption(fig, "Each held-out real image is thinned binomially into an input and the independent remainder "
              "(same seed for every method); predictions from the input, turned into the remainder's expected "
@@ -341,7 +343,11 @@ def _real_thinned_page(pdf: PdfPages, task: str, scores: pd.DataFrame) -> None:
              "counts: Poisson deviance per pixel (lower is better), PSNR and flux ratio. Each baseline's parameter "
              "(Gaussian width, adaptive-smoothing S/N, wavelet threshold) is the one with the lowest deviance on "
              "that image, which favours the baselines. 'finetuned' is the model after fine-tuning on "
-             "the real training images.")
+             "the real training images. Point sources: each method's sources at the evaluation's threshold, each "
+             "tested against the remainder's counts in its aperture over what its surroundings give there; "
+             f"'unconfirmed': below {SUPPORT_SIGMA:g} sigma; 'from nothing': an upper estimate of those made from nothing (each "
+             "source without any excess weighted by 1 / the chance, about one half, that one made from nothing "
+             "has none).")
     pdf.savefig(fig)
     plt.close(fig)
 

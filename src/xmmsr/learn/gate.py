@@ -106,6 +106,50 @@ def _local_surface(image: np.ndarray, mask: np.ndarray, x: float, y: float, fwhm
     return lambda u, v: basis(u, v) @ coeffs
 
 
+def aperture_support(prediction: np.ndarray, streak_out: np.ndarray, mask_out: np.ndarray, candidates: pd.DataFrame,
+                     fwhm_out_px: float, counts: np.ndarray, seconds: np.ndarray, prediction_exposure_s: float,
+                     floor: np.ndarray, upscale: int, radius_1x_px: float,
+                     inside: np.ndarray) -> tuple[pd.DataFrame, list[Callable[[np.ndarray, np.ndarray], np.ndarray]]]:
+    """What independent (or input) counts on the 1x grid hold at each candidate of a prediction.
+
+    ``prediction``: expected counts per output pixel at ``prediction_exposure_s`` (``upscale`` x finer than
+    the 1x grid), ``streak_out`` its out-of-time streaks and ``mask_out`` its valid pixels; ``candidates``:
+    the sources found in it (``x``, ``y`` in output pixels, ``level``, :func:`xmmsr.detection.detect_point_sources`);
+    ``counts``: the counts per 1x pixel to test against, ``seconds`` their exposure per pixel, ``floor`` the
+    expected counts per 1x pixel they hold besides the sky (their streaks), ``inside`` their valid pixels.
+
+    For each candidate, in a circular aperture of ``radius_1x_px`` (exact photutils weights): ``counts``,
+    the counts; ``expected``, what the prediction's surroundings without the source give there at the
+    counts' exposure (a quadratic surface fitted in the detection annulus, :func:`_local_surface`, plus
+    ``floor``); ``predicted``, what the prediction itself gives there. Also each candidate's surface
+    (output-pixel coordinates -> expected counts per output pixel at the prediction's exposure)."""
+    s = int(upscale)
+    h, w = np.shape(counts)
+    residual = prediction - streak_out
+    n, b, m = (np.zeros(len(candidates)) for _ in range(3))
+    block = np.asarray(prediction, dtype=np.float64)
+    if s > 1:   # the prediction summed over each 1x pixel
+        block = block.reshape(h, s, w, s).sum(axis=(1, 3))
+    surfaces = []
+    for i, (x, y, level) in enumerate(candidates[["x", "y", "level"]].itertuples(index=False)):
+        streak_here = float(streak_out[min(max(int(round(y)), 0), h * s - 1), min(max(int(round(x)), 0), w * s - 1)])
+        surface = _local_surface(residual, mask_out, x, y, fwhm_out_px, level - streak_here)
+        surfaces.append(surface)
+        # the 1x aperture (exact photutils weights) and the surface's counts in it
+        x1, y1 = (x + 0.5) / s - 0.5, (y + 0.5) / s - 0.5
+        weights = CircularAperture((x1, y1), radius_1x_px).to_mask(method=detection.APERTURE_METHOD)
+        large, small = weights.get_overlap_slices((h, w))
+        if large is None:
+            continue
+        wgt = weights.data[small] * inside[large]
+        iy, ix = np.mgrid[large]
+        at_1x = s * s * np.maximum(surface((ix + 0.5) * s - 0.5, (iy + 0.5) * s - 0.5), 0.0)
+        n[i] = float(np.sum(wgt * counts[large]))
+        b[i] = float(np.sum(wgt * (at_1x * seconds[large] / prediction_exposure_s + floor[large])))
+        m[i] = float(np.sum(wgt * (block[large] * seconds[large] / prediction_exposure_s)))
+    return pd.DataFrame({"counts": n, "expected": b, "predicted": m}), surfaces
+
+
 def gate_sources(prediction: np.ndarray, counts: np.ndarray, exposure_s: float | np.ndarray,
                  target_exposure_s: float, upscale: int, gate: SourceGate,
                  footprint: np.ndarray | None = None) -> tuple[np.ndarray, pd.DataFrame]:
@@ -127,26 +171,10 @@ def gate_sources(prediction: np.ndarray, counts: np.ndarray, exposure_s: float |
                               input_sigma=np.zeros(len(candidates)), kept=np.ones(len(candidates), dtype=bool))
     if candidates.empty:
         return pred, table
-    residual = pred - streak_out
-    radius_1x = detection.APERTURE_FWHM * gate.fwhm_1x_px
-    n = np.zeros(len(candidates))
-    b = np.zeros(len(candidates))
-    surfaces = []
-    for i, (x, y, level) in enumerate(candidates[["x", "y", "level"]].itertuples(index=False)):
-        streak_here = float(streak_out[min(max(int(round(y)), 0), h * s - 1), min(max(int(round(x)), 0), w * s - 1)])
-        surface = _local_surface(residual, mask_out, x, y, gate.fwhm_out_px, level - streak_here)
-        surfaces.append(surface)
-        # the input aperture (1x pixels, exact photutils weights) and the surface's counts in it
-        x1, y1 = (x + 0.5) / s - 0.5, (y + 0.5) / s - 0.5
-        weights = CircularAperture((x1, y1), radius_1x).to_mask(method=detection.APERTURE_METHOD)
-        large, small = weights.get_overlap_slices((h, w))
-        if large is None:
-            continue
-        wgt = weights.data[small] * inside[large]
-        iy, ix = np.mgrid[large]
-        at_1x = s * s * np.maximum(surface((ix + 0.5) * s - 0.5, (iy + 0.5) * s - 0.5), 0.0)
-        n[i] = float(np.sum(wgt * data[large]))
-        b[i] = float(np.sum(wgt * (at_1x * seconds[large] / float(target_exposure_s) + streak_in[large])))
+    support, surfaces = aperture_support(pred, streak_out, mask_out, candidates, gate.fwhm_out_px, data, seconds,
+                                         float(target_exposure_s), streak_in, s, detection.APERTURE_FWHM * gate.fwhm_1x_px,
+                                         inside)
+    n, b = support["counts"].to_numpy(), support["expected"].to_numpy()
     z = poisson_significance(n, b)
     kept = (z >= gate.sigma) & (b > 0)
     table = table.assign(input_counts=n, input_expected=b, input_sigma=z, kept=kept)
