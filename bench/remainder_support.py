@@ -5,14 +5,15 @@ tests each one against the independent remainder of a thinning instead. This che
 truth is known: on a split of a simulated training set, the 100 ks target (independent of the 20 ks
 input) is thinned binomially to ``--remainder-fraction`` of its counts (0.2: a remainder as deep as the
 input, as on the real images, whose remainder is the half not given as input) and serves as the
-remainder. For the scaled input, the DN model and the SR model (forward-modelled to 1x) it prints, per
+remainder. ``--input-fraction`` thins the input too (0.5: a 10 ks input for models trained on 20 ks
+ones, as on the two real images of 20 ks). For the scaled input, the DN model and the SR model (forward-modelled to 1x) it prints, per
 field: the sources found; those the truth's sources do not match (the evaluation's false detections at
 1x, edge sources left out); those made from nothing, where the noise-free sky holds less than a third
 of the excess the method claims over its surroundings; and the test's counts (``unconfirmed``,
 ``no_excess``, ``from_nothing``: the estimate of the last truth column).
 
     python bench/remainder_support.py DATASET.h5 [--dn MODEL.pt] [--sr MODEL.pt] [--split test]
-        [--remainder-fraction 0.2] [--seed 1] [--config CFG]
+        [--remainder-fraction 0.2] [--input-fraction 1] [--seed 1] [--config CFG]
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ def main() -> None:
     ap.add_argument("--sr", default=None, help="an SR model (default: the shipped one)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--remainder-fraction", type=float, default=0.2)
+    ap.add_argument("--input-fraction", type=float, default=1.0, help="thin the input to this fraction too")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--config", help="the run's merged config (YAML); default: the embedded default")
     args = ap.parse_args()
-    if not 0.0 < args.remainder_fraction <= 1.0:
-        raise SystemExit(f"--remainder-fraction must lie in (0, 1], got {args.remainder_fraction}")
+    for name in ("remainder_fraction", "input_fraction"):
+        if not 0.0 < getattr(args, name) <= 1.0:
+            raise SystemExit(f"--{name.replace('_', '-')} must lie in (0, 1], got {getattr(args, name)}")
 
     config = load_config(args.config) if args.config else default_config()
     instrument = PnInstrument.from_config(config["instrument"])
@@ -61,13 +64,15 @@ def main() -> None:
     rows = []
     for frame, field, streaks in frames_with_background(PairDataset(args.dataset, "dn", args.split), instrument):
         truth = FrameTruth.detect(frame, field, streaks, instrument, 1, nsigma, errors)
-        mask, t_in, t_out = frame["mask_target"], frame["exposure_input"], frame["exposure_target"]
+        mask, t_in, t_out = frame["mask_target"], frame["exposure_input"] * args.input_fraction, frame["exposure_target"]
+        counts_in = (rng.binomial(frame["input"].astype(np.int64), args.input_fraction).astype(np.float64)
+                     if args.input_fraction < 1.0 else frame["input"])
         remainder = (rng.binomial(frame["target"].astype(np.int64), args.remainder_fraction).astype(np.float64)
                      if args.remainder_fraction < 1.0 else frame["target"])
         seconds = args.remainder_fraction * t_out
-        preds = {"input": frame["input"] * (t_out / t_in)}
+        preds = {"input": counts_in * (t_out / t_in)}
         for name, model in models.items():
-            pred = predict_counts(model, frame["input"], t_in, footprint=frame["mask_input"]).astype(np.float64)
+            pred = predict_counts(model, counts_in, t_in, footprint=frame["mask_input"]).astype(np.float64)
             if model.upscale != 1:
                 pred = forward_model(pred, model.upscale, degradation_kernel(instrument, model.upscale), 1.0, 1.0,
                                      footprint=np.kron(frame["mask_input"], np.ones((model.upscale,) * 2, dtype=bool)))
@@ -95,8 +100,8 @@ def main() -> None:
     table = pd.DataFrame(rows)
     per_field = table.groupby("method", sort=False)[["sources", "false", "made_from_nothing", "unconfirmed",
                                                      "no_excess", "from_nothing"]].mean()
-    print(f"{args.split} split, {table['field'].nunique()} fields; remainder {args.remainder_fraction:g} of the "
-          f"target's counts; per field (means):")
+    print(f"{args.split} split, {table['field'].nunique()} fields; input {args.input_fraction:g} of its counts, "
+          f"remainder {args.remainder_fraction:g} of the target's; per field (means):")
     print(per_field.round(2).to_markdown())
     totals = table.groupby("method", sort=False)[["made_from_nothing", "unconfirmed_of_nothing"]].sum()
     for method, row in totals.iterrows():

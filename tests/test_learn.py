@@ -268,6 +268,32 @@ def test_brightened_crops_are_poisson_draws_of_brighter_sources_over_the_same_ba
             PairDataset(path, "dn", "train", crop=16, **bad)
 
 
+def test_thinned_inputs_are_binomial_thinnings_with_their_exposure(tiny_run):
+    """train.thin_inputs: the input's counts thinned binomially and its exposure scaled with them, the
+    target as it was; off, the draws of earlier runs."""
+    path = dataset_path(tiny_run)
+    plain = PairDataset(path, "dn", "train", crop=16)
+    off = PairDataset(path, "dn", "train", crop=16, thin_inputs=0.0, min_exposure_fraction=0.5)
+    assert all(torch.equal(plain[(i % len(plain), 7 + i)]["input"], off[(i % len(off), 7 + i)]["input"])
+               for i in range(4))
+    thin = PairDataset(path, "dn", "train", crop=16, thin_inputs=1.0, min_exposure_fraction=0.25)
+    kept, pulls = [], []
+    for draw in range(60):
+        a, b = thin[(draw % len(thin), 300 + draw)], plain[(draw % len(plain), 300 + draw)]
+        f = float(a["exposure_input"] / b["exposure_input"])
+        assert 0.25 - 1e-6 <= f <= 1.0 and float(a["target"].sum()) == float(b["target"].sum())
+        n, k = float(b["input"].sum()), float(a["input"].sum())
+        assert k <= n
+        kept.append(f)
+        if n > 0:
+            pulls.append((k - f * n) / np.sqrt(max(n * f * (1 - f), 1e-9)))
+    assert np.min(kept) < 0.4 and np.max(kept) > 0.8 and 0.35 < np.median(kept) < 0.65   # log-uniform: median 0.5
+    assert abs(np.mean(pulls)) < 4 / np.sqrt(len(pulls)) and 0.5 < np.std(pulls) < 1.6   # binomial counts
+    for bad in ({"thin_inputs": 1.5}, {"thin_inputs": 0.5, "min_exposure_fraction": 0.0}):
+        with pytest.raises(ValueError, match="thin_inputs"):
+            PairDataset(path, "dn", "train", crop=16, **bad)
+
+
 def test_injected_pairs_are_poisson_counts_of_the_psf_added_to_input_target_and_expected(tiny_run):
     from xmmsr.learn.injection import PairInjection
 
@@ -520,6 +546,7 @@ def test_deblending_overlays_stack_on_the_pretrained_config():
 
 @pytest.mark.parametrize("overlay, outdir, setting", [
     ("bright_targets", "results/bright", ("brighten", {"fraction": 0.5, "max_factor": 100.0})),
+    ("shallow_inputs", "results/shallow_inputs", ("thin_inputs", {"fraction": 0.5, "min_exposure_fraction": 0.25})),
     ("injected_pairs", "results/injected_pairs", ("pairs", {"fraction": 0.75, "counts": [20.0, 2000.0],
                                                             "separation_arcsec": [2.0, 20.0], "flux_ratio": [1.0, 5.0]})),
 ])

@@ -221,6 +221,11 @@ def test_rerun_does_nothing_and_parameter_changes_rerun_exactly_the_dependents(t
     assert set(jobs) == {"train", "evaluate", "deblend", "report", "all"}
     dark = write_config(tmp_path / "dark.yaml", {"train": {"brighten": {"fraction": 0.0, "max_factor": 5.0}}})
     assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(dark)).stdout)
+    thin = write_config(tmp_path / "thin.yaml", {"train": {"thin_inputs": {"fraction": 0.5}}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--configfile", str(thin)))
+    assert set(jobs) == {"train", "evaluate", "deblend", "report", "all"}
+    deep = write_config(tmp_path / "deep.yaml", {"train": {"thin_inputs": {"fraction": 0.0, "min_exposure_fraction": 0.5}}})
+    assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(deep)).stdout)
     no_pairs = write_config(tmp_path / "pairs.yaml", {"sources": {"agn": {"pair_separation_arcsec": [3.0, 9.0]}}})
     assert "Nothing to be done" in "".join(snakemake(tiny_run, "-n", "--configfile", str(no_pairs)).stdout)
 

@@ -196,7 +196,9 @@ def _evaluate_real_image(args: argparse.Namespace, config: dict, base: Path | No
     print(f"{output}: deviance per pixel vs the independent remainder: model {s.at['model', 'deviance']:.4f}, "
           f"best Gaussian ({s.at['gaussian', 'parameter']}) {s.at['gaussian', 'deviance']:.4f}, "
           f"input {s.at['input', 'deviance']:.4f}; PSNR model {s.at['model', 'psnr']:.2f} dB, "
-          f"Gaussian {s.at['gaussian', 'psnr']:.2f} dB ({s.at['model', 'exposure_source']})")
+          f"Gaussian {s.at['gaussian', 'psnr']:.2f} dB ({s.at['model', 'exposure_source']}); point sources made "
+          f"from nothing (upper estimate) model {s.at['model', 'from_nothing']:.1f} of {s.at['model', 'sources']}, "
+          f"input {s.at['input', 'from_nothing']:.1f} of {s.at['input', 'sources']}")
 
 
 def cmd_thin(args: argparse.Namespace) -> None:

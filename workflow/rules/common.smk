@@ -248,14 +248,15 @@ def report_config():
 
 def _without_noop_defaults(train):
     """The train section without the settings that are at a default which changes nothing (source_crops 0:
-    every crop uniform; brighten and pairs fraction 0: no crop brightened or given a pair; as before the
-    settings existed; seed null: the run's seed), so that runs made before them do not retrain."""
+    every crop uniform; brighten, pairs and thin_inputs fraction 0: no crop brightened, given a pair or
+    thinned; as before the settings existed; seed null: the run's seed), so that runs made before them do
+    not retrain."""
     return {
         k: v
         for k, v in train.items()
         if not (
             (k == "source_crops" and v == 0)
-            or (k in ("brighten", "pairs") and v.get("fraction", 0) == 0)
+            or (k in ("brighten", "pairs", "thin_inputs") and v.get("fraction", 0) == 0)
             or (k == "seed" and v is None)
         )
     }

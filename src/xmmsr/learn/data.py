@@ -70,6 +70,11 @@ class PairDataset(Dataset):
     A fraction ``pairs.fraction`` of the crops gets a close pair of point sources added to its input,
     target and expected images (:mod:`xmmsr.learn.injection`), drawn with the training set's own
     instrument: pairs below and around the PSF's width, which simulated fields seldom hold.
+    A fraction ``thin_inputs`` of the crops gets a shallower input: its counts thinned binomially (each
+    kept with probability f, :mod:`xmmsr.thinning`), f drawn log-uniformly in [``min_exposure_fraction``, 1],
+    and its ``exposure_input`` times f; the target stays. Real observations are shallower than the
+    training set's input exposure too, and a network that has seen one input depth only takes the
+    noise peaks of a shallower one for sources.
     Keys are sample positions, or ``(position, draw_seed)`` pairs from :class:`EpochSampler`. With
     ``max_items`` only that many samples, evenly spread over the split, are used.
     """
@@ -77,18 +82,21 @@ class PairDataset(Dataset):
     @classmethod
     def training(cls, path: str | Path, task: str, train_cfg: Mapping[str, Any]) -> PairDataset:
         """The train split as the ``train`` config section crops it (``crop``, ``source_crops``; augmented,
-        no expected images; ``brighten``). ``source_crops`` and ``brighten`` may be absent: the rules leave
+        no expected images; ``brighten``, ``pairs``, ``thin_inputs``). These may be absent: the rules leave
         them out at their defaults, which change nothing, so that runs made before them are not trained
         again."""
         brighten = train_cfg.get("brighten") or {}
+        thin = train_cfg.get("thin_inputs") or {}
         return cls(path, task, "train", crop=train_cfg["crop"], augment=True, with_expected=False,
                    source_crops=train_cfg.get("source_crops", 0.0), brighten=brighten.get("fraction", 0.0),
-                   max_factor=brighten.get("max_factor", 1.0), pairs=PairInjection.from_config(train_cfg.get("pairs")))
+                   max_factor=brighten.get("max_factor", 1.0), pairs=PairInjection.from_config(train_cfg.get("pairs")),
+                   thin_inputs=thin.get("fraction", 0.0), min_exposure_fraction=thin.get("min_exposure_fraction", 1.0))
 
     def __init__(self, path: str | Path, task: str, split: str, crop: int | None = None,
                  augment: bool = False, with_expected: bool = True, max_items: int | None = None,
                  source_crops: float = 0.0, brighten: float = 0.0, max_factor: float = 1.0,
-                 pairs: PairInjection | None = None) -> None:
+                 pairs: PairInjection | None = None, thin_inputs: float = 0.0,
+                 min_exposure_fraction: float = 1.0) -> None:
         if task not in TARGETS:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(TARGETS)}")
         if not 0.0 <= source_crops <= 1.0:
@@ -97,11 +105,18 @@ class PairDataset(Dataset):
             raise ValueError(f"brighten = {brighten} is not a fraction; use a value in [0, 1]")
         if not max_factor >= 1.0:
             raise ValueError(f"brighten max_factor = {max_factor} is below 1; use a factor >= 1 (1: no change)")
+        if not 0.0 <= thin_inputs <= 1.0:
+            raise ValueError(f"thin_inputs = {thin_inputs} is not a fraction; use a value in [0, 1]")
+        if not 0.0 < min_exposure_fraction <= 1.0:
+            raise ValueError(f"thin_inputs min_exposure_fraction = {min_exposure_fraction} is not in (0, 1]; "
+                             "use e.g. 0.25 (inputs down to a quarter of the set's exposure)")
         self.path, self.task, self.split, self.crop, self.augment = Path(path), task, split, crop, augment
         self.source_crops = float(source_crops) if crop is not None else 0.0
         self.with_expected = with_expected
         self.brighten = float(brighten) if crop is not None else 0.0
         self.log_max_factor = float(np.log(max_factor))
+        self.thin_inputs = float(thin_inputs) if crop is not None else 0.0
+        self.log_min_exposure_fraction = float(np.log(min_exposure_fraction))
         self.upscale = UPSCALE[task]
         self.pairs = pairs if (pairs is not None and crop is not None) else PairInjection()
         self.pairs.check()
@@ -213,13 +228,18 @@ class PairDataset(Dataset):
             arrays["target"] = arrays["target"] + rng.poisson(counts[s] * ratio).astype(np.float32)
             if self.with_expected:
                 arrays["expected"] = arrays["expected"] + (counts[s] * ratio).astype(np.float32)
+        exposure_input = float(self.exposure_input[sample])
+        if self.thin_inputs > 0 and rng.random() < self.thin_inputs:   # no extra draw when off
+            kept = float(np.exp(rng.uniform(self.log_min_exposure_fraction, 0.0)))
+            arrays["input"] = rng.binomial(arrays["input"].astype(np.int64), kept).astype(np.float32)
+            exposure_input *= kept
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             for name, a in arrays.items():
                 a = np.rot90(a, k)
                 arrays[name] = np.ascontiguousarray(a[:, ::-1] if flip else a)
         item = {name: torch.from_numpy(np.ascontiguousarray(a))[None] for name, a in arrays.items()}
-        item["exposure_input"] = torch.tensor(float(self.exposure_input[sample]), dtype=torch.float32)
+        item["exposure_input"] = torch.tensor(exposure_input, dtype=torch.float32)
         item["exposure_target"] = torch.tensor(exposure_target, dtype=torch.float32)
         item["index"] = torch.tensor(sample)
         item["origin"] = torch.tensor([y0, x0])  # 1x pixel of the crop corner (before augmentation)
