@@ -320,11 +320,29 @@ def test_tiling_equals_whole_image(task):
 
 
 def test_exposure_mismatch_warns_but_writes(model_files, tmp_path, capsys):
+    import dataclasses
+    import warnings
+
+    from xmmsr.learn.predict import shallowest_trained_input_s
+
     image = write_image(tmp_path / "in.fits", sas_counts(), sas_header(exposure=5000.0))
     out = tmp_path / "out.fits"
-    with pytest.warns(UserWarning, match="factor 2"):
+    with pytest.warns(UserWarning, match="shallower than the 20000 s inputs"):
         predict_file(model_files["dn"], image, out)
     assert fits.getheader(out)["INEXPOS"] == 5000.0
+    deep = write_image(tmp_path / "deep.fits", sas_counts(), sas_header(exposure=50000.0))
+    with pytest.warns(UserWarning, match="factor 2"):
+        predict_file(model_files["dn"], deep, tmp_path / "deep_out.fits")
+    near = write_image(tmp_path / "near.fits", sas_counts(), sas_header(exposure=17000.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # within the tolerance: no warning
+        predict_file(model_files["dn"], near, tmp_path / "near_out.fits")
+    # a model trained on thinned inputs down to a quarter of the set's exposure knows 5 ks inputs
+    model = load_model(model_files["dn"])
+    assert shallowest_trained_input_s(model) == model.input_exposure_s == 20000.0
+    thinned = dataclasses.replace(model, train_config={**model.train_config, "train": {
+        **model.train_config.get("train", {}), "thin_inputs": {"fraction": 0.5, "min_exposure_fraction": 0.25}}})
+    assert shallowest_trained_input_s(thinned) == 5000.0
     out.unlink()
     assert run(["predict", "--model", model_files["dn"], "--input", image, "--output", out]) == 0
     assert "xmmsr predict: warning: " in capsys.readouterr().err and out.exists()

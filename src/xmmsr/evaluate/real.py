@@ -15,6 +15,14 @@ by TIME into two files and run ``xmmsr bin`` on each. The two images then hold i
 Scores are computed over the area both images cover (``coverage_mask``), less the chip gaps and dead
 pixels of the CCD layout (:func:`~xmmsr.instrument.exposure.layout_acceptance`), with the long image's counts
 as the (noisy) reference; predictions are rescaled from the model's target exposure to the long one.
+
+Invented sources on real images (:func:`remainder_support`): no truth says which of a prediction's point
+sources are real, but the remainder of a thinning is independent of the input every method saw, so each
+source is tested against the remainder's counts where it was found. A source made from nothing leaves
+the remainder no excess about half the time; a real one that the remainder is deep enough to show
+seldom does. ``thinned_scores`` counts each method's sources, those the remainder does not confirm and
+an upper estimate of those made from nothing (``bench/remainder_support.py`` checks it on simulations,
+where the truth is known).
 """
 
 from __future__ import annotations

@@ -308,6 +308,17 @@ def _upscale_wcs(header: fits.Header, s: int) -> None:
             header[key] = s * float(header[key])
 
 
+SHALLOW_INPUT_TOLERANCE = 0.8   # inputs this much shallower than the shallowest trained on get a warning
+
+
+def shallowest_trained_input_s(model: TrainedModel) -> float:
+    """The shallowest input exposure the model was trained on: the training set's input exposure, times
+    ``train.thin_inputs.min_exposure_fraction`` when its training thinned inputs."""
+    thin = (model.train_config.get("train") or {}).get("thin_inputs") or {}
+    fraction = float(thin.get("min_exposure_fraction", 1.0)) if float(thin.get("fraction", 0.0)) > 0 else 1.0
+    return float(model.input_exposure_s) * fraction
+
+
 def predict_file(model_path: str | Path, input_path: str | Path, output_path: str | Path,
                  device: str = "auto", exposure_map: str | Path | None = None,
                  uncertainty_path: str | Path | None = None, draws: int = 8, seed: int = 0,
@@ -335,8 +346,12 @@ def predict_file(model_path: str | Path, input_path: str | Path, output_path: st
     counts, header, exposure = read_count_image(input_path)
     per_pixel = image_exposure(header, counts.shape, exposure, exposure_map, path=input_path)
     model = load_model(model_path, dev)
-    ratio = exposure / model.input_exposure_s
-    if not 0.5 <= ratio <= 2.0:
+    shallowest = shallowest_trained_input_s(model)
+    if exposure < SHALLOW_INPUT_TOLERANCE * shallowest:
+        warnings.warn(f"{input_path}: EXPOSURE {exposure:g} s is shallower than the {shallowest:g} s inputs the model "
+                      "was trained on; it takes more noise peaks of a shallower input for point sources (README, "
+                      "'Invented sources on real images'): check them with --source-gate", stacklevel=2)
+    elif exposure > 2.0 * model.input_exposure_s:
         warnings.warn(f"{input_path}: EXPOSURE {exposure:g} s differs from the {model.input_exposure_s:g} s the "
                       "model was trained for by more than a factor 2; the prediction may be biased", stacklevel=2)
     seconds = per_pixel.seconds if per_pixel.source != "EXPOSURE" else exposure
