@@ -8,7 +8,7 @@ input, as on the real images, whose remainder is the half not given as input) an
 remainder. ``--input-fraction`` thins the input too (0.5: a 10 ks input for models trained on 20 ks
 ones, as on the two real images of 20 ks). For the scaled input, the DN model and the SR model (forward-modelled to 1x) it prints, per
 field: the sources found; those the truth's sources do not match (the evaluation's false detections at
-1x, edge sources left out); those made from nothing, where the noise-free sky holds less than a third
+1x, its detections of edge sources left out); those made from nothing, where the noise-free sky holds less than a third
 of the excess the method claims over its surroundings; and the test's counts (``unconfirmed``,
 ``no_excess``, ``from_nothing``: the estimate of the last truth column).
 
@@ -22,7 +22,6 @@ import argparse
 
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
 
 from xmmsr import detection
 from xmmsr.config import default_config, load_config
@@ -86,12 +85,10 @@ def main() -> None:
             held = sky["remainder_counts"] - sky["remainder_expected"]
             true = np.zeros(len(support), dtype=bool)
             true[points.match_pairs(truth.sources, support, truth.match_radius_px).detected_index] = True
-            edge = np.zeros(len(support), dtype=bool)
-            if len(support) and not truth.anywhere.empty:
-                d, _ = cKDTree(truth.anywhere[["x", "y"]].to_numpy(dtype=np.float64)).query(
-                    support[["x", "y"]].to_numpy(dtype=np.float64))
-                edge = ~true & (d <= fwhm)
-            keep = ~edge
+            # the evaluation's rule: detections of the truth's edge sources are neither found nor false
+            keep = np.zeros(len(support), dtype=bool)
+            keep[points.without_edge_sources(truth.sources, truth.anywhere, support.assign(row=np.arange(len(support))),
+                                             points.MATCH_FWHM * fwhm, truth.match_radius_px)["row"]] = True
             nothing = (held < NOTHING * claimed).to_numpy()[keep]
             rows.append({"field": frame["index"], "method": method, **support_summary(support[keep]),
                          "false": int(np.sum(~true[keep])), "made_from_nothing": int(nothing.sum()),

@@ -170,7 +170,7 @@ def score_and_list(truth: pd.DataFrame, pred: np.ndarray, mask: np.ndarray, back
     if radius.shape != (len(truth),):
         raise ValueError(f"match_radius_px has shape {radius.shape}, not one radius per true source ({len(truth)})")
     if edge_truth is not None:
-        detected = _without_edge_sources(truth, edge_truth, detected, fixed, radius)
+        detected = without_edge_sources(truth, edge_truth, detected, fixed, radius)
     pairs = match_pairs(truth, detected, radius)
     out = summarise_pairs(pairs)
     out["median_offset_arcsec"] = out.pop("median_offset_px") * float(pixel_arcsec)
@@ -287,7 +287,7 @@ def purity_table(sources: pd.DataFrame, n_fields: int, nsigma: float = NSIGMA,
     return pd.DataFrame(rows, columns=list(PURITY_COLUMNS))
 
 
-def _without_edge_sources(truth: pd.DataFrame, edge_truth: pd.DataFrame, detected: pd.DataFrame,
+def without_edge_sources(truth: pd.DataFrame, edge_truth: pd.DataFrame, detected: pd.DataFrame,
                           edge_radius_px: float, truth_radius_px: np.ndarray) -> pd.DataFrame:
     """``detected`` without the detections of true sources near the mask's edge (see :func:`score_and_list`):
     those within ``edge_radius_px`` of an edge source that match no true source (within ``truth_radius_px``,
